@@ -1,0 +1,312 @@
+//! Settings, with the defaults of Thorn's manual.
+//!
+//! Build a [`Config`] in code (`Config { event_timeout: ..., ..Config::default() }`)
+//! or read it from `THORN_*` environment variables with [`Config::from_env`]:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `THORN_EVENT_TIMEOUT` | seconds per HTTP request | `3.0` |
+//! | `THORN_RETRY` | retry failed deliveries | `true` |
+//! | `THORN_RETRY_MAX` | retries before giving up | `10` |
+//! | `THORN_RETRY_DELAY` | seconds between retries | `60` |
+//! | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
+//! | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
+//! | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
+//! | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
+//! | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
+//! | `THORN_CHUNKSIZE` | deliveries per worker batch | `10` |
+//! | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
+//! | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
+//!
+//! Recipient validators are set in code only ([`Config::recipient_validators`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use thorn_core::Config;
+//!
+//! let env = [("THORN_EVENT_TIMEOUT", "1.5"), ("THORN_DISPATCHER", "disabled")];
+//! let config = Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
+//! assert_eq!(config.event_timeout, Duration::from_millis(1500));
+//! assert!(Config::from_lookup(|k| (k == "THORN_RETRY_MAX").then(|| "ten".into())).is_err());
+//! ```
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::signing::Signer;
+use crate::subscriber::StaticSubscribers;
+use crate::validate::Validators;
+use crate::{Error, Result};
+
+/// Which dispatcher `send` uses (`THORN_DISPATCHER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DispatcherKind {
+    /// Deliver from this process, in the background, with one pooled client.
+    #[default]
+    InProcess,
+    /// Send nothing (development).
+    Disabled,
+}
+
+/// Everything configurable, with the manual's defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Timeout of one HTTP request (`THORN_EVENT_TIMEOUT`, 3 s).
+    pub event_timeout: Duration,
+    /// Retry failed deliveries (`THORN_RETRY`, on).
+    pub retry: bool,
+    /// Retries before giving up (`THORN_RETRY_MAX`, 10).
+    pub retry_max: u32,
+    /// Delay between retries (`THORN_RETRY_DELAY`, 60 s).
+    pub retry_delay: Duration,
+    /// Static and callback subscribers (`THORN_SUBSCRIBERS`).
+    pub subscribers: StaticSubscribers,
+    /// The dispatcher (`THORN_DISPATCHER`).
+    pub dispatcher: DispatcherKind,
+    /// The `Hook-HMAC` signer (`THORN_HMAC_SIGNER`).
+    pub hmac_signer: Signer,
+    /// Event patterns subscriptions may use (`THORN_EVENT_CHOICES`); `None`
+    /// allows any.
+    pub event_choices: Option<Vec<String>>,
+    /// Rules every recipient URL must pass (`THORN_RECIPIENT_VALIDATORS`).
+    pub recipient_validators: Validators,
+    /// Model events follow the database transaction
+    /// (`THORN_SIGNAL_HONORS_TRANSACTION`).
+    pub signal_honors_transaction: bool,
+    /// Deliveries per worker batch (`THORN_CHUNKSIZE`, 10).
+    pub chunksize: usize,
+    /// Base URL joined to model `reverse` paths (`THORN_BASE_URL`).
+    pub base_url: Option<Url>,
+    /// In-process deliveries in flight at once (`THORN_MAX_CONCURRENCY`, 64).
+    pub max_concurrency: usize,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            event_timeout: Duration::from_secs(3),
+            retry: true,
+            retry_max: 10,
+            retry_delay: Duration::from_secs(60),
+            subscribers: StaticSubscribers::default(),
+            dispatcher: DispatcherKind::default(),
+            hmac_signer: Signer::default(),
+            event_choices: None,
+            recipient_validators: Validators::default(),
+            signal_honors_transaction: true,
+            chunksize: 10,
+            base_url: None,
+            max_concurrency: 64,
+            user_agent: default_user_agent(),
+        }
+    }
+}
+
+/// `Mozilla/5.0 (compatible; thorn/<version>; reqwest/0.13)`, the shape of
+/// Python Thorn's user agent.
+pub fn default_user_agent() -> String {
+    format!(
+        "Mozilla/5.0 (compatible; thorn/{}; reqwest/0.13)",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn parse_seconds(key: &str, v: &str) -> Result<Duration> {
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("`{v}` is not a number of seconds")))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        invalid(
+            key,
+            format!("`{v}` is not a non-negative number of seconds"),
+        )
+    })
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(key, format!("`{v}` is not a boolean (true/false)"))),
+    }
+}
+
+fn parse_int<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
+    v.trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("`{v}` is not a whole number")))
+}
+
+impl Config {
+    /// Defaults overridden by the `THORN_*` environment variables that are
+    /// set. A variable that is set but invalid is an error naming it.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut c = Config::default();
+        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("THORN_EVENT_TIMEOUT") {
+            c.event_timeout = parse_seconds("THORN_EVENT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("THORN_RETRY") {
+            c.retry = parse_bool("THORN_RETRY", &v)?;
+        }
+        if let Some(v) = get("THORN_RETRY_MAX") {
+            c.retry_max = parse_int("THORN_RETRY_MAX", &v)?;
+        }
+        if let Some(v) = get("THORN_RETRY_DELAY") {
+            c.retry_delay = parse_seconds("THORN_RETRY_DELAY", &v)?;
+        }
+        if let Some(v) = get("THORN_SUBSCRIBERS") {
+            c.subscribers = StaticSubscribers::from_json(&v)?;
+        }
+        if let Some(v) = get("THORN_DISPATCHER") {
+            c.dispatcher = match v.trim() {
+                "default" => DispatcherKind::InProcess,
+                "disabled" => DispatcherKind::Disabled,
+                other => {
+                    return Err(invalid(
+                        "THORN_DISPATCHER",
+                        format!("`{other}` is not one of default, disabled"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("THORN_HMAC_SIGNER") {
+            c.hmac_signer = match v.trim().rsplit(':').next().unwrap_or_default() {
+                "sign" => Signer::Standard,
+                "compat_sign" => Signer::Compat,
+                _ => {
+                    return Err(invalid(
+                        "THORN_HMAC_SIGNER",
+                        format!("`{v}` is not one of sign, compat_sign"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("THORN_EVENT_CHOICES") {
+            let list = if v.trim_start().starts_with('[') {
+                serde_json::from_str::<Vec<String>>(&v)
+                    .map_err(|e| invalid("THORN_EVENT_CHOICES", e.to_string()))?
+            } else {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            };
+            c.event_choices = Some(list);
+        }
+        if let Some(v) = get("THORN_SIGNAL_HONORS_TRANSACTION") {
+            c.signal_honors_transaction = parse_bool("THORN_SIGNAL_HONORS_TRANSACTION", &v)?;
+        }
+        if let Some(v) = get("THORN_CHUNKSIZE") {
+            c.chunksize = parse_int("THORN_CHUNKSIZE", &v)?;
+        }
+        if let Some(v) = get("THORN_BASE_URL") {
+            c.base_url = Some(
+                Url::parse(v.trim())
+                    .map_err(|e| invalid("THORN_BASE_URL", format!("`{v}`: {e}")))?,
+            );
+        }
+        if let Some(v) = get("THORN_MAX_CONCURRENCY") {
+            let n: usize = parse_int("THORN_MAX_CONCURRENCY", &v)?;
+            if n == 0 {
+                return Err(invalid("THORN_MAX_CONCURRENCY", "must be at least 1"));
+            }
+            c.max_concurrency = n;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config> {
+        Config::from_lookup(|k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_manuals() {
+        let c = Config::default();
+        assert_eq!(c.event_timeout, Duration::from_secs(3));
+        assert!(c.retry);
+        assert_eq!(c.retry_max, 10);
+        assert_eq!(c.retry_delay, Duration::from_secs(60));
+        assert_eq!(c.chunksize, 10);
+        assert_eq!(c.dispatcher, DispatcherKind::InProcess);
+        assert_eq!(c.hmac_signer, Signer::Standard);
+        assert!(
+            c.user_agent
+                .contains(concat!("thorn/", env!("CARGO_PKG_VERSION")))
+        );
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = from(&[
+            ("THORN_EVENT_TIMEOUT", "0.25"),
+            ("THORN_RETRY", "false"),
+            ("THORN_RETRY_MAX", "3"),
+            ("THORN_RETRY_DELAY", "5"),
+            ("THORN_SUBSCRIBERS", r#"{"a.b": "https://x.example/"}"#),
+            ("THORN_DISPATCHER", "disabled"),
+            ("THORN_HMAC_SIGNER", "thorn.utils.hmac:compat_sign"),
+            ("THORN_EVENT_CHOICES", "article.*, user.created"),
+            ("THORN_SIGNAL_HONORS_TRANSACTION", "0"),
+            ("THORN_CHUNKSIZE", "50"),
+            ("THORN_BASE_URL", "https://example.com/"),
+            ("THORN_MAX_CONCURRENCY", "8"),
+        ])
+        .unwrap();
+        assert_eq!(c.event_timeout, Duration::from_millis(250));
+        assert!(!c.retry);
+        assert_eq!(c.retry_max, 3);
+        assert_eq!(c.retry_delay, Duration::from_secs(5));
+        assert_eq!(c.subscribers.matching("a.b", None).len(), 1);
+        assert_eq!(c.dispatcher, DispatcherKind::Disabled);
+        assert_eq!(c.hmac_signer, Signer::Compat);
+        assert_eq!(c.event_choices.unwrap(), ["article.*", "user.created"]);
+        assert!(!c.signal_honors_transaction);
+        assert_eq!(c.chunksize, 50);
+        assert_eq!(c.base_url.unwrap().as_str(), "https://example.com/");
+        assert_eq!(c.max_concurrency, 8);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (key, value) in [
+            ("THORN_EVENT_TIMEOUT", "soon"),
+            ("THORN_EVENT_TIMEOUT", "-1"),
+            ("THORN_RETRY", "maybe"),
+            ("THORN_DISPATCHER", "celery"),
+            ("THORN_HMAC_SIGNER", "md5"),
+            ("THORN_BASE_URL", "not a url"),
+            ("THORN_MAX_CONCURRENCY", "0"),
+            ("THORN_EVENT_CHOICES", "[1, 2]"),
+        ] {
+            let err = from(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The core of Thorn for Rust: events, subscribers, signatures, codecs,
+//! recipient validation and delivery. No ORM is named here; the
+//! integrations (`thorn-diesel`, `thorn-seaorm`) plug into the traits this
+//! crate defines.
+//!
+//! Most applications depend on the `thorn` facade crate instead, which
+//! re-exports this crate next to the derive and the ORM integrations.
+
+pub mod codec;
+pub mod config;
+pub mod deliver;
+pub mod dispatch;
+pub mod error;
+pub mod event;
+pub mod model;
+pub mod signing;
+pub mod subscriber;
+pub mod validate;
+
+mod app;
+
+pub use app::{Thorn, ThornBuilder};
+pub use codec::ContentType;
+pub use config::{Config, DispatcherKind};
+pub use deliver::DeliveryOutcome;
+pub use dispatch::{Dispatched, Dispatcher};
+pub use error::{Error, Result, SecurityError};
+pub use event::{Event, SendOptions};
+pub use model::{DispatchOn, ModelEvent, WebhookModel, Webhooks};
+pub use signing::Digest;
+pub use subscriber::{SenderId, Subscriber, SubscriberStore};

@@ -1,0 +1,195 @@
+//! HMAC signatures of message bodies (the `Hook-HMAC` header) and secrets.
+//!
+//! [`sign`] is Python Thorn's recommended signer (`thorn.utils.hmac.sign`):
+//! standard base64, with padding, of the HMAC of the exact body bytes.
+//! [`compat_sign`] reproduces Thorn's legacy itsdangerous-based default for
+//! receivers migrating from Python.
+//!
+//! ```
+//! use thorn_core::signing::{sign, verify, Digest};
+//!
+//! let body = br#"{"event": "article.created"}"#;
+//! let sig = sign(Digest::Sha256, b"secret", body);
+//! assert!(verify(Digest::Sha256, b"secret", body, &sig));
+//! assert!(!verify(Digest::Sha256, b"secret", b"tampered", &sig));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+
+/// The hash function of an HMAC signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Digest {
+    /// SHA-1 (accepted for compatibility; prefer SHA-256).
+    Sha1,
+    /// SHA-256, the default.
+    #[default]
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Digest {
+    /// The name used in settings and the REST API: `sha1`, `sha256`, `sha512`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Digest::Sha1 => "sha1",
+            Digest::Sha256 => "sha256",
+            Digest::Sha512 => "sha512",
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown digest name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown HMAC digest `{0}`: expected one of sha1, sha256, sha512")]
+pub struct UnknownDigest(pub String);
+
+impl FromStr for Digest {
+    type Err = UnknownDigest;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "sha1" => Ok(Digest::Sha1),
+            "sha256" => Ok(Digest::Sha256),
+            "sha512" => Ok(Digest::Sha512),
+            _ => Err(UnknownDigest(s.to_owned())),
+        }
+    }
+}
+
+fn hmac_bytes(digest: Digest, key: &[u8], message: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
+    match digest {
+        Digest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
+        Digest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
+        Digest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
+    }
+}
+
+/// Signs `body` with `secret`: base64 (standard alphabet, padded) of
+/// `HMAC(digest, secret, body)`. Same output as Python Thorn's
+/// `thorn.utils.hmac.sign(digest, secret, body)`.
+pub fn sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
+    STANDARD.encode(hmac_bytes(digest, secret, body))
+}
+
+/// Checks a [`sign`] signature in constant time.
+///
+/// Returns `false` for a signature that is not valid base64 or does not
+/// match the body.
+pub fn verify(digest: Digest, secret: &[u8], body: &[u8], signature: &str) -> bool {
+    let Ok(expected) = STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8], expected: &[u8]) -> bool {
+        let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        mac.update(message);
+        mac.verify_slice(expected).is_ok()
+    }
+    match digest {
+        Digest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(secret, body, &expected),
+        Digest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(secret, body, &expected),
+        Digest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(secret, body, &expected),
+    }
+}
+
+/// Python Thorn's legacy signer, `thorn.utils.hmac.compat_sign`: an
+/// itsdangerous `Signer` with its default `django-concat` key derivation
+/// (`key = H(b"itsdangerous.Signer" + b"signer" + secret)`) and URL-safe
+/// base64 without padding.
+///
+/// Opt in with [`Signer::Compat`] only for receivers that still verify
+/// that format.
+pub fn compat_sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
+    let mut salted = Vec::with_capacity(25 + secret.len());
+    salted.extend_from_slice(b"itsdangerous.Signersigner");
+    salted.extend_from_slice(secret);
+    let key = match digest {
+        Digest::Sha1 => <sha1::Sha1 as sha2::Digest>::digest(&salted).to_vec(),
+        Digest::Sha256 => <sha2::Sha256 as sha2::Digest>::digest(&salted).to_vec(),
+        Digest::Sha512 => <sha2::Sha512 as sha2::Digest>::digest(&salted).to_vec(),
+    };
+    URL_SAFE_NO_PAD.encode(hmac_bytes(digest, &key, body))
+}
+
+/// Which signature goes in the `Hook-HMAC` header (`THORN_HMAC_SIGNER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signer {
+    /// [`sign`]: Thorn's recommended signer, verifiable in any language.
+    #[default]
+    Standard,
+    /// [`compat_sign`]: Thorn's legacy itsdangerous format.
+    Compat,
+}
+
+impl Signer {
+    /// Signs `body` with this signer.
+    pub fn sign(self, digest: Digest, secret: &[u8], body: &[u8]) -> String {
+        match self {
+            Signer::Standard => sign(digest, secret, body),
+            Signer::Compat => compat_sign(digest, secret, body),
+        }
+    }
+}
+
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Length of a generated secret, as in Thorn.
+pub const SECRET_LEN: usize = 64;
+
+/// A new random HMAC secret of [`SECRET_LEN`] alphanumeric characters
+/// (about 381 bits), drawn from the operating system's CSPRNG.
+pub fn generate_secret() -> String {
+    let mut out = String::with_capacity(SECRET_LEN);
+    let mut buf = [0u8; 96];
+    while out.len() < SECRET_LEN {
+        getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
+        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == SECRET_LEN {
+                break;
+            }
+            out.push(SECRET_ALPHABET[(b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_names_round_trip() {
+        for d in [Digest::Sha1, Digest::Sha256, Digest::Sha512] {
+            assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
+        }
+        let err = "md5".parse::<Digest>().unwrap_err();
+        assert!(err.to_string().contains("md5"));
+    }
+
+    #[test]
+    fn secrets_are_long_random_and_alphanumeric() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_eq!(a.len(), SECRET_LEN);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,518 @@
+//! Subscribers: who receives which events, and where they come from.
+//!
+//! A [`Subscriber`] holds an event pattern and a URL. Patterns follow
+//! Thorn's matching, which is four exact lookups rather than a general glob:
+//! a pattern matches event `E` when it is `*`, `E` itself, `<first segment
+//! of E>.*`, or `*.<everything after the first dot of E>`.
+//!
+//! ```
+//! use thorn_core::subscriber::pattern_matches;
+//!
+//! assert!(pattern_matches("article.*", "article.created"));
+//! assert!(pattern_matches("article.*", "article.tag.added"));
+//! assert!(pattern_matches("*.created", "article.created"));
+//! assert!(!pattern_matches("*.created", "blog.article.created"));
+//! ```
+//!
+//! Subscribers come from a [`SubscriberStore`] (a database table, or the
+//! in-memory [`MemoryStore`]) and from static configuration
+//! ([`StaticSubscribers`], the `THORN_SUBSCRIBERS` setting), which also
+//! accepts callbacks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+use uuid::Uuid;
+
+use crate::codec::ContentType;
+use crate::signing::{Digest, generate_secret};
+use crate::{Error, Result};
+
+/// Who sent an event (a user id), and who owns a subscription.
+///
+/// Serialized as a JSON number or string in the message's `sender` field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SenderId {
+    /// A numeric user id.
+    Int(i64),
+    /// A textual user id (UUIDs are kept in their hyphenated form).
+    Text(String),
+}
+
+impl fmt::Display for SenderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SenderId::Int(i) => write!(f, "{i}"),
+            SenderId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+macro_rules! sender_from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SenderId {
+            fn from(v: $t) -> Self { SenderId::Int(i64::from(v)) }
+        }
+    )*};
+}
+sender_from_int!(i8, i16, i32, i64, u8, u16, u32);
+
+impl From<String> for SenderId {
+    fn from(v: String) -> Self {
+        SenderId::Text(v)
+    }
+}
+impl From<&str> for SenderId {
+    fn from(v: &str) -> Self {
+        SenderId::Text(v.to_owned())
+    }
+}
+impl From<Uuid> for SenderId {
+    fn from(v: Uuid) -> Self {
+        SenderId::Text(v.hyphenated().to_string())
+    }
+}
+
+/// True when `pattern` selects `event` under Thorn's rules (see the module
+/// docs).
+pub fn pattern_matches(pattern: &str, event: &str) -> bool {
+    candidate_patterns(event).any(|p| p == pattern)
+}
+
+/// The (at most four) patterns that select `event`: `*`, the event itself,
+/// `<first>.*` and `*.<rest>`. A store indexed by pattern finds every
+/// subscriber of an event with these lookups.
+pub fn candidate_patterns(event: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let (first, rest) = match event.split_once('.') {
+        Some((first, rest)) => (Some(first), Some(rest)),
+        None => (None, None),
+    };
+    [
+        Some(std::borrow::Cow::Borrowed("*")),
+        Some(std::borrow::Cow::Borrowed(event)),
+        first.map(|f| std::borrow::Cow::Owned(format!("{f}.*"))),
+        rest.map(|r| std::borrow::Cow::Owned(format!("*.{r}"))),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// One subscription: an event pattern, the URL to POST to, and how to sign
+/// and encode what is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscriber {
+    /// Unique id, sent as `Hook-Subscription`.
+    pub uuid: Uuid,
+    /// Event pattern: `article.created`, `article.*`, `*.created` or `*`.
+    pub event: String,
+    /// Where deliveries are POSTed.
+    pub url: Url,
+    /// When set, only events whose sender is this owner are delivered.
+    pub owner: Option<SenderId>,
+    /// Secret for the `Hook-HMAC` signature.
+    pub hmac_secret: String,
+    /// Hash function of the signature.
+    pub hmac_digest: Digest,
+    /// Body format.
+    pub content_type: ContentType,
+    /// When the subscription was created.
+    pub created_at: DateTime<Utc>,
+    /// When the subscription last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscriber {
+    /// A new subscription with a random uuid and a random 64-character
+    /// secret, SHA-256 signatures and JSON bodies.
+    ///
+    /// Fails with [`Error::InvalidUrl`] when `url` does not parse.
+    pub fn new(event: impl Into<String>, url: &str) -> Result<Self> {
+        let url = Url::parse(url).map_err(|source| Error::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        let now = Utc::now();
+        Ok(Subscriber {
+            uuid: Uuid::new_v4(),
+            event: event.into(),
+            url,
+            owner: None,
+            hmac_secret: generate_secret(),
+            hmac_digest: Digest::default(),
+            content_type: ContentType::default(),
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Sets the HMAC secret.
+    pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
+        self.hmac_secret = secret.into();
+        self
+    }
+
+    /// Sets the HMAC digest.
+    pub fn with_digest(mut self, digest: Digest) -> Self {
+        self.hmac_digest = digest;
+        self
+    }
+
+    /// Sets the body format.
+    pub fn with_content_type(mut self, content_type: ContentType) -> Self {
+        self.content_type = content_type;
+        self
+    }
+
+    /// Restricts the subscription to events sent by `owner`.
+    pub fn with_owner(mut self, owner: impl Into<SenderId>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// True when this subscriber should receive `event` sent by `sender`:
+    /// the pattern matches, and the subscriber has no owner or the owner is
+    /// the sender.
+    pub fn wants(&self, event: &str, sender: Option<&SenderId>) -> bool {
+        pattern_matches(&self.event, event) && self.accepts_sender(sender)
+    }
+
+    /// Owner scoping alone: ownerless subscribers accept every sender.
+    pub fn accepts_sender(&self, sender: Option<&SenderId>) -> bool {
+        match &self.owner {
+            None => true,
+            Some(owner) => sender == Some(owner),
+        }
+    }
+}
+
+/// A boxed, sendable future, as returned by [`SubscriberStore`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where subscriptions are stored: a database table (thorn-diesel,
+/// thorn-seaorm) or memory ([`MemoryStore`]).
+pub trait SubscriberStore: Send + Sync + 'static {
+    /// Every subscriber that should receive `event` sent by `sender`
+    /// (pattern and owner rules applied).
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>>;
+}
+
+/// An in-memory [`SubscriberStore`], indexed by pattern so that finding the
+/// subscribers of an event costs four lookups.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    by_pattern: RwLock<HashMap<String, Vec<Subscriber>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a subscriber.
+    pub fn add(&self, subscriber: Subscriber) {
+        self.by_pattern
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(subscriber.event.clone())
+            .or_default()
+            .push(subscriber);
+    }
+
+    /// Removes a subscriber by uuid; returns whether it existed.
+    pub fn remove(&self, uuid: Uuid) -> bool {
+        let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        for list in map.values_mut() {
+            let before = list.len();
+            list.retain(|s| s.uuid != uuid);
+            found |= list.len() != before;
+        }
+        found
+    }
+
+    /// The matching subscribers, synchronously.
+    pub fn matching(&self, event: &str, sender: Option<&SenderId>) -> Vec<Subscriber> {
+        let map = self.by_pattern.read().unwrap_or_else(|e| e.into_inner());
+        candidate_patterns(event)
+            .filter_map(|p| map.get(p.as_ref()))
+            .flatten()
+            .filter(|s| s.accepts_sender(sender))
+            .cloned()
+            .collect()
+    }
+}
+
+impl SubscriberStore for MemoryStore {
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
+        let found = self.matching(event, sender);
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// A function returning subscribers for `(event, sender)`, accepted
+/// wherever static subscribers are.
+pub type SubscriberCallback = Arc<dyn Fn(&str, Option<&SenderId>) -> Vec<Subscriber> + Send + Sync>;
+
+/// Subscribers from configuration (Thorn's `THORN_SUBSCRIBERS`): fixed
+/// subscribers and callbacks, keyed by event pattern.
+///
+/// ```
+/// use thorn_core::subscriber::StaticSubscribers;
+///
+/// let subs = StaticSubscribers::from_json(r#"{
+///     "user.created": "https://example.com/e/on_user_created",
+///     "address.changed": {"url": "https://foo.example.com/e/address_change",
+///                         "content_type": "application/x-www-form-urlencoded"},
+///     "balance.negative": ["https://a.example.com/e", "https://b.example.com/e"]
+/// }"#).unwrap();
+/// assert_eq!(subs.matching("balance.negative", None).len(), 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct StaticSubscribers {
+    fixed: Arc<MemoryStore>,
+    callbacks: Vec<(String, SubscriberCallback)>,
+}
+
+impl fmt::Debug for StaticSubscribers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticSubscribers")
+            .field("fixed", &self.fixed)
+            .field(
+                "callbacks",
+                &self.callbacks.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpecOrList {
+    One(Spec),
+    Many(Vec<Spec>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Spec {
+    Url(String),
+    Full {
+        url: String,
+        #[serde(default)]
+        content_type: Option<String>,
+        #[serde(default)]
+        hmac_secret: Option<String>,
+        #[serde(default)]
+        hmac_digest: Option<String>,
+    },
+}
+
+impl StaticSubscribers {
+    /// No static subscribers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one URL for an event pattern, with a random secret.
+    pub fn url(self, pattern: &str, url: &str) -> Result<Self> {
+        let subscriber = Subscriber::new(pattern, url)?;
+        Ok(self.subscriber(subscriber))
+    }
+
+    /// Adds a fully configured subscriber. Its uuid is replaced by one
+    /// derived from its pattern and URL, so `Hook-Subscription` stays the
+    /// same across restarts.
+    pub fn subscriber(self, mut subscriber: Subscriber) -> Self {
+        let name = format!("{} {}", subscriber.event, subscriber.url);
+        subscriber.uuid = Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes());
+        self.fixed.add(subscriber);
+        self
+    }
+
+    /// Adds a callback consulted for events matching `pattern`.
+    pub fn callback<F>(mut self, pattern: &str, f: F) -> Self
+    where
+        F: Fn(&str, Option<&SenderId>) -> Vec<Subscriber> + Send + Sync + 'static,
+    {
+        self.callbacks.push((pattern.to_owned(), Arc::new(f)));
+        self
+    }
+
+    /// Parses the JSON form of `THORN_SUBSCRIBERS`: an object from event
+    /// pattern to a URL, an object with `url` and optional `content_type`,
+    /// `hmac_secret` and `hmac_digest`, or a list of these.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config_err = |message: String| Error::Config {
+            key: "THORN_SUBSCRIBERS".into(),
+            message,
+        };
+        let map: HashMap<String, Value> =
+            serde_json::from_str(text).map_err(|e| config_err(e.to_string()))?;
+        let mut out = StaticSubscribers::new();
+        for (pattern, value) in map {
+            let specs = match serde_json::from_value::<SpecOrList>(value) {
+                Ok(SpecOrList::One(s)) => vec![s],
+                Ok(SpecOrList::Many(v)) => v,
+                Err(_) => {
+                    return Err(config_err(format!(
+                        "`{pattern}`: expected a URL, an object with `url`, or a list of these"
+                    )));
+                }
+            };
+            for spec in specs {
+                out = match spec {
+                    Spec::Url(url) => out.url(&pattern, &url)?,
+                    Spec::Full {
+                        url,
+                        content_type,
+                        hmac_secret,
+                        hmac_digest,
+                    } => {
+                        let mut s = Subscriber::new(pattern.as_str(), &url)?;
+                        if let Some(ct) = content_type {
+                            s.content_type = ct
+                                .parse()
+                                .map_err(|e| config_err(format!("`{pattern}`: {e}")))?;
+                        }
+                        if let Some(d) = hmac_digest {
+                            s.hmac_digest = d
+                                .parse()
+                                .map_err(|e| config_err(format!("`{pattern}`: {e}")))?;
+                        }
+                        if let Some(secret) = hmac_secret {
+                            s.hmac_secret = secret;
+                        }
+                        out.subscriber(s)
+                    }
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when there is nothing configured.
+    pub fn is_empty(&self) -> bool {
+        self.callbacks.is_empty()
+            && self
+                .fixed
+                .by_pattern
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// The static and callback subscribers for `event` sent by `sender`.
+    pub fn matching(&self, event: &str, sender: Option<&SenderId>) -> Vec<Subscriber> {
+        let mut found = self.fixed.matching(event, sender);
+        for (pattern, callback) in &self.callbacks {
+            if pattern_matches(pattern, event) {
+                found.extend(
+                    callback(event, sender)
+                        .into_iter()
+                        .filter(|s| s.accepts_sender(sender)),
+                );
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_patterns_are_the_four_lookups() {
+        let got: Vec<_> = candidate_patterns("a.b.c").collect();
+        assert_eq!(got, ["*", "a.b.c", "a.*", "*.b.c"]);
+        let got: Vec<_> = candidate_patterns("plain").collect();
+        assert_eq!(got, ["*", "plain"]);
+    }
+
+    #[test]
+    fn memory_store_finds_by_pattern_and_owner() {
+        let store = MemoryStore::new();
+        let all = Subscriber::new("article.*", "https://a.example/").unwrap();
+        let mine = Subscriber::new("*.created", "https://b.example/")
+            .unwrap()
+            .with_owner(1);
+        let other = Subscriber::new("user.created", "https://c.example/").unwrap();
+        store.add(all.clone());
+        store.add(mine.clone());
+        store.add(other);
+        let urls =
+            |v: Vec<Subscriber>| v.into_iter().map(|s| s.url.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            urls(store.matching("article.created", None)),
+            ["https://a.example/"]
+        );
+        assert_eq!(
+            urls(store.matching("article.created", Some(&SenderId::Int(1)))),
+            ["https://a.example/", "https://b.example/"]
+        );
+        assert!(store.remove(all.uuid));
+        assert!(!store.remove(all.uuid));
+        assert!(store.matching("article.changed", None).is_empty());
+    }
+
+    #[test]
+    fn static_subscribers_from_json_with_options_and_errors() {
+        let subs = StaticSubscribers::from_json(
+            r#"{"a.b": {"url": "https://x.example/", "content_type": "application/x-www-form-urlencoded",
+                        "hmac_secret": "s3", "hmac_digest": "sha512"}}"#,
+        )
+        .unwrap();
+        let got = subs.matching("a.b", None);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].content_type, ContentType::FormUrlEncoded);
+        assert_eq!(got[0].hmac_digest, Digest::Sha512);
+        assert_eq!(got[0].hmac_secret, "s3");
+        // Stable uuid across loads.
+        let again =
+            StaticSubscribers::from_json(r#"{"a.b": {"url": "https://x.example/"}}"#).unwrap();
+        assert_eq!(again.matching("a.b", None)[0].uuid, got[0].uuid);
+
+        let err = StaticSubscribers::from_json(r#"{"a.b": 42}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("THORN_SUBSCRIBERS") && err.contains("a.b"),
+            "{err}"
+        );
+        let err = StaticSubscribers::from_json(r#"{"a.b": "not a url"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a url"), "{err}");
+        let err =
+            StaticSubscribers::from_json(r#"{"a.b": {"url": "https://x/", "hmac_digest": "md5"}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("md5"), "{err}");
+    }
+
+    #[test]
+    fn callbacks_are_consulted_for_matching_events() {
+        let subs = StaticSubscribers::new().callback("address.*", |event, _sender| {
+            vec![Subscriber::new(event, "https://cb.example/").unwrap()]
+        });
+        assert_eq!(subs.matching("address.changed", None).len(), 1);
+        assert!(subs.matching("user.changed", None).is_empty());
+    }
+}
