@@ -1,1 +1,192 @@
-fn main() {}
+//! Thorn for Rust in one file, with no server to install:
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! An SQLite database in a temporary file, a webhook receiver on
+//! 127.0.0.1, one subscription to `article.*`, then an article is created,
+//! changed and deleted through `thorn::diesel`. The receiver prints every
+//! webhook with its headers and whether its Hook-HMAC signature verified.
+
+// `diesel::table!` generates public items without doc comments.
+#![allow(missing_docs)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use diesel::prelude::*;
+use thorn::signing::{Digest, verify};
+use thorn::subscriber::MemoryStore;
+use thorn::validate::{Validators, ensure_protocol};
+use thorn::{Config, Subscriber, Thorn, WebhookModel};
+
+diesel::table! {
+    articles (id) {
+        id -> Integer,
+        title -> Text,
+        state -> Text,
+        author_id -> Integer,
+    }
+}
+
+/// The application's model: Diesel's derives plus `WebhookModel`.
+#[derive(Debug, Queryable, Selectable, Identifiable, WebhookModel)]
+#[diesel(table_name = articles)]
+#[webhook_model(
+    sender_field = author_id,
+    reverse = "/article/{id}/",
+    payload = Self::webhook_payload,
+    on_create = "article.created",
+    on_change = "article.changed",
+    on_delete = "article.removed",
+)]
+struct Article {
+    id: i32,
+    title: String,
+    state: String,
+    author_id: i32,
+}
+
+impl Article {
+    fn webhook_payload(&self) -> serde_json::Value {
+        serde_json::json!({ "id": self.id, "title": self.title, "state": self.state })
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = articles)]
+struct NewArticle<'a> {
+    title: &'a str,
+    state: &'a str,
+    author_id: i32,
+}
+
+/// What the receiver saw, reported back to `main`.
+struct Webhook {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Starts a receiver on 127.0.0.1 (any free port) on a background thread.
+fn start_receiver() -> (String, mpsc::Receiver<Webhook>) {
+    let (tx, rx) = mpsc::channel();
+    let (addr_tx, addr_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().fallback(
+                |State(tx): State<mpsc::Sender<Webhook>>, headers: HeaderMap, body: Bytes| async move {
+                    let _ = tx.send(Webhook { headers, body });
+                    StatusCode::OK
+                },
+            );
+            axum::serve(listener, app.with_state(tx)).await.unwrap();
+        });
+    });
+    let addr = addr_rx.recv().expect("receiver started");
+    (format!("http://{addr}/hooks/article"), rx)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (receiver_url, webhooks) = start_receiver();
+
+    // Subscriptions live in memory here; thorn-diesel's table comes later.
+    let subscriber = Subscriber::new("article.*", &receiver_url)?;
+    let secret = subscriber.hmac_secret.clone();
+    let store = MemoryStore::new();
+    store.add(subscriber);
+
+    let thorn = Thorn::builder(Config {
+        // The default validators refuse internal addresses such as
+        // 127.0.0.1. This demo delivers to itself, so it allows plain http
+        // to anywhere -- never do this with user-supplied URLs.
+        recipient_validators: Validators::new([ensure_protocol(["http"])]),
+        base_url: Some("https://blog.example.com/".parse()?),
+        ..Config::from_env()?
+    })
+    .store(store)
+    .build()?;
+
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("quickstart.sqlite3");
+    let mut conn = SqliteConnection::establish(db.to_str().expect("utf-8 path"))?;
+    diesel::sql_query(
+        "CREATE TABLE articles (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, \
+         state TEXT NOT NULL, author_id INTEGER NOT NULL)",
+    )
+    .execute(&mut conn)?;
+    println!("SQLite database: {}", db.display());
+    println!("Receiver:        {receiver_url}\n");
+
+    let show = |step: &str| {
+        let hook = webhooks
+            .recv_timeout(Duration::from_secs(10))
+            .expect("webhook arrived");
+        let header = |name: &str| {
+            hook.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let verified = verify(
+            Digest::Sha256,
+            secret.as_bytes(),
+            &hook.body,
+            &header("hook-hmac"),
+        );
+        println!("== {step}");
+        for name in [
+            "hook-event",
+            "hook-delivery",
+            "hook-subscription",
+            "hook-hmac",
+            "content-type",
+            "user-agent",
+        ] {
+            println!("   {name}: {}", header(name));
+        }
+        println!("   body: {}", String::from_utf8_lossy(&hook.body));
+        println!("   signature verified: {verified}\n");
+        assert!(verified, "Hook-HMAC did not verify");
+    };
+
+    let article: Article = thorn::diesel::insert(
+        &thorn,
+        &mut conn,
+        diesel::insert_into(articles::table)
+            .values(&NewArticle {
+                title: "Hello, webhooks",
+                state: "DRAFT",
+                author_id: 42,
+            })
+            .returning(Article::as_returning()),
+    )?;
+    show("created");
+
+    let article: Article = thorn::diesel::update(
+        &thorn,
+        &mut conn,
+        diesel::update(&article)
+            .set(articles::state.eq("PUBLISHED"))
+            .returning(Article::as_returning()),
+    )?;
+    show("changed");
+
+    let _: Article = thorn::diesel::delete(
+        &thorn,
+        &mut conn,
+        diesel::delete(&article).returning(Article::as_returning()),
+    )?;
+    show("deleted");
+    Ok(())
+}

@@ -1,7 +1,6 @@
 //! A real webhook receiver on 127.0.0.1:0 that records every request.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -30,43 +29,31 @@ impl Received {
     }
 }
 
-#[derive(Clone)]
-struct Shared {
-    tx: mpsc::Sender<Received>,
-    status: Arc<AtomicU16>,
-}
-
 /// Runs on its own thread and runtime, so synchronous (Diesel) tests can
 /// use it as well as async ones.
 pub(crate) struct Receiver {
     pub(crate) url: String,
     rx: mpsc::Receiver<Received>,
-    status: Arc<AtomicU16>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn record(
-    State(shared): State<Shared>,
+    State(tx): State<mpsc::Sender<Received>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let _ = shared.tx.send(Received {
+    let _ = tx.send(Received {
         path: uri.path().to_owned(),
         headers,
         body,
     });
-    StatusCode::from_u16(shared.status.load(Ordering::SeqCst)).unwrap()
+    StatusCode::OK
 }
 
 impl Receiver {
     pub(crate) fn start() -> Receiver {
         let (tx, rx) = mpsc::channel();
-        let status = Arc::new(AtomicU16::new(200));
-        let shared = Shared {
-            tx,
-            status: status.clone(),
-        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -77,7 +64,7 @@ impl Receiver {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().fallback(record).with_state(shared);
+                let app = axum::Router::new().fallback(record).with_state(tx);
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stop_rx.await;
@@ -92,7 +79,6 @@ impl Receiver {
         Receiver {
             url: format!("http://{addr}/hooks/"),
             rx,
-            status,
             _stop: stop_tx,
         }
     }
