@@ -59,3 +59,53 @@ pub mod __private {
     pub use serde_json;
     pub use thorn_core::model::AsSender;
 }
+
+/// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// Mistakes in `#[webhook_model(...)]` are compile errors.
+///
+/// An unknown field in `sender_field`:
+///
+/// ```compile_fail
+/// #[derive(thorn::WebhookModel)]
+/// #[webhook_model(sender_field = owner, on_create = "a.created")]
+/// struct A { id: i32, author_id: i32 }
+/// ```
+///
+/// An unknown field in a `reverse` template:
+///
+/// ```compile_fail
+/// #[derive(thorn::WebhookModel)]
+/// #[webhook_model(reverse = "/a/{uuid}/", on_create = "a.created")]
+/// struct A { id: i32 }
+/// ```
+///
+/// A custom event that does not say when it dispatches:
+///
+/// ```compile_fail
+/// #[derive(thorn::WebhookModel)]
+/// #[webhook_model(on_publish(name = "a.published"))]
+/// struct A { id: i32 }
+/// ```
+///
+/// An unknown key:
+///
+/// ```compile_fail
+/// #[derive(thorn::WebhookModel)]
+/// #[webhook_model(on_create = "a.created", senderfield = id)]
+/// struct A { id: i32 }
+/// ```
+///
+/// The same block, corrected, compiles:
+///
+/// ```
+/// #[derive(thorn::WebhookModel)]
+/// #[webhook_model(sender_field = author_id, reverse = "/a/{id}/", on_create = "a.created",
+///                 on_publish(name = "a.published", dispatches_on = change))]
+/// struct A { id: i32, author_id: i32 }
+/// ```
+#[cfg(doctest)]
+struct DeriveCompileErrors;

@@ -37,12 +37,13 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
 
     let ctxt = Ctxt::default();
     let mut attrs = None;
+    let mut seen = false;
     for attr in input
         .attrs
         .iter()
         .filter(|a| a.path().is_ident("webhook_model"))
     {
-        if attrs.is_some() {
+        if std::mem::replace(&mut seen, true) {
             ctxt.error_spanned(attr, "only one #[webhook_model(...)] block is allowed");
             continue;
         }
@@ -52,6 +53,10 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         }
     }
     let Some(attrs) = attrs else {
+        if seen {
+            // The block was there but did not parse; its error is in ctxt.
+            return Err(ctxt.check().unwrap_err());
+        }
         ctxt.push(syn::Error::new_spanned(
             ident,
             "missing #[webhook_model(...)]: declare at least one event, e.g. #[webhook_model(on_create = \"article.created\")]",
