@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::Result;
 use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{DisabledDispatcher, Dispatched, Dispatcher, InProcessDispatcher, Outgoing};
-use crate::subscriber::{SenderId, Subscriber, SubscriberStore};
+use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
 
 /// The application's webhook sender: its [`Config`], where subscribers are
 /// stored, and the [`Dispatcher`] that delivers. Cheap to clone; build one
@@ -66,16 +66,48 @@ impl Thorn {
         event: &str,
         sender: Option<&SenderId>,
     ) -> Result<Vec<Subscriber>> {
+        self.subscribers_for_query(event, sender, None).await
+    }
+
+    /// [`Thorn::subscribers_for`], with the context of the send passed to
+    /// subscriber callbacks.
+    pub async fn subscribers_for_query(
+        &self,
+        event: &str,
+        sender: Option<&SenderId>,
+        context: Option<&serde_json::Value>,
+    ) -> Result<Vec<Subscriber>> {
         let mut found = match &self.inner.store {
             Some(store) => store.subscribers_for(event, sender).await?,
             None => Vec::new(),
         };
-        found.extend(self.inner.config.subscribers.matching(event, sender));
+        found.extend(self.inner.config.subscribers.query(&SubscriberQuery {
+            event,
+            sender,
+            context,
+        }));
         Ok(found)
     }
 
-    /// Hands an event to the dispatcher.
+    /// Tells the store that a subscription's receiver answered `410 Gone`.
+    pub async fn mark_gone(&self, subscriber: uuid::Uuid) -> Result<()> {
+        match &self.inner.store {
+            Some(store) => store.mark_gone(subscriber).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands an event to the dispatcher, or to the active buffer
+    /// ([`crate::buffer`]) when there is one.
     pub fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
+        match crate::buffer::hold(self, outgoing) {
+            Ok(held) => held,
+            Err(outgoing) => self.dispatch_now(outgoing),
+        }
+    }
+
+    /// Hands an event to the dispatcher, bypassing any buffer.
+    pub fn dispatch_now(&self, outgoing: Outgoing) -> Dispatched {
         self.inner.dispatcher.dispatch(self, outgoing)
     }
 }

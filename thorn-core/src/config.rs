@@ -17,6 +17,8 @@
 //! | `THORN_CHUNKSIZE` | deliveries per worker batch | `10` |
 //! | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
 //! | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
+//! | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
+//! | `THORN_STANDARD_WEBHOOKS` | also send Standard Webhooks signature headers | `false` |
 //!
 //! Recipient validators are set in code only ([`Config::recipient_validators`]).
 //!
@@ -30,10 +32,13 @@
 //! assert!(Config::from_lookup(|k| (k == "THORN_RETRY_MAX").then(|| "ten".into())).is_err());
 //! ```
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use url::Url;
 
+use crate::retry::RetryPolicy;
 use crate::signing::Signer;
 use crate::subscriber::StaticSubscribers;
 use crate::validate::Validators;
@@ -54,12 +59,9 @@ pub enum DispatcherKind {
 pub struct Config {
     /// Timeout of one HTTP request (`THORN_EVENT_TIMEOUT`, 3 s).
     pub event_timeout: Duration,
-    /// Retry failed deliveries (`THORN_RETRY`, on).
-    pub retry: bool,
-    /// Retries before giving up (`THORN_RETRY_MAX`, 10).
-    pub retry_max: u32,
-    /// Delay between retries (`THORN_RETRY_DELAY`, 60 s).
-    pub retry_delay: Duration,
+    /// Retries: `THORN_RETRY` (on), `THORN_RETRY_MAX` (10),
+    /// `THORN_RETRY_DELAY` (60 s), fixed delay unless set otherwise.
+    pub retry: RetryPolicy,
     /// Static and callback subscribers (`THORN_SUBSCRIBERS`).
     pub subscribers: StaticSubscribers,
     /// The dispatcher (`THORN_DISPATCHER`).
@@ -80,6 +82,15 @@ pub struct Config {
     pub base_url: Option<Url>,
     /// In-process deliveries in flight at once (`THORN_MAX_CONCURRENCY`, 64).
     pub max_concurrency: usize,
+    /// In-process deliveries in flight to one scheme/host/port at once.
+    pub max_per_host: usize,
+    /// Also send Standard Webhooks headers (`webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`) to every subscriber
+    /// (`THORN_STANDARD_WEBHOOKS`); subscribers can opt in one by one.
+    pub standard_webhooks: bool,
+    /// Fixed DNS answers, like curl's `--resolve`: `host -> addresses`.
+    /// The addresses are still checked by the recipient validators.
+    pub resolve_overrides: HashMap<String, Vec<IpAddr>>,
     /// The `User-Agent` header.
     pub user_agent: String,
 }
@@ -88,9 +99,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             event_timeout: Duration::from_secs(3),
-            retry: true,
-            retry_max: 10,
-            retry_delay: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
             subscribers: StaticSubscribers::default(),
             dispatcher: DispatcherKind::default(),
             hmac_signer: Signer::default(),
@@ -100,6 +109,9 @@ impl Default for Config {
             chunksize: 10,
             base_url: None,
             max_concurrency: 64,
+            max_per_host: 16,
+            standard_webhooks: false,
+            resolve_overrides: HashMap::new(),
             user_agent: default_user_agent(),
         }
     }
@@ -163,13 +175,13 @@ impl Config {
             c.event_timeout = parse_seconds("THORN_EVENT_TIMEOUT", &v)?;
         }
         if let Some(v) = get("THORN_RETRY") {
-            c.retry = parse_bool("THORN_RETRY", &v)?;
+            c.retry.enabled = parse_bool("THORN_RETRY", &v)?;
         }
         if let Some(v) = get("THORN_RETRY_MAX") {
-            c.retry_max = parse_int("THORN_RETRY_MAX", &v)?;
+            c.retry.max_retries = parse_int("THORN_RETRY_MAX", &v)?;
         }
         if let Some(v) = get("THORN_RETRY_DELAY") {
-            c.retry_delay = parse_seconds("THORN_RETRY_DELAY", &v)?;
+            c.retry.retry_delay = parse_seconds("THORN_RETRY_DELAY", &v)?;
         }
         if let Some(v) = get("THORN_SUBSCRIBERS") {
             c.subscribers = StaticSubscribers::from_json(&v)?;
@@ -229,6 +241,16 @@ impl Config {
             }
             c.max_concurrency = n;
         }
+        if let Some(v) = get("THORN_MAX_PER_HOST") {
+            let n: usize = parse_int("THORN_MAX_PER_HOST", &v)?;
+            if n == 0 {
+                return Err(invalid("THORN_MAX_PER_HOST", "must be at least 1"));
+            }
+            c.max_per_host = n;
+        }
+        if let Some(v) = get("THORN_STANDARD_WEBHOOKS") {
+            c.standard_webhooks = parse_bool("THORN_STANDARD_WEBHOOKS", &v)?;
+        }
         Ok(c)
     }
 }
@@ -250,9 +272,9 @@ mod tests {
     fn defaults_are_the_manuals() {
         let c = Config::default();
         assert_eq!(c.event_timeout, Duration::from_secs(3));
-        assert!(c.retry);
-        assert_eq!(c.retry_max, 10);
-        assert_eq!(c.retry_delay, Duration::from_secs(60));
+        assert!(c.retry.enabled);
+        assert_eq!(c.retry.max_retries, 10);
+        assert_eq!(c.retry.retry_delay, Duration::from_secs(60));
         assert_eq!(c.chunksize, 10);
         assert_eq!(c.dispatcher, DispatcherKind::InProcess);
         assert_eq!(c.hmac_signer, Signer::Standard);
@@ -277,12 +299,14 @@ mod tests {
             ("THORN_CHUNKSIZE", "50"),
             ("THORN_BASE_URL", "https://example.com/"),
             ("THORN_MAX_CONCURRENCY", "8"),
+            ("THORN_MAX_PER_HOST", "2"),
+            ("THORN_STANDARD_WEBHOOKS", "yes"),
         ])
         .unwrap();
         assert_eq!(c.event_timeout, Duration::from_millis(250));
-        assert!(!c.retry);
-        assert_eq!(c.retry_max, 3);
-        assert_eq!(c.retry_delay, Duration::from_secs(5));
+        assert!(!c.retry.enabled);
+        assert_eq!(c.retry.max_retries, 3);
+        assert_eq!(c.retry.retry_delay, Duration::from_secs(5));
         assert_eq!(c.subscribers.matching("a.b", None).len(), 1);
         assert_eq!(c.dispatcher, DispatcherKind::Disabled);
         assert_eq!(c.hmac_signer, Signer::Compat);
@@ -291,6 +315,8 @@ mod tests {
         assert_eq!(c.chunksize, 50);
         assert_eq!(c.base_url.unwrap().as_str(), "https://example.com/");
         assert_eq!(c.max_concurrency, 8);
+        assert_eq!(c.max_per_host, 2);
+        assert!(c.standard_webhooks);
     }
 
     #[test]
@@ -303,6 +329,8 @@ mod tests {
             ("THORN_HMAC_SIGNER", "md5"),
             ("THORN_BASE_URL", "not a url"),
             ("THORN_MAX_CONCURRENCY", "0"),
+            ("THORN_MAX_PER_HOST", "x"),
+            ("THORN_STANDARD_WEBHOOKS", "2"),
             ("THORN_EVENT_CHOICES", "[1, 2]"),
         ] {
             let err = from(&[(key, value)]).unwrap_err().to_string();

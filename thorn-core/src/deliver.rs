@@ -1,17 +1,22 @@
-//! One delivery: one signed HTTP POST of one event to one subscriber.
+//! One delivery: one signed HTTP POST of one event to one subscriber, and
+//! the attempts it takes.
 //!
-//! Every delivery carries Thorn's headers:
+//! Every attempt carries Thorn's headers:
 //!
 //! | header | value |
 //! |---|---|
 //! | `Hook-Event` | the event name |
-//! | `Hook-Delivery` | the delivery's unique id (UUIDv7) |
+//! | `Hook-Delivery` | the delivery's id (UUIDv7), the same for every attempt |
 //! | `Hook-HMAC` | signature of the exact body with the subscriber's secret |
 //! | `Hook-Subscription` | the subscriber's uuid |
 //! | `User-Agent` | `Mozilla/5.0 (compatible; thorn/<version>; reqwest/0.13)` |
 //! | `Content-Type` | the subscriber's content type |
+//!
+//! and, when Standard Webhooks are on for the subscriber, `webhook-id`
+//! (= `Hook-Delivery`), `webhook-timestamp` and `webhook-signature`.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +27,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::error::SecurityError;
-use crate::signing::Signer;
+use crate::retry::{Verdict, classify_status, parse_retry_after};
+use crate::signing::{Signer, standard_webhooks_signature};
 use crate::subscriber::Subscriber;
 use crate::validate::Validators;
 use crate::{Error, Result};
@@ -37,12 +43,18 @@ pub mod headers {
     pub const HOOK_HMAC: &str = "hook-hmac";
     /// The subscriber's uuid.
     pub const HOOK_SUBSCRIPTION: &str = "hook-subscription";
+    /// Standard Webhooks: the message id (the delivery id).
+    pub const WEBHOOK_ID: &str = "webhook-id";
+    /// Standard Webhooks: seconds since the Unix epoch at sending.
+    pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+    /// Standard Webhooks: `v1,<base64>` signatures, space-separated.
+    pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 }
 
 /// One event for one subscriber, ready to POST.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Unique id, sent as `Hook-Delivery`.
+    /// Unique id, sent as `Hook-Delivery` on every attempt.
     pub id: Uuid,
     /// Event name, sent as `Hook-Event`.
     pub event: Arc<str>,
@@ -54,9 +66,13 @@ pub struct Delivery {
     pub headers: HeaderMap,
     /// Request timeout.
     pub timeout: Duration,
+    /// Reuse the connection afterwards (`allow_keepalive`).
+    pub keepalive: bool,
+    /// Add Standard Webhooks headers.
+    pub standard_webhooks: bool,
 }
 
-/// What happened to one delivery.
+/// What one attempt, or a whole delivery, came to.
 #[derive(Debug)]
 pub struct DeliveryOutcome {
     /// The delivery's id (`Hook-Delivery`).
@@ -67,9 +83,12 @@ pub struct DeliveryOutcome {
     pub subscriber: Uuid,
     /// Where it was sent.
     pub url: Url,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
     /// The response status (2xx) or what went wrong.
     pub result: Result<u16>,
-    /// Time from the start of the request to the end of the response.
+    /// Time of the last attempt, from request start to the end of the
+    /// response.
     pub elapsed: Duration,
 }
 
@@ -78,9 +97,23 @@ impl DeliveryOutcome {
     pub fn is_success(&self) -> bool {
         self.result.is_ok()
     }
+
+    /// True when the attempt timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.result, Err(Error::Timeout { .. }))
+    }
 }
 
-/// The pooled HTTP client every delivery of one [`crate::Thorn`] goes through.
+/// One attempt: its outcome and what it means for the delivery.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The outcome.
+    pub outcome: DeliveryOutcome,
+    /// Retry, give up, or done.
+    pub verdict: Verdict,
+}
+
+/// The pooled HTTP client deliveries go through.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
@@ -92,9 +125,10 @@ pub struct HttpClient {
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 impl HttpClient {
-    /// A client for `config`: its user agent and recipient validators, no
-    /// proxy from the environment, no redirects, TLS certificates verified.
-    pub fn new(config: &Config) -> Result<Self> {
+    /// A client for `config` that enforces `validators`: no proxy from the
+    /// environment, no redirects, TLS certificates verified, and every
+    /// resolved address checked at connect time.
+    pub fn new(config: &Config, validators: Validators) -> Result<Self> {
         // Our TLS provider unless the application installed its own.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
@@ -102,10 +136,12 @@ impl HttpClient {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.max_per_host.max(1))
             .tcp_nodelay(true);
-        if config.recipient_validators.checks_addresses() {
+        if validators.checks_addresses() || !config.resolve_overrides.is_empty() {
             builder = builder.dns_resolver(Arc::new(GuardedResolver {
-                validators: config.recipient_validators.clone(),
+                validators: validators.clone(),
+                overrides: config.resolve_overrides.clone(),
             }));
         }
         let client = builder.build().map_err(|e| Error::Config {
@@ -114,15 +150,21 @@ impl HttpClient {
         })?;
         Ok(HttpClient {
             client,
-            validators: config.recipient_validators.clone(),
+            validators,
             signer: config.hmac_signer,
         })
     }
 
-    /// The headers of a delivery, signature included.
-    pub fn headers_for(&self, delivery: &Delivery) -> Result<HeaderMap> {
+    /// The recipient validators this client enforces.
+    pub fn validators(&self) -> &Validators {
+        &self.validators
+    }
+
+    /// The headers of an attempt, signatures included. `timestamp` is the
+    /// Unix time of the attempt (for Standard Webhooks).
+    pub fn headers_for(&self, delivery: &Delivery, timestamp: i64) -> Result<HeaderMap> {
         let s = &delivery.subscriber;
-        let mut h = HeaderMap::with_capacity(6 + delivery.headers.len());
+        let mut h = HeaderMap::with_capacity(10 + delivery.headers.len());
         let value = |name: &str, v: &str| {
             HeaderValue::from_str(v).map_err(|_| Error::Config {
                 key: name.to_owned(),
@@ -136,57 +178,79 @@ impl HttpClient {
             reqwest::header::CONTENT_TYPE,
             HeaderValue::from_static(s.content_type.as_str()),
         );
-        h.insert(
-            HeaderName::from_static(headers::HOOK_EVENT),
-            value("Hook-Event", &delivery.event)?,
-        );
-        h.insert(
-            HeaderName::from_static(headers::HOOK_DELIVERY),
-            value("Hook-Delivery", &delivery.id.to_string())?,
-        );
-        let signature = self
-            .signer
-            .sign(s.hmac_digest, s.hmac_secret.as_bytes(), &delivery.body);
-        h.insert(
-            HeaderName::from_static(headers::HOOK_HMAC),
-            value("Hook-HMAC", &signature)?,
-        );
+        let id = delivery.id.to_string();
+        h.insert(HeaderName::from_static(headers::HOOK_EVENT), value("Hook-Event", &delivery.event)?);
+        h.insert(HeaderName::from_static(headers::HOOK_DELIVERY), value("Hook-Delivery", &id)?);
+        let signature = self.signer.sign(s.hmac_digest, s.hmac_secret.as_bytes(), &delivery.body);
+        h.insert(HeaderName::from_static(headers::HOOK_HMAC), value("Hook-HMAC", &signature)?);
         h.insert(
             HeaderName::from_static(headers::HOOK_SUBSCRIPTION),
             value("Hook-Subscription", &s.uuid.to_string())?,
         );
+        if delivery.standard_webhooks {
+            let secrets = std::iter::once(s.hmac_secret.as_str())
+                .chain(s.previous_secrets.iter().map(String::as_str));
+            let sig = standard_webhooks_signature(secrets, &id, timestamp, &delivery.body);
+            h.insert(HeaderName::from_static(headers::WEBHOOK_ID), value("webhook-id", &id)?);
+            h.insert(
+                HeaderName::from_static(headers::WEBHOOK_TIMESTAMP),
+                value("webhook-timestamp", &timestamp.to_string())?,
+            );
+            h.insert(HeaderName::from_static(headers::WEBHOOK_SIGNATURE), value("webhook-signature", &sig)?);
+        }
+        if !delivery.keepalive {
+            h.insert(reqwest::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         Ok(h)
     }
 
-    /// Performs one attempt of `delivery`.
-    pub async fn send(&self, delivery: &Delivery) -> DeliveryOutcome {
+    /// Performs attempt number `number` (1-based) of `delivery`.
+    pub async fn attempt(&self, delivery: &Delivery, number: u32) -> Attempt {
         let started = Instant::now();
-        let result = self.attempt(delivery).await;
+        let (result, verdict) = match self.post(delivery).await {
+            Ok((status, retry_after)) => {
+                let verdict = classify_status(status, retry_after);
+                let result = match verdict {
+                    Verdict::Delivered => Ok(status),
+                    _ => Err(Error::Status {
+                        url: delivery.subscriber.url.to_string(),
+                        status,
+                    }),
+                };
+                (result, verdict)
+            }
+            Err(e @ Error::Security(_)) => (Err(e), Verdict::Fail),
+            Err(e @ (Error::Timeout { .. } | Error::Http { .. })) => (Err(e), Verdict::Retry(None)),
+            Err(e) => (Err(e), Verdict::Fail),
+        };
         let outcome = DeliveryOutcome {
             delivery_id: delivery.id,
             event: delivery.event.clone(),
             subscriber: delivery.subscriber.uuid,
             url: delivery.subscriber.url.clone(),
+            attempts: number,
             result,
             elapsed: started.elapsed(),
         };
         match &outcome.result {
             Ok(status) => tracing::debug!(
                 event = %outcome.event, delivery = %outcome.delivery_id, url = %outcome.url,
-                status, elapsed_ms = outcome.elapsed.as_millis() as u64, "webhook delivered"
+                attempt = number, status, elapsed_ms = outcome.elapsed.as_millis() as u64,
+                "webhook delivered"
             ),
             Err(error) => tracing::warn!(
                 event = %outcome.event, delivery = %outcome.delivery_id, url = %outcome.url,
-                %error, "webhook delivery failed"
+                attempt = number, %error, "webhook attempt failed"
             ),
         }
-        outcome
+        Attempt { outcome, verdict }
     }
 
-    async fn attempt(&self, delivery: &Delivery) -> Result<u16> {
+    async fn post(&self, delivery: &Delivery) -> Result<(u16, Option<Duration>)> {
         let url = &delivery.subscriber.url;
         self.validators.check_url(url)?;
-        let headers = self.headers_for(delivery)?;
+        let now = chrono::Utc::now();
+        let headers = self.headers_for(delivery, now.timestamp())?;
         let request = self
             .client
             .post(url.clone())
@@ -198,33 +262,32 @@ impl HttpClient {
             .await
             .map_err(|e| transport_error(url, delivery.timeout, e))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now));
         // Read (a bounded part of) the body so the connection goes back to
         // the pool.
         let mut read = 0;
         while read < DRAIN_LIMIT {
             match response.chunk().await {
                 Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => {
+                    return Err(Error::Timeout {
+                        url: url.to_string(),
+                        after: delivery.timeout,
+                    });
+                }
+                Err(_) => break,
             }
         }
-        if (200..300).contains(&status) {
-            Ok(status)
-        } else {
-            Err(Error::Status {
-                url: url.to_string(),
-                status,
-            })
-        }
+        Ok((status, retry_after))
     }
 }
 
 fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
-    if e.is_timeout() {
-        return Error::Timeout {
-            url: url.to_string(),
-            after: timeout,
-        };
-    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if let Some(blocked) = err.downcast_ref::<SecurityError>() {
@@ -234,6 +297,12 @@ fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
             });
         }
         source = err.source();
+    }
+    if e.is_timeout() {
+        return Error::Timeout {
+            url: url.to_string(),
+            after: timeout,
+        };
     }
     Error::Http {
         url: url.to_string(),
@@ -245,15 +314,19 @@ fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
 /// connect time, so DNS rebinding cannot reach an internal address.
 struct GuardedResolver {
     validators: Validators,
+    overrides: HashMap<String, Vec<IpAddr>>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let validators = self.validators.clone();
+        let fixed = self.overrides.get(name.as_str()).cloned();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match fixed {
+                Some(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             for addr in &addrs {
                 validators.check_addr(&host, *addr)?;
             }

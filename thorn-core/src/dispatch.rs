@@ -1,26 +1,33 @@
 //! Dispatchers decide what sending an event does.
 //!
 //! - [`InProcessDispatcher`] (the default) delivers from this process, in
-//!   the background, through one pooled HTTP client, with a bound on the
-//!   deliveries in flight. `send` returns at once with a [`Dispatched`]
-//!   handle; nothing blocks the caller's thread or database transaction.
+//!   the background, through one pooled HTTP client: deliveries are grouped
+//!   by scheme, host and port so connections are reused, the number in
+//!   flight is bounded overall and per host, and failed attempts are
+//!   retried by the event's [`RetryPolicy`] with the same `Hook-Delivery`.
+//!   `send` returns at once with a [`Dispatched`] handle; nothing blocks the
+//!   caller's thread or database transaction.
 //! - [`DisabledDispatcher`] sends nothing.
 //!
 //! Applications can plug their own by implementing [`Dispatcher`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::codec::ContentType;
 use crate::config::Config;
 use crate::deliver::{Delivery, DeliveryOutcome, HttpClient};
+use crate::event::Callbacks;
+use crate::retry::{RetryPolicy, Verdict};
 use crate::subscriber::{SenderId, Subscriber};
+use crate::validate::Validators;
 use crate::{Error, Result, Thorn};
 
 /// One event on its way out: the message and how to send it. Built by
@@ -35,12 +42,22 @@ pub struct Outgoing {
     pub json: Bytes,
     /// Who sent it (selects owner-scoped subscribers).
     pub sender: Option<SenderId>,
+    /// Context for subscriber callbacks.
+    pub context: Option<Value>,
     /// Request timeout.
     pub timeout: std::time::Duration,
     /// Extra HTTP headers.
     pub headers: HeaderMap,
     /// Subscribers added by the event itself.
     pub extra_subscribers: Vec<Subscriber>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Reuse connections.
+    pub keepalive: bool,
+    /// Validators of the event, if not the configured ones.
+    pub validators: Option<Validators>,
+    /// Per-attempt callbacks.
+    pub callbacks: Callbacks,
 }
 
 impl Outgoing {
@@ -59,28 +76,60 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched;
 }
 
+type OutcomesRx = oneshot::Receiver<Result<Vec<DeliveryOutcome>>>;
+
+#[derive(Debug)]
+enum Pending {
+    Done,
+    Running(OutcomesRx),
+    /// Held in a buffer; the dispatcher's handle arrives at flush.
+    Buffered(oneshot::Receiver<Dispatched>),
+}
+
 /// A handle on a dispatched event: wait for it to learn what each
-/// subscriber answered. Dropping it does not cancel anything.
+/// subscriber finally answered. Dropping it does not cancel anything.
 #[derive(Debug)]
 #[must_use = "dropping the handle is fine, but then nobody learns whether delivery worked"]
 pub struct Dispatched {
-    rx: Option<oneshot::Receiver<Result<Vec<DeliveryOutcome>>>>,
+    pending: Pending,
 }
 
 impl Dispatched {
     /// A handle that is already finished with no deliveries.
     pub fn none() -> Self {
-        Dispatched { rx: None }
+        Dispatched {
+            pending: Pending::Done,
+        }
     }
 
-    /// Waits for every delivery of the event (async).
+    /// A handle on outcomes a dispatcher will send through `rx`.
+    pub fn from_receiver(rx: oneshot::Receiver<Result<Vec<DeliveryOutcome>>>) -> Self {
+        Dispatched {
+            pending: Pending::Running(rx),
+        }
+    }
+
+    pub(crate) fn buffered(rx: oneshot::Receiver<Dispatched>) -> Self {
+        Dispatched {
+            pending: Pending::Buffered(rx),
+        }
+    }
+
+    /// Waits for every delivery of the event, retries included (async).
     ///
     /// Fails only when the subscribers could not be looked up or the
     /// dispatcher shut down; failed deliveries are in the outcomes.
     pub async fn outcomes(self) -> Result<Vec<DeliveryOutcome>> {
-        match self.rx {
-            None => Ok(Vec::new()),
-            Some(rx) => rx.await.unwrap_or(Err(Error::DispatcherClosed)),
+        let mut pending = self.pending;
+        loop {
+            pending = match pending {
+                Pending::Done => return Ok(Vec::new()),
+                Pending::Running(rx) => return rx.await.unwrap_or(Err(Error::DispatcherClosed)),
+                Pending::Buffered(rx) => match rx.await {
+                    Ok(next) => next.pending,
+                    Err(_) => return Err(Error::DispatcherClosed),
+                },
+            }
         }
     }
 
@@ -91,9 +140,18 @@ impl Dispatched {
     /// When called from inside an async runtime; use [`Dispatched::outcomes`]
     /// there.
     pub fn wait(self) -> Result<Vec<DeliveryOutcome>> {
-        match self.rx {
-            None => Ok(Vec::new()),
-            Some(rx) => rx.blocking_recv().unwrap_or(Err(Error::DispatcherClosed)),
+        let mut pending = self.pending;
+        loop {
+            pending = match pending {
+                Pending::Done => return Ok(Vec::new()),
+                Pending::Running(rx) => {
+                    return rx.blocking_recv().unwrap_or(Err(Error::DispatcherClosed));
+                }
+                Pending::Buffered(rx) => match rx.blocking_recv() {
+                    Ok(next) => next.pending,
+                    Err(_) => return Err(Error::DispatcherClosed),
+                },
+            }
         }
     }
 }
@@ -125,12 +183,46 @@ impl Drop for BackgroundRuntime {
     }
 }
 
+/// Clients by validator set: the configured one, and one per event that
+/// brings its own validators (each with its own resolver and pool).
+#[derive(Debug)]
+struct Clients {
+    config: Config,
+    default: HttpClient,
+    custom: Mutex<Vec<HttpClient>>,
+}
+
+impl Clients {
+    fn get(&self, validators: Option<&Validators>) -> Result<HttpClient> {
+        let Some(v) = validators else {
+            return Ok(self.default.clone());
+        };
+        if v.same_as(self.default.validators()) {
+            return Ok(self.default.clone());
+        }
+        let mut custom = self.custom.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = custom.iter().find(|c| c.validators().same_as(v)) {
+            return Ok(c.clone());
+        }
+        let client = HttpClient::new(&self.config, v.clone())?;
+        custom.push(client.clone());
+        Ok(client)
+    }
+}
+
 /// Delivers from this process (the default dispatcher).
 #[derive(Debug, Clone)]
 pub struct InProcessDispatcher {
-    runtime: Arc<BackgroundRuntime>,
-    client: HttpClient,
+    inner: Arc<InProcess>,
+}
+
+#[derive(Debug)]
+struct InProcess {
+    runtime: BackgroundRuntime,
+    clients: Clients,
     limit: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    max_per_host: usize,
 }
 
 impl InProcessDispatcher {
@@ -146,15 +238,23 @@ impl InProcessDispatcher {
                 message: e.to_string(),
             })?;
         Ok(InProcessDispatcher {
-            runtime: Arc::new(BackgroundRuntime(Some(runtime))),
-            client: HttpClient::new(config)?,
-            limit: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            inner: Arc::new(InProcess {
+                runtime: BackgroundRuntime(Some(runtime)),
+                clients: Clients {
+                    config: config.clone(),
+                    default: HttpClient::new(config, config.recipient_validators.clone())?,
+                    custom: Mutex::new(Vec::new()),
+                },
+                limit: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+                per_host: Mutex::new(HashMap::new()),
+                max_per_host: config.max_per_host.max(1),
+            }),
         })
     }
 
-    /// The HTTP client deliveries go through.
+    /// The HTTP client of the configured validators.
     pub fn client(&self) -> &HttpClient {
-        &self.client
+        &self.inner.clients.default
     }
 }
 
@@ -162,73 +262,140 @@ impl Dispatcher for InProcessDispatcher {
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
         let (tx, rx) = oneshot::channel();
         let thorn = thorn.clone();
-        let client = self.client.clone();
-        let limit = self.limit.clone();
-        let handle = self
-            .runtime
-            .0
-            .as_ref()
-            .expect("runtime lives until drop")
-            .handle();
+        let inner = self.inner.clone();
+        let handle = inner.runtime.0.as_ref().expect("runtime lives until drop").handle().clone();
         handle.spawn(async move {
-            let result = deliver_all(&thorn, &client, &limit, outgoing).await;
+            let result = inner.deliver_all(&thorn, outgoing).await;
             let _ = tx.send(result);
         });
-        Dispatched { rx: Some(rx) }
+        Dispatched::from_receiver(rx)
     }
 }
 
-async fn deliver_all(
-    thorn: &Thorn,
-    client: &HttpClient,
-    limit: &Arc<Semaphore>,
-    outgoing: Outgoing,
-) -> Result<Vec<DeliveryOutcome>> {
-    let mut subscribers = thorn
-        .subscribers_for(&outgoing.event, outgoing.sender.as_ref())
-        .await?;
-    subscribers.extend(
-        outgoing
-            .extra_subscribers
-            .iter()
-            .filter(|s| s.accepts_sender(outgoing.sender.as_ref()))
-            .cloned(),
-    );
-    let mut form_body: Option<Bytes> = None;
-    let mut tasks = JoinSet::new();
-    for subscriber in subscribers {
-        let body = match subscriber.content_type {
-            ContentType::Json => outgoing.json.clone(),
-            other => form_body
-                .get_or_insert_with(|| outgoing.body(other))
-                .clone(),
-        };
-        let delivery = Delivery {
-            id: Uuid::now_v7(),
-            event: outgoing.event.clone(),
-            subscriber,
-            body,
-            headers: outgoing.headers.clone(),
-            timeout: outgoing.timeout,
-        };
-        let permit = limit
+/// `scheme://host:port`, the unit of connection reuse.
+fn host_key(url: &url::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+impl InProcess {
+    fn host_limit(&self, key: &str) -> Arc<Semaphore> {
+        let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host)))
             .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::DispatcherClosed)?;
-        let client = client.clone();
-        tasks.spawn(async move {
-            let outcome = client.send(&delivery).await;
-            drop(permit);
-            outcome
-        });
     }
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => tracing::error!(error = %e, "webhook delivery task panicked"),
+
+    async fn permits(&self, host: &Arc<Semaphore>) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let global = self.limit.clone().acquire_owned().await.map_err(|_| Error::DispatcherClosed)?;
+        let local = host.clone().acquire_owned().await.map_err(|_| Error::DispatcherClosed)?;
+        Ok((global, local))
+    }
+
+    async fn deliver_all(self: &Arc<Self>, thorn: &Thorn, outgoing: Outgoing) -> Result<Vec<DeliveryOutcome>> {
+        let client = self.clients.get(outgoing.validators.as_ref())?;
+        let mut subscribers = thorn
+            .subscribers_for_query(&outgoing.event, outgoing.sender.as_ref(), outgoing.context.as_ref())
+            .await?;
+        subscribers.extend(
+            outgoing
+                .extra_subscribers
+                .iter()
+                .filter(|s| s.accepts_sender(outgoing.sender.as_ref()))
+                .cloned(),
+        );
+        // Requests to one scheme/host/port go out together, so pooled
+        // connections are reused instead of opened side by side.
+        subscribers.sort_by_cached_key(|s| host_key(&s.url));
+        let outgoing = Arc::new(outgoing);
+        let mut form_body: Option<Bytes> = None;
+        let mut tasks = JoinSet::new();
+        for subscriber in subscribers {
+            let body = match subscriber.content_type {
+                ContentType::Json => outgoing.json.clone(),
+                other => form_body.get_or_insert_with(|| outgoing.body(other)).clone(),
+            };
+            let standard_webhooks = subscriber.standard_webhooks.unwrap_or(thorn.config().standard_webhooks);
+            let host = self.host_limit(&host_key(&subscriber.url));
+            let delivery = Delivery {
+                id: Uuid::now_v7(),
+                event: outgoing.event.clone(),
+                subscriber,
+                body,
+                headers: outgoing.headers.clone(),
+                timeout: outgoing.timeout,
+                keepalive: outgoing.keepalive,
+                standard_webhooks,
+            };
+            let first = self.permits(&host).await?;
+            let (this, client, outgoing, thorn) = (self.clone(), client.clone(), outgoing.clone(), thorn.clone());
+            tasks.spawn(async move { this.deliver_one(&thorn, &client, &outgoing, delivery, host, first).await });
+        }
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => tracing::error!(error = %e, "webhook delivery task panicked"),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// All attempts of one delivery; permits are held only while a request
+    /// is in flight, never while waiting to retry.
+    async fn deliver_one(
+        &self,
+        thorn: &Thorn,
+        client: &HttpClient,
+        outgoing: &Outgoing,
+        delivery: Delivery,
+        host: Arc<Semaphore>,
+        first: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> DeliveryOutcome {
+        let mut first = Some(first);
+        let mut number = 1;
+        loop {
+            let permits = match first.take() {
+                Some(p) => p,
+                None => match self.permits(&host).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return DeliveryOutcome {
+                            delivery_id: delivery.id,
+                            event: delivery.event.clone(),
+                            subscriber: delivery.subscriber.uuid,
+                            url: delivery.subscriber.url.clone(),
+                            attempts: number - 1,
+                            result: Err(e),
+                            elapsed: std::time::Duration::ZERO,
+                        };
+                    }
+                },
+            };
+            let attempt = client.attempt(&delivery, number).await;
+            drop(permits);
+            outgoing.callbacks.fire(&attempt.outcome);
+            match attempt.verdict {
+                Verdict::Retry(after) if outgoing.retry.allows(number) => {
+                    let wait = outgoing.retry.delay(number, after);
+                    tracing::debug!(delivery = %delivery.id, retry = number, ?wait, "webhook retry scheduled");
+                    tokio::time::sleep(wait).await;
+                    number += 1;
+                }
+                Verdict::Gone => {
+                    tracing::info!(subscriber = %delivery.subscriber.uuid, url = %delivery.subscriber.url,
+                        "receiver answered 410 Gone: subscription marked gone");
+                    if let Err(error) = thorn.mark_gone(delivery.subscriber.uuid).await {
+                        tracing::error!(%error, "could not mark subscription gone");
+                    }
+                    return attempt.outcome;
+                }
+                _ => return attempt.outcome,
+            }
         }
     }
-    Ok(outcomes)
 }

@@ -79,6 +79,13 @@ pub enum Error {
         status: u16,
     },
 
+    /// A buffer was disabled while it still held events; flush it first.
+    #[error("cannot disable the event buffer: {pending} event(s) are still held (flush first)")]
+    BufferNotEmpty {
+        /// Events still held.
+        pending: usize,
+    },
+
     /// The dispatcher was shut down before the delivery finished.
     #[error("the dispatcher shut down before the delivery finished")]
     DispatcherClosed,

@@ -4,37 +4,111 @@
 //! events ([`crate::model`]) wrap their payload in Thorn's message format.
 //!
 //! ```no_run
-//! use thorn_core::{Config, Event, Thorn};
+//! use std::time::Duration;
+//! use thorn_core::{Config, Event, SendOptions, Thorn};
+//! use thorn_core::retry::RetryPolicy;
 //! use serde_json::json;
 //!
 //! let thorn = Thorn::new(Config::from_env()?)?;
-//! let on_user_created = Event::new("user.created");
-//! let handle = on_user_created.send(&thorn, &json!({"username": "alice"}))?;
+//! let on_user_created = Event::new("user.created")
+//!     .with_timeout(Duration::from_secs(10))
+//!     .with_retry(RetryPolicy { max_retries: 3, ..RetryPolicy::default() });
+//! let handle = on_user_created.send_with(
+//!     &thorn,
+//!     &json!({"username": "alice"}),
+//!     SendOptions::new().sender(42).on_error(|o| eprintln!("{} failed: {:?}", o.url, o.result)),
+//! )?;
 //! for outcome in handle.wait()? {
-//!     println!("{} -> {:?}", outcome.url, outcome.result);
+//!     println!("{} -> {:?} after {} attempt(s)", outcome.url, outcome.result, outcome.attempts);
 //! }
 //! # Ok::<(), thorn_core::Error>(())
 //! ```
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::codec::{ContentType, to_message_value};
+use crate::deliver::DeliveryOutcome;
 use crate::dispatch::{Dispatched, Outgoing};
-use crate::subscriber::{SenderId, Subscriber};
-use crate::{Result, Thorn};
+use crate::retry::RetryPolicy;
+use crate::subscriber::{SenderId, Subscriber, SubscriberCallback, SubscriberQuery};
+use crate::validate::Validators;
+use crate::{Error, Result, Thorn};
 
-/// A named event (`"user.created"`) with its sending options.
-#[derive(Debug, Clone)]
+/// Called with the outcome of a delivery attempt.
+pub type Callback = Arc<dyn Fn(&DeliveryOutcome) + Send + Sync>;
+
+/// Callbacks of one `send`, each called once per HTTP attempt of each
+/// delivery: `on_success` when the receiver answered 2xx, `on_timeout` when
+/// the attempt timed out, `on_error` for every other failed attempt
+/// (including those that will be retried).
+#[derive(Clone, Default)]
+pub struct Callbacks {
+    /// A delivery succeeded.
+    pub on_success: Option<Callback>,
+    /// An attempt failed (not a timeout).
+    pub on_error: Option<Callback>,
+    /// An attempt timed out.
+    pub on_timeout: Option<Callback>,
+}
+
+impl fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("on_success", &self.on_success.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .field("on_timeout", &self.on_timeout.is_some())
+            .finish()
+    }
+}
+
+impl Callbacks {
+    /// Calls the callback that fits `outcome`.
+    pub fn fire(&self, outcome: &DeliveryOutcome) {
+        let callback = match &outcome.result {
+            Ok(_) => &self.on_success,
+            Err(Error::Timeout { .. }) => &self.on_timeout,
+            Err(_) => &self.on_error,
+        };
+        if let Some(cb) = callback {
+            cb(outcome);
+        }
+    }
+}
+
+/// A named event (`"user.created"`) with its sending options (Thorn's
+/// `Event` keyword arguments).
+#[derive(Clone)]
 pub struct Event {
     name: Arc<str>,
     timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    request_data: Option<Map<String, Value>>,
+    allow_keepalive: bool,
+    validators: Option<Validators>,
     subscribers: Vec<Subscriber>,
+    subscriber_callbacks: Vec<SubscriberCallback>,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("request_data", &self.request_data)
+            .field("allow_keepalive", &self.allow_keepalive)
+            .field("validators", &self.validators)
+            .field("subscribers", &self.subscribers)
+            .field("subscriber_callbacks", &self.subscriber_callbacks.len())
+            .finish()
+    }
 }
 
 /// Options of one `send`.
@@ -43,19 +117,92 @@ pub struct SendOptions {
     /// The sender (a user id); owner-scoped subscribers only receive their
     /// own events.
     pub sender: Option<SenderId>,
+    /// Extra context passed to subscriber callbacks.
+    pub context: Option<Value>,
     /// Overrides the event's timeout for this send.
     pub timeout: Option<Duration>,
     /// Extra HTTP headers.
     pub headers: HeaderMap,
+    /// Per-attempt callbacks.
+    pub callbacks: Callbacks,
+}
+
+impl SendOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the sender.
+    pub fn sender(mut self, sender: impl Into<SenderId>) -> Self {
+        self.sender = Some(sender.into());
+        self
+    }
+
+    /// Sets the context passed to subscriber callbacks.
+    pub fn context(mut self, context: Value) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Sets the timeout of this send.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds an HTTP header; fails with [`Error::Config`] naming the header
+    /// when the name or value cannot be sent.
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self> {
+        let bad = |what: &str| Error::Config {
+            key: format!("header {name}"),
+            message: format!("invalid header {what}"),
+        };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("name"))?;
+        let v = HeaderValue::from_str(value).map_err(|_| bad("value"))?;
+        self.headers.insert(n, v);
+        Ok(self)
+    }
+
+    /// Called when a delivery succeeds.
+    pub fn on_success(mut self, f: impl Fn(&DeliveryOutcome) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_success = Some(Arc::new(f));
+        self
+    }
+
+    /// Called for each failed attempt that did not time out.
+    pub fn on_error(mut self, f: impl Fn(&DeliveryOutcome) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_error = Some(Arc::new(f));
+        self
+    }
+
+    /// Called for each attempt that timed out.
+    pub fn on_timeout(mut self, f: impl Fn(&DeliveryOutcome) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_timeout = Some(Arc::new(f));
+        self
+    }
 }
 
 impl Event {
-    /// An event named `name`, with the configured timeout.
+    /// An event named `name`, with the configured defaults.
     pub fn new(name: impl Into<Arc<str>>) -> Self {
         Event {
             name: name.into(),
             timeout: None,
+            retry: None,
+            request_data: None,
+            allow_keepalive: true,
+            validators: None,
             subscribers: Vec::new(),
+            subscriber_callbacks: Vec::new(),
+        }
+    }
+
+    /// The same event under another name (used for `{field}` names).
+    pub fn renamed(&self, name: impl Into<Arc<str>>) -> Self {
+        Event {
+            name: name.into(),
+            ..self.clone()
         }
     }
 
@@ -75,6 +222,41 @@ impl Event {
         self.timeout
     }
 
+    /// Sets this event's retry policy (default: the configured one).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Adds fields to every body of this event (top level; the payload's
+    /// own fields win), for receivers that expect fixed fields.
+    ///
+    /// Fails with [`Error::Config`] when `data` is not a JSON object.
+    pub fn with_request_data(mut self, data: Value) -> Result<Self> {
+        match data {
+            Value::Object(map) => {
+                self.request_data = Some(map);
+                Ok(self)
+            }
+            other => Err(Error::Config {
+                key: format!("request_data of {}", self.name),
+                message: format!("expected a JSON object, got {other}"),
+            }),
+        }
+    }
+
+    /// `false` closes the connection after each request of this event.
+    pub fn with_keepalive(mut self, allow: bool) -> Self {
+        self.allow_keepalive = allow;
+        self
+    }
+
+    /// Recipient validators for this event instead of the configured ones.
+    pub fn with_validators(mut self, validators: Validators) -> Self {
+        self.validators = Some(validators);
+        self
+    }
+
     /// Adds a subscriber that receives this event in addition to the
     /// stored and configured ones.
     pub fn with_subscriber(mut self, subscriber: Subscriber) -> Self {
@@ -82,15 +264,24 @@ impl Event {
         self
     }
 
+    /// Adds a callback returning more subscribers for each send.
+    pub fn with_subscriber_callback(
+        mut self,
+        f: impl Fn(&SubscriberQuery<'_>) -> Vec<Subscriber> + Send + Sync + 'static,
+    ) -> Self {
+        self.subscriber_callbacks.push(Arc::new(f));
+        self
+    }
+
     /// Sends `payload` as the body to every subscriber.
     ///
     /// Returns once the event is handed to the dispatcher; fails at once if
-    /// the payload cannot be encoded ([`crate::Error::Encode`]).
+    /// the payload cannot be encoded ([`Error::Encode`]).
     pub fn send<T: Serialize + ?Sized>(&self, thorn: &Thorn, payload: &T) -> Result<Dispatched> {
         self.send_with(thorn, payload, SendOptions::default())
     }
 
-    /// [`Event::send`] with a sender, timeout or headers.
+    /// [`Event::send`] with a sender, context, timeout, headers or callbacks.
     pub fn send_with<T: Serialize + ?Sized>(
         &self,
         thorn: &Thorn,
@@ -102,19 +293,40 @@ impl Event {
     }
 
     /// Sends a message that is already a JSON value (cannot fail to encode).
-    pub fn send_value(&self, thorn: &Thorn, message: Value, options: SendOptions) -> Dispatched {
+    pub fn send_value(&self, thorn: &Thorn, mut message: Value, options: SendOptions) -> Dispatched {
+        if let (Some(extra), Value::Object(body)) = (&self.request_data, &mut message) {
+            for (k, v) in extra {
+                body.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let mut extra_subscribers = self.subscribers.clone();
+        if !self.subscriber_callbacks.is_empty() {
+            let query = SubscriberQuery {
+                event: &self.name,
+                sender: options.sender.as_ref(),
+                context: options.context.as_ref(),
+            };
+            for cb in &self.subscriber_callbacks {
+                extra_subscribers.extend(cb(&query));
+            }
+        }
         let json = Bytes::from(ContentType::Json.encode(&message));
         let outgoing = Outgoing {
             event: self.name.clone(),
             message,
             json,
             sender: options.sender,
+            context: options.context,
             timeout: options
                 .timeout
                 .or(self.timeout)
                 .unwrap_or(thorn.config().event_timeout),
             headers: options.headers,
-            extra_subscribers: self.subscribers.clone(),
+            extra_subscribers,
+            retry: self.retry.unwrap_or(thorn.config().retry),
+            keepalive: self.allow_keepalive,
+            validators: self.validators.clone(),
+            callbacks: options.callbacks,
         };
         thorn.dispatch(outgoing)
     }

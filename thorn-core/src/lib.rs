@@ -6,6 +6,7 @@
 //! Most applications depend on the `thorn` facade crate instead, which
 //! re-exports this crate next to the derive and the ORM integrations.
 
+pub mod buffer;
 pub mod codec;
 pub mod config;
 pub mod deliver;
@@ -13,6 +14,7 @@ pub mod dispatch;
 pub mod error;
 pub mod event;
 pub mod model;
+pub mod retry;
 pub mod signing;
 pub mod subscriber;
 pub mod validate;
@@ -23,9 +25,10 @@ pub use app::{Thorn, ThornBuilder};
 pub use codec::ContentType;
 pub use config::{Config, DispatcherKind};
 pub use deliver::DeliveryOutcome;
-pub use dispatch::{Dispatched, Dispatcher};
+pub use dispatch::{Dispatched, Dispatcher, Outgoing};
+pub use retry::{Backoff, RetryPolicy};
 pub use error::{Error, Result, SecurityError};
-pub use event::{Event, SendOptions};
+pub use event::{Callbacks, Event, SendOptions};
 pub use model::{DispatchOn, ModelEvent, WebhookModel, Webhooks};
 pub use signing::Digest;
 pub use subscriber::{SenderId, Subscriber, SubscriberStore};

@@ -113,6 +113,18 @@ impl<M> ModelEvent<M> {
         self
     }
 
+    /// Changes the underlying [`Event`]'s options (retry policy,
+    /// validators, keep-alive, request data, extra subscribers, ...).
+    pub fn with_event(mut self, f: impl FnOnce(Event) -> Event) -> Self {
+        self.event = f(self.event);
+        self
+    }
+
+    /// The underlying event and its options.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
     /// The key it was declared under (`"on_create"`).
     pub fn key(&self) -> &'static str {
         self.key
@@ -233,11 +245,7 @@ impl<M> ModelEvent<M> {
         if name == self.event.name() {
             self.event.clone()
         } else {
-            let mut e = Event::new(name);
-            if let Some(t) = self.event.timeout() {
-                e = e.with_timeout(t);
-            }
-            e
+            self.event.renamed(name)
         }
     }
 }

@@ -148,6 +148,61 @@ impl Signer {
     }
 }
 
+/// [Standard Webhooks](https://www.standardwebhooks.com/) signatures, so
+/// receivers can verify deliveries with off-the-shelf libraries.
+///
+/// The key is the secret's bytes, or, for a secret written `whsec_<base64>`,
+/// the bytes it encodes; [`standard_webhooks_secret`] shows a secret in the
+/// `whsec_` form a receiver configures.
+///
+/// ```
+/// use thorn_core::signing::{standard_webhooks_secret, standard_webhooks_signature};
+///
+/// let sig = standard_webhooks_signature(["old-secret", "new-secret"], "msg_1", 1700000000, b"{}");
+/// assert_eq!(sig.split(' ').count(), 2);
+/// assert!(sig.starts_with("v1,"));
+/// assert!(standard_webhooks_secret("abc").starts_with("whsec_"));
+/// ```
+pub fn standard_webhooks_signature<'a>(
+    secrets: impl IntoIterator<Item = &'a str>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.to_string().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let mut out = String::new();
+    for secret in secrets {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str("v1,");
+        out.push_str(&STANDARD.encode(hmac_bytes(Digest::Sha256, &standard_webhooks_key(secret), &signed)));
+    }
+    out
+}
+
+/// The HMAC key of a secret for Standard Webhooks.
+pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
+    match secret.strip_prefix("whsec_").map(|b64| STANDARD.decode(b64)) {
+        Some(Ok(key)) => key,
+        _ => secret.as_bytes().to_vec(),
+    }
+}
+
+/// A secret in the `whsec_<base64>` form Standard Webhooks verifiers expect.
+pub fn standard_webhooks_secret(secret: &str) -> String {
+    if secret.starts_with("whsec_") && STANDARD.decode(&secret[6..]).is_ok() {
+        secret.to_owned()
+    } else {
+        format!("whsec_{}", STANDARD.encode(secret.as_bytes()))
+    }
+}
+
 const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Length of a generated secret, as in Thorn.

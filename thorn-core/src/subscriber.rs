@@ -123,6 +123,14 @@ pub struct Subscriber {
     pub hmac_digest: Digest,
     /// Body format.
     pub content_type: ContentType,
+    /// Earlier secrets still accepted by the receiver while it rotates to
+    /// `hmac_secret`: each adds a Standard Webhooks signature.
+    #[serde(default)]
+    pub previous_secrets: Vec<String>,
+    /// Send Standard Webhooks headers to this subscriber; `None` follows
+    /// [`crate::Config::standard_webhooks`].
+    #[serde(default)]
+    pub standard_webhooks: Option<bool>,
     /// When the subscription was created.
     pub created_at: DateTime<Utc>,
     /// When the subscription last changed.
@@ -148,6 +156,8 @@ impl Subscriber {
             hmac_secret: generate_secret(),
             hmac_digest: Digest::default(),
             content_type: ContentType::default(),
+            previous_secrets: Vec::new(),
+            standard_webhooks: None,
             created_at: now,
             updated_at: now,
         })
@@ -168,6 +178,20 @@ impl Subscriber {
     /// Sets the body format.
     pub fn with_content_type(mut self, content_type: ContentType) -> Self {
         self.content_type = content_type;
+        self
+    }
+
+    /// Turns Standard Webhooks headers on or off for this subscriber.
+    pub fn with_standard_webhooks(mut self, on: bool) -> Self {
+        self.standard_webhooks = Some(on);
+        self
+    }
+
+    /// Rotates to `secret`, keeping the current one valid for Standard
+    /// Webhooks receivers until they switch.
+    pub fn rotate_secret(mut self, secret: impl Into<String>) -> Self {
+        let old = std::mem::replace(&mut self.hmac_secret, secret.into());
+        self.previous_secrets.insert(0, old);
         self
     }
 
@@ -206,6 +230,25 @@ pub trait SubscriberStore: Send + Sync + 'static {
         event: &'a str,
         sender: Option<&'a SenderId>,
     ) -> BoxFuture<'a, Result<Vec<Subscriber>>>;
+
+    /// The receiver answered `410 Gone`: the subscription should receive
+    /// nothing more. Stores delete or disable it; the default does nothing.
+    fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
+        let _ = subscriber;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What a subscriber callback is asked: the event, its sender, and the
+/// context given to `send`.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriberQuery<'a> {
+    /// The event name.
+    pub event: &'a str,
+    /// The sender, if any.
+    pub sender: Option<&'a SenderId>,
+    /// Extra context passed to `send` ([`crate::SendOptions::context`]).
+    pub context: Option<&'a Value>,
 }
 
 /// An in-memory [`SubscriberStore`], indexed by pattern so that finding the
@@ -264,11 +307,16 @@ impl SubscriberStore for MemoryStore {
         let found = self.matching(event, sender);
         Box::pin(async move { Ok(found) })
     }
+
+    fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
+        self.remove(subscriber);
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// A function returning subscribers for `(event, sender)`, accepted
-/// wherever static subscribers are.
-pub type SubscriberCallback = Arc<dyn Fn(&str, Option<&SenderId>) -> Vec<Subscriber> + Send + Sync>;
+/// A function returning subscribers for an event, accepted wherever static
+/// subscribers are (configuration and [`crate::Event::with_subscriber_callback`]).
+pub type SubscriberCallback = Arc<dyn Fn(&SubscriberQuery<'_>) -> Vec<Subscriber> + Send + Sync>;
 
 /// Subscribers from configuration (Thorn's `THORN_SUBSCRIBERS`): fixed
 /// subscribers and callbacks, keyed by event pattern.
@@ -349,7 +397,7 @@ impl StaticSubscribers {
     /// Adds a callback consulted for events matching `pattern`.
     pub fn callback<F>(mut self, pattern: &str, f: F) -> Self
     where
-        F: Fn(&str, Option<&SenderId>) -> Vec<Subscriber> + Send + Sync + 'static,
+        F: Fn(&SubscriberQuery<'_>) -> Vec<Subscriber> + Send + Sync + 'static,
     {
         self.callbacks.push((pattern.to_owned(), Arc::new(f)));
         self
@@ -420,14 +468,20 @@ impl StaticSubscribers {
 
     /// The static and callback subscribers for `event` sent by `sender`.
     pub fn matching(&self, event: &str, sender: Option<&SenderId>) -> Vec<Subscriber> {
-        let mut found = self.fixed.matching(event, sender);
+        self.query(&SubscriberQuery {
+            event,
+            sender,
+            context: None,
+        })
+    }
+
+    /// The static and callback subscribers for a query (callbacks see its
+    /// context).
+    pub fn query(&self, q: &SubscriberQuery<'_>) -> Vec<Subscriber> {
+        let mut found = self.fixed.matching(q.event, q.sender);
         for (pattern, callback) in &self.callbacks {
-            if pattern_matches(pattern, event) {
-                found.extend(
-                    callback(event, sender)
-                        .into_iter()
-                        .filter(|s| s.accepts_sender(sender)),
-                );
+            if pattern_matches(pattern, q.event) {
+                found.extend(callback(q).into_iter().filter(|s| s.accepts_sender(q.sender)));
             }
         }
         found
@@ -509,8 +563,8 @@ mod tests {
 
     #[test]
     fn callbacks_are_consulted_for_matching_events() {
-        let subs = StaticSubscribers::new().callback("address.*", |event, _sender| {
-            vec![Subscriber::new(event, "https://cb.example/").unwrap()]
+        let subs = StaticSubscribers::new().callback("address.*", |q| {
+            vec![Subscriber::new(q.event, "https://cb.example/").unwrap()]
         });
         assert_eq!(subs.matching("address.changed", None).len(), 1);
         assert!(subs.matching("user.changed", None).is_empty());

@@ -190,6 +190,11 @@ impl Validators {
         Validators::new([])
     }
 
+    /// True when both are the same set (clones of one `Validators`).
+    pub fn same_as(&self, other: &Validators) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The validators, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Validator> {
         self.0.iter()

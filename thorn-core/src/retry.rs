@@ -1,0 +1,211 @@
+//! Retry policy: which answers are retried, and how long to wait.
+//!
+//! A delivery is retried on connection errors, timeouts, `408`, `429` and
+//! `5xx`; other `4xx` (and `3xx`: redirects are never followed) fail
+//! without retry, and a recipient blocked by validation is never retried.
+//! `410 Gone` also tells the subscriber store the subscription is gone.
+//! `Retry-After` on `429` and `503` is honoured, up to
+//! [`RetryPolicy::max_retry_after`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use thorn_core::retry::{Backoff, RetryPolicy};
+//!
+//! let fixed = RetryPolicy::default();            // Thorn's: 10 retries, 60 s apart
+//! assert_eq!(fixed.delay(3, None), Duration::from_secs(60));
+//!
+//! let exp = RetryPolicy { backoff: Backoff::exponential(Duration::from_secs(3600)), ..fixed };
+//! assert!(exp.delay(3, None) <= Duration::from_secs(480));
+//! ```
+
+use std::time::Duration;
+
+/// How the wait between retries grows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// Always [`RetryPolicy::delay`] (Thorn's behaviour).
+    Fixed,
+    /// `delay * 2^(retry-1)`, capped at `max`, each wait drawn uniformly
+    /// from its upper half when `jitter` is on.
+    Exponential {
+        /// The longest wait.
+        max: Duration,
+        /// Spread retries of many deliveries apart.
+        jitter: bool,
+    },
+}
+
+impl Backoff {
+    /// Exponential backoff with jitter, capped at `max`.
+    pub fn exponential(max: Duration) -> Self {
+        Backoff::Exponential { max, jitter: true }
+    }
+}
+
+/// When and how often a failed delivery is tried again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retry at all (`THORN_RETRY`).
+    pub enabled: bool,
+    /// Retries after the first attempt (`THORN_RETRY_MAX`).
+    pub max_retries: u32,
+    /// Base wait between attempts (`THORN_RETRY_DELAY`).
+    pub retry_delay: Duration,
+    /// How the wait grows.
+    pub backoff: Backoff,
+    /// Upper bound for a receiver's `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            enabled: true,
+            max_retries: 10,
+            retry_delay: Duration::from_secs(60),
+            backoff: Backoff::Fixed,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn never() -> Self {
+        RetryPolicy {
+            enabled: false,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// True when retry number `retry` (1 for the first retry) is allowed.
+    pub fn allows(&self, retry: u32) -> bool {
+        self.enabled && retry <= self.max_retries
+    }
+
+    /// The wait before retry number `retry` (1-based); a receiver's
+    /// `Retry-After` wins, bounded by `max_retry_after`.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(asked) = retry_after {
+            return asked.min(self.max_retry_after);
+        }
+        match self.backoff {
+            Backoff::Fixed => self.retry_delay,
+            Backoff::Exponential { max, jitter } => {
+                let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
+                let full = self.retry_delay.saturating_mul(factor).min(max);
+                if jitter {
+                    // Uniform in [full/2, full].
+                    let half = full / 2;
+                    half + half.mul_f64(random_unit())
+                } else {
+                    full
+                }
+            }
+        }
+    }
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What an attempt's result means for the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: delivered.
+    Delivered,
+    /// Try again (after `Retry-After` when the receiver sent one).
+    Retry(Option<Duration>),
+    /// Give up now.
+    Fail,
+    /// 410: give up and forget the subscription.
+    Gone,
+}
+
+/// Classifies an HTTP status (see the module docs).
+pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        410 => Verdict::Gone,
+        429 | 503 => Verdict::Retry(retry_after),
+        408 | 500..=599 => Verdict::Retry(None),
+        _ => Verdict::Fail,
+    }
+}
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn statuses_are_classified_as_designed() {
+        assert_eq!(classify_status(200, None), Verdict::Delivered);
+        assert_eq!(classify_status(204, None), Verdict::Delivered);
+        for s in [408, 500, 502, 504, 599] {
+            assert_eq!(classify_status(s, None), Verdict::Retry(None), "{s}");
+        }
+        let after = Some(Duration::from_secs(2));
+        assert_eq!(classify_status(429, after), Verdict::Retry(after));
+        assert_eq!(classify_status(503, after), Verdict::Retry(after));
+        assert_eq!(classify_status(500, after), Verdict::Retry(None));
+        for s in [301, 302, 400, 401, 403, 404, 422] {
+            assert_eq!(classify_status(s, None), Verdict::Fail, "{s}");
+        }
+        assert_eq!(classify_status(410, None), Verdict::Gone);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_http_date() {
+        let now = chrono::Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn delays_fixed_exponential_and_bounded_retry_after() {
+        let p = RetryPolicy {
+            retry_delay: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.delay(5, None), Duration::from_secs(1));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(7200))), Duration::from_secs(30));
+        let e = RetryPolicy {
+            backoff: Backoff::Exponential { max: Duration::from_secs(10), jitter: false },
+            ..p
+        };
+        let got: Vec<u64> = (1..=6).map(|n| e.delay(n, None).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 10, 10]);
+        let j = RetryPolicy { backoff: Backoff::exponential(Duration::from_secs(10)), ..p };
+        for n in 1..=6 {
+            let full = e.delay(n, None);
+            let d = j.delay(n, None);
+            assert!(d >= full / 2 && d <= full, "retry {n}: {d:?} not in [{:?}, {full:?}]", full / 2);
+        }
+        assert!(p.allows(10) && !p.allows(11));
+        assert!(!RetryPolicy::never().allows(1));
+    }
+}
