@@ -37,12 +37,13 @@
 //! statements and sends the model's events.
 
 pub use thorn_core::{
-    Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched, Dispatcher,
-    DispatcherKind, Error, Event, ModelEvent, Result, SecurityError, SendOptions, SenderId,
-    Subscriber, SubscriberStore, Thorn, ThornBuilder, WebhookModel, Webhooks,
+    Backoff, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched,
+    Dispatcher, DispatcherKind, Error, Event, ModelEvent, Outgoing, Result, RetryPolicy,
+    SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore, Thorn, ThornBuilder,
+    WebhookModel, Webhooks,
 };
 pub use thorn_core::{
-    codec, config, deliver, dispatch, event, model, signing, subscriber, validate,
+    buffer, codec, config, deliver, dispatch, event, model, retry, signing, subscriber, validate,
 };
 pub use thorn_derive::WebhookModel;
 

@@ -1,27 +1,42 @@
-//! A real webhook receiver on 127.0.0.1:0 that records every request.
+//! A real webhook receiver on 127.0.0.1:0 that records every request and
+//! answers from a script: a status (with headers), a hang past the
+//! client's timeout, or a connection reset. Plain HTTP/1.1 over TCP, so
+//! the test controls the connection itself.
 
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // each test module uses a different subset
+pub(crate) enum Reply {
+    Status(u16),
+    StatusWith(u16, Vec<(&'static str, String)>),
+    Hang(Duration),
+    Reset,
+}
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
     pub(crate) path: String,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) at: Instant,
 }
 
 impl Received {
     pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
-            .get(name)
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| panic!("request has no {name} header: {:?}", self.headers))
-            .to_str()
-            .unwrap()
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
@@ -29,48 +44,139 @@ impl Received {
     }
 }
 
-/// Runs on its own thread and runtime, so synchronous (Diesel) tests can
-/// use it as well as async ones.
+struct Shared {
+    tx: Mutex<mpsc::Sender<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    connections: AtomicUsize,
+}
+
 pub(crate) struct Receiver {
     pub(crate) url: String,
+    pub(crate) port: u16,
     rx: mpsc::Receiver<Received>,
+    shared: Arc<Shared>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn record(
-    State(tx): State<mpsc::Sender<Received>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let _ = tx.send(Received {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-    });
-    StatusCode::OK
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let path = lines.next()?.split(' ').nth(1)?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body_start = head_end + 4;
+    while buf.len() < body_start + len {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[body_start..body_start + len].to_vec();
+    buf.drain(..body_start + len);
+    Some((path, headers, body))
+}
+
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let mut buf = Vec::new();
+    while let Some((path, headers, body)) = read_request(&mut stream, &mut buf).await {
+        let close = headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
+        let reply = shared
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Reply::Status(200));
+        let _ = shared.tx.lock().unwrap().send(Received {
+            path,
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        let (status, extra) = match reply {
+            Reply::Status(s) => (s, Vec::new()),
+            Reply::StatusWith(s, h) => (s, h),
+            Reply::Hang(d) => {
+                tokio::time::sleep(d).await;
+                return;
+            }
+            Reply::Reset => {
+                // Zero linger makes close send a RST at once; nothing blocks.
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+                return;
+            }
+        };
+        let mut response = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n");
+        for (n, v) in extra {
+            response.push_str(&format!("{n}: {v}\r\n"));
+        }
+        response.push_str("\r\nok");
+        if stream.write_all(response.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
 }
 
 impl Receiver {
+    /// Answers 200 to everything.
     pub(crate) fn start() -> Receiver {
+        Self::scripted([])
+    }
+
+    /// Answers with `script` in order, then 200.
+    pub(crate) fn scripted(script: impl IntoIterator<Item = Reply>) -> Receiver {
         let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::new(Shared {
+            tx: Mutex::new(tx),
+            script: Mutex::new(script.into_iter().collect()),
+            connections: AtomicUsize::new(0),
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = mpsc::channel();
+        let server_shared = shared.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().fallback(record).with_state(tx);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { break };
+                            server_shared.connections.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(serve(stream, server_shared.clone()));
+                        }
+                    }
+                }
             });
         });
         let addr = addr_rx
@@ -78,9 +184,17 @@ impl Receiver {
             .expect("receiver started");
         Receiver {
             url: format!("http://{addr}/hooks/"),
+            port: addr.port(),
             rx,
+            shared,
             _stop: stop_tx,
         }
+    }
+
+    /// TCP connections accepted so far.
+    #[allow(dead_code)]
+    pub(crate) fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Exactly `n` requests: waits up to `within` for them, then a short

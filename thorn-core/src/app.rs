@@ -16,7 +16,7 @@ use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
 /// use thorn_core::{Config, Thorn, subscriber::MemoryStore};
 ///
 /// let thorn = Thorn::builder(Config::default()).store(MemoryStore::new()).build().unwrap();
-/// assert_eq!(thorn.config().retry_max, 10);
+/// assert_eq!(thorn.config().retry.max_retries, 10);
 /// ```
 #[derive(Clone)]
 pub struct Thorn {
@@ -100,9 +100,9 @@ impl Thorn {
     /// Hands an event to the dispatcher, or to the active buffer
     /// ([`crate::buffer`]) when there is one.
     pub fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
-        match crate::buffer::hold(self, outgoing) {
-            Ok(held) => held,
-            Err(outgoing) => self.dispatch_now(outgoing),
+        match crate::buffer::current() {
+            Some(buffer) => crate::buffer::hold(&buffer, self, outgoing),
+            None => self.dispatch_now(outgoing),
         }
     }
 

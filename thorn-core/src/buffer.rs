@@ -57,7 +57,7 @@ struct Held {
     reply: oneshot::Sender<Dispatched>,
 }
 
-struct State {
+pub(crate) struct State {
     depth: usize,
     held: Vec<Held>,
     options: BufferOptions,
@@ -65,7 +65,7 @@ struct State {
     last_flush: Instant,
 }
 
-type Shared = Arc<Mutex<State>>;
+pub(crate) type Shared = Arc<Mutex<State>>;
 
 thread_local! {
     static THREAD: RefCell<Option<Shared>> = const { RefCell::new(None) };
@@ -90,26 +90,23 @@ fn new_state(options: BufferOptions) -> Shared {
 }
 
 /// The buffer of the current task, else of the current thread.
-fn current() -> Option<Shared> {
+pub(crate) fn current() -> Option<Shared> {
     TASK.try_with(Arc::clone)
         .ok()
         .or_else(|| THREAD.with(|t| t.borrow().clone()))
 }
 
-/// Holds `outgoing` in the active buffer, or gives it back when there is none.
-pub(crate) fn hold(thorn: &Thorn, outgoing: Outgoing) -> std::result::Result<Dispatched, Outgoing> {
-    let Some(shared) = current() else {
-        return Err(outgoing);
-    };
+/// Holds `outgoing` in `shared`; the handle resolves once it is flushed.
+pub(crate) fn hold(shared: &Shared, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
     let (reply, rx) = oneshot::channel();
-    let mut state = lock(&shared);
+    let mut state = lock(shared);
     state.held.push(Held {
         thorn: thorn.clone(),
         outgoing,
         reply,
     });
     state.since_flush += 1;
-    Ok(Dispatched::buffered(rx))
+    Dispatched::buffered(rx)
 }
 
 fn flush_state(shared: &Shared) -> usize {
@@ -129,8 +126,14 @@ fn flush_state(shared: &Shared) -> usize {
 fn maybe_flush_state(shared: &Shared) -> bool {
     let due = {
         let state = lock(shared);
-        let by_count = state.options.flush_freq.is_some_and(|n| state.since_flush >= n);
-        let by_time = state.options.flush_timeout.is_some_and(|t| state.last_flush.elapsed() >= t);
+        let by_count = state
+            .options
+            .flush_freq
+            .is_some_and(|n| state.since_flush >= n);
+        let by_time = state
+            .options
+            .flush_timeout
+            .is_some_and(|t| state.last_flush.elapsed() >= t);
         (by_count || by_time) && !state.held.is_empty()
     };
     if due {
@@ -188,7 +191,9 @@ pub struct BufferGuard {
 
 impl std::fmt::Debug for BufferGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BufferGuard").field("held", &self.len()).finish()
+        f.debug_struct("BufferGuard")
+            .field("held", &self.len())
+            .finish()
     }
 }
 

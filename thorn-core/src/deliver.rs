@@ -179,10 +179,21 @@ impl HttpClient {
             HeaderValue::from_static(s.content_type.as_str()),
         );
         let id = delivery.id.to_string();
-        h.insert(HeaderName::from_static(headers::HOOK_EVENT), value("Hook-Event", &delivery.event)?);
-        h.insert(HeaderName::from_static(headers::HOOK_DELIVERY), value("Hook-Delivery", &id)?);
-        let signature = self.signer.sign(s.hmac_digest, s.hmac_secret.as_bytes(), &delivery.body);
-        h.insert(HeaderName::from_static(headers::HOOK_HMAC), value("Hook-HMAC", &signature)?);
+        h.insert(
+            HeaderName::from_static(headers::HOOK_EVENT),
+            value("Hook-Event", &delivery.event)?,
+        );
+        h.insert(
+            HeaderName::from_static(headers::HOOK_DELIVERY),
+            value("Hook-Delivery", &id)?,
+        );
+        let signature = self
+            .signer
+            .sign(s.hmac_digest, s.hmac_secret.as_bytes(), &delivery.body);
+        h.insert(
+            HeaderName::from_static(headers::HOOK_HMAC),
+            value("Hook-HMAC", &signature)?,
+        );
         h.insert(
             HeaderName::from_static(headers::HOOK_SUBSCRIPTION),
             value("Hook-Subscription", &s.uuid.to_string())?,
@@ -191,15 +202,24 @@ impl HttpClient {
             let secrets = std::iter::once(s.hmac_secret.as_str())
                 .chain(s.previous_secrets.iter().map(String::as_str));
             let sig = standard_webhooks_signature(secrets, &id, timestamp, &delivery.body);
-            h.insert(HeaderName::from_static(headers::WEBHOOK_ID), value("webhook-id", &id)?);
+            h.insert(
+                HeaderName::from_static(headers::WEBHOOK_ID),
+                value("webhook-id", &id)?,
+            );
             h.insert(
                 HeaderName::from_static(headers::WEBHOOK_TIMESTAMP),
                 value("webhook-timestamp", &timestamp.to_string())?,
             );
-            h.insert(HeaderName::from_static(headers::WEBHOOK_SIGNATURE), value("webhook-signature", &sig)?);
+            h.insert(
+                HeaderName::from_static(headers::WEBHOOK_SIGNATURE),
+                value("webhook-signature", &sig)?,
+            );
         }
         if !delivery.keepalive {
-            h.insert(reqwest::header::CONNECTION, HeaderValue::from_static("close"));
+            h.insert(
+                reqwest::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
         }
         Ok(h)
     }

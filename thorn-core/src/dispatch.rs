@@ -263,7 +263,13 @@ impl Dispatcher for InProcessDispatcher {
         let (tx, rx) = oneshot::channel();
         let thorn = thorn.clone();
         let inner = self.inner.clone();
-        let handle = inner.runtime.0.as_ref().expect("runtime lives until drop").handle().clone();
+        let handle = inner
+            .runtime
+            .0
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+            .clone();
         handle.spawn(async move {
             let result = inner.deliver_all(&thorn, outgoing).await;
             let _ = tx.send(result);
@@ -290,16 +296,36 @@ impl InProcess {
             .clone()
     }
 
-    async fn permits(&self, host: &Arc<Semaphore>) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        let global = self.limit.clone().acquire_owned().await.map_err(|_| Error::DispatcherClosed)?;
-        let local = host.clone().acquire_owned().await.map_err(|_| Error::DispatcherClosed)?;
+    async fn permits(
+        &self,
+        host: &Arc<Semaphore>,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let global = self
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::DispatcherClosed)?;
+        let local = host
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::DispatcherClosed)?;
         Ok((global, local))
     }
 
-    async fn deliver_all(self: &Arc<Self>, thorn: &Thorn, outgoing: Outgoing) -> Result<Vec<DeliveryOutcome>> {
+    async fn deliver_all(
+        self: &Arc<Self>,
+        thorn: &Thorn,
+        outgoing: Outgoing,
+    ) -> Result<Vec<DeliveryOutcome>> {
         let client = self.clients.get(outgoing.validators.as_ref())?;
         let mut subscribers = thorn
-            .subscribers_for_query(&outgoing.event, outgoing.sender.as_ref(), outgoing.context.as_ref())
+            .subscribers_for_query(
+                &outgoing.event,
+                outgoing.sender.as_ref(),
+                outgoing.context.as_ref(),
+            )
             .await?;
         subscribers.extend(
             outgoing
@@ -317,9 +343,13 @@ impl InProcess {
         for subscriber in subscribers {
             let body = match subscriber.content_type {
                 ContentType::Json => outgoing.json.clone(),
-                other => form_body.get_or_insert_with(|| outgoing.body(other)).clone(),
+                other => form_body
+                    .get_or_insert_with(|| outgoing.body(other))
+                    .clone(),
             };
-            let standard_webhooks = subscriber.standard_webhooks.unwrap_or(thorn.config().standard_webhooks);
+            let standard_webhooks = subscriber
+                .standard_webhooks
+                .unwrap_or(thorn.config().standard_webhooks);
             let host = self.host_limit(&host_key(&subscriber.url));
             let delivery = Delivery {
                 id: Uuid::now_v7(),
@@ -332,8 +362,16 @@ impl InProcess {
                 standard_webhooks,
             };
             let first = self.permits(&host).await?;
-            let (this, client, outgoing, thorn) = (self.clone(), client.clone(), outgoing.clone(), thorn.clone());
-            tasks.spawn(async move { this.deliver_one(&thorn, &client, &outgoing, delivery, host, first).await });
+            let (this, client, outgoing, thorn) = (
+                self.clone(),
+                client.clone(),
+                outgoing.clone(),
+                thorn.clone(),
+            );
+            tasks.spawn(async move {
+                this.deliver_one(&thorn, &client, &outgoing, delivery, host, first)
+                    .await
+            });
         }
         let mut outcomes = Vec::with_capacity(tasks.len());
         while let Some(joined) = tasks.join_next().await {

@@ -293,7 +293,12 @@ impl Event {
     }
 
     /// Sends a message that is already a JSON value (cannot fail to encode).
-    pub fn send_value(&self, thorn: &Thorn, mut message: Value, options: SendOptions) -> Dispatched {
+    pub fn send_value(
+        &self,
+        thorn: &Thorn,
+        mut message: Value,
+        options: SendOptions,
+    ) -> Dispatched {
         if let (Some(extra), Value::Object(body)) = (&self.request_data, &mut message) {
             for (k, v) in extra {
                 body.entry(k.clone()).or_insert_with(|| v.clone());

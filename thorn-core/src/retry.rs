@@ -146,7 +146,11 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -173,13 +177,21 @@ mod tests {
 
     #[test]
     fn retry_after_in_seconds_or_http_date() {
-        let now = chrono::Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        let now = chrono::Utc
+            .with_ymd_and_hms(2015, 10, 21, 7, 28, 0)
+            .unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
@@ -191,19 +203,35 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(p.delay(5, None), Duration::from_secs(1));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(7200))), Duration::from_secs(30));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(7200))),
+            Duration::from_secs(30)
+        );
         let e = RetryPolicy {
-            backoff: Backoff::Exponential { max: Duration::from_secs(10), jitter: false },
+            backoff: Backoff::Exponential {
+                max: Duration::from_secs(10),
+                jitter: false,
+            },
             ..p
         };
         let got: Vec<u64> = (1..=6).map(|n| e.delay(n, None).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 10, 10]);
-        let j = RetryPolicy { backoff: Backoff::exponential(Duration::from_secs(10)), ..p };
+        let j = RetryPolicy {
+            backoff: Backoff::exponential(Duration::from_secs(10)),
+            ..p
+        };
         for n in 1..=6 {
             let full = e.delay(n, None);
             let d = j.delay(n, None);
-            assert!(d >= full / 2 && d <= full, "retry {n}: {d:?} not in [{:?}, {full:?}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "retry {n}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
         assert!(p.allows(10) && !p.allows(11));
         assert!(!RetryPolicy::never().allows(1));

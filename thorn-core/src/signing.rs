@@ -181,14 +181,21 @@ pub fn standard_webhooks_signature<'a>(
             out.push(' ');
         }
         out.push_str("v1,");
-        out.push_str(&STANDARD.encode(hmac_bytes(Digest::Sha256, &standard_webhooks_key(secret), &signed)));
+        out.push_str(&STANDARD.encode(hmac_bytes(
+            Digest::Sha256,
+            &standard_webhooks_key(secret),
+            &signed,
+        )));
     }
     out
 }
 
 /// The HMAC key of a secret for Standard Webhooks.
 pub fn standard_webhooks_key(secret: &str) -> Vec<u8> {
-    match secret.strip_prefix("whsec_").map(|b64| STANDARD.decode(b64)) {
+    match secret
+        .strip_prefix("whsec_")
+        .map(|b64| STANDARD.decode(b64))
+    {
         Some(Ok(key)) => key,
         _ => secret.as_bytes().to_vec(),
     }

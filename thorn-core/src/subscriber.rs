@@ -481,7 +481,11 @@ impl StaticSubscribers {
         let mut found = self.fixed.matching(q.event, q.sender);
         for (pattern, callback) in &self.callbacks {
             if pattern_matches(pattern, q.event) {
-                found.extend(callback(q).into_iter().filter(|s| s.accepts_sender(q.sender)));
+                found.extend(
+                    callback(q)
+                        .into_iter()
+                        .filter(|s| s.accepts_sender(q.sender)),
+                );
             }
         }
         found
