@@ -136,7 +136,6 @@ impl HttpClient {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(config.max_per_host.max(1))
             .tcp_nodelay(true);
         if validators.checks_addresses() || !config.resolve_overrides.is_empty() {
             builder = builder.dns_resolver(Arc::new(GuardedResolver {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -223,6 +223,15 @@ struct InProcess {
     limit: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_host: usize,
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+/// An event waiting for the feeder.
+#[derive(Debug)]
+struct Job {
+    thorn: Thorn,
+    outgoing: Outgoing,
+    reply: oneshot::Sender<Result<Vec<DeliveryOutcome>>>,
 }
 
 impl InProcessDispatcher {
@@ -237,19 +246,24 @@ impl InProcessDispatcher {
                 key: "dispatcher runtime".into(),
                 message: e.to_string(),
             })?;
-        Ok(InProcessDispatcher {
-            inner: Arc::new(InProcess {
-                runtime: BackgroundRuntime(Some(runtime)),
-                clients: Clients {
-                    config: config.clone(),
-                    default: HttpClient::new(config, config.recipient_validators.clone())?,
-                    custom: Mutex::new(Vec::new()),
-                },
-                limit: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
-                per_host: Mutex::new(HashMap::new()),
-                max_per_host: config.max_per_host.max(1),
-            }),
-        })
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let inner = Arc::new(InProcess {
+            runtime: BackgroundRuntime(Some(runtime)),
+            clients: Clients {
+                config: config.clone(),
+                default: HttpClient::new(config, config.recipient_validators.clone())?,
+                custom: Mutex::new(Vec::new()),
+            },
+            limit: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            per_host: Mutex::new(HashMap::new()),
+            max_per_host: config.max_per_host.max(1),
+            queue,
+        });
+        let events = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        inner
+            .handle()
+            .spawn(feed(Arc::downgrade(&inner), jobs, events));
+        Ok(InProcessDispatcher { inner })
     }
 
     /// The HTTP client of the configured validators.
@@ -260,21 +274,38 @@ impl InProcessDispatcher {
 
 impl Dispatcher for InProcessDispatcher {
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
-        let (tx, rx) = oneshot::channel();
-        let thorn = thorn.clone();
-        let inner = self.inner.clone();
-        let handle = inner
-            .runtime
-            .0
-            .as_ref()
-            .expect("runtime lives until drop")
-            .handle()
-            .clone();
-        handle.spawn(async move {
-            let result = inner.deliver_all(&thorn, outgoing).await;
-            let _ = tx.send(result);
-        });
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            thorn: thorn.clone(),
+            outgoing,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.inner.queue.send(job) {
+            let _ = job.reply.send(Err(Error::DispatcherClosed));
+        }
         Dispatched::from_receiver(rx)
+    }
+}
+
+/// Starts events in the order they were sent, at most `events` fanning out
+/// at once, so a burst of sends waits in one queue instead of as thousands
+/// of parked tasks.
+async fn feed(
+    inner: std::sync::Weak<InProcess>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    events: Arc<Semaphore>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = events.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let result = inner.deliver_all(&job.thorn, job.outgoing, permit).await;
+            let _ = job.reply.send(result);
+        });
     }
 }
 
@@ -314,10 +345,21 @@ impl InProcess {
         Ok((global, local))
     }
 
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .0
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+    }
+
+    /// Fans one event out to its subscribers; `fanning` is released once
+    /// every delivery has started.
     async fn deliver_all(
         self: &Arc<Self>,
         thorn: &Thorn,
         outgoing: Outgoing,
+        fanning: OwnedSemaphorePermit,
     ) -> Result<Vec<DeliveryOutcome>> {
         let client = self.clients.get(outgoing.validators.as_ref())?;
         let mut subscribers = thorn
@@ -336,11 +378,17 @@ impl InProcess {
         );
         // Requests to one scheme/host/port go out together, so pooled
         // connections are reused instead of opened side by side.
-        subscribers.sort_by_cached_key(|s| host_key(&s.url));
+        let mut keyed: Vec<(String, Subscriber)> = subscribers
+            .into_iter()
+            .map(|s| (host_key(&s.url), s))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let outgoing = Arc::new(outgoing);
         let mut form_body: Option<Bytes> = None;
         let mut tasks = JoinSet::new();
-        for subscriber in subscribers {
+        let mut outcomes = Vec::with_capacity(keyed.len());
+        let last = keyed.len().saturating_sub(1);
+        for (i, (key, subscriber)) in keyed.into_iter().enumerate() {
             let body = match subscriber.content_type {
                 ContentType::Json => outgoing.json.clone(),
                 other => form_body
@@ -350,7 +398,7 @@ impl InProcess {
             let standard_webhooks = subscriber
                 .standard_webhooks
                 .unwrap_or(thorn.config().standard_webhooks);
-            let host = self.host_limit(&host_key(&subscriber.url));
+            let host = self.host_limit(&key);
             let delivery = Delivery {
                 id: Uuid::now_v7(),
                 event: outgoing.event.clone(),
@@ -362,6 +410,15 @@ impl InProcess {
                 standard_webhooks,
             };
             let first = self.permits(&host).await?;
+            if i == last {
+                drop(fanning);
+                // The last one runs in this task: one spawn fewer per event.
+                outcomes.push(
+                    Box::pin(self.deliver_one(thorn, &client, &outgoing, delivery, host, first))
+                        .await,
+                );
+                break;
+            }
             let (this, client, outgoing, thorn) = (
                 self.clone(),
                 client.clone(),
@@ -373,7 +430,6 @@ impl InProcess {
                     .await
             });
         }
-        let mut outcomes = Vec::with_capacity(tasks.len());
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(outcome) => outcomes.push(outcome),
