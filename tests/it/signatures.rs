@@ -100,3 +100,27 @@ fn standard_webhooks_can_be_switched_on_globally() {
     let got = &receiver.expect(1, WAIT)[0];
     assert!(!got.headers.iter().any(|(n, _)| n == "webhook-signature"));
 }
+
+#[test]
+fn the_compat_signer_signs_hook_hmac_like_python_thorns_default() {
+    let receiver = Receiver::start();
+    let thorn = Thorn::new(Config {
+        hmac_signer: thorn::signing::Signer::Compat,
+        ..local_config()
+    })
+    .unwrap();
+    let subscriber = Subscriber::new("user.created", &receiver.url)
+        .unwrap()
+        .with_secret("legacy");
+    Event::new("user.created")
+        .with_subscriber(subscriber)
+        .send(&thorn, &json!({"id": 1}))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let got = &receiver.expect(1, WAIT)[0];
+    assert_eq!(
+        got.header("hook-hmac"),
+        thorn::signing::compat_sign(thorn::Digest::Sha256, b"legacy", &got.body)
+    );
+}
