@@ -36,6 +36,7 @@
 //! With the `diesel` feature (on by default), `thorn::diesel` runs Diesel
 //! statements and sends the model's events.
 
+pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Q, RetryPatch, WebhookFields};
 pub use thorn_core::{
     Backoff, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched,
     Dispatcher, DispatcherKind, Error, Event, ModelEvent, Outgoing, Result, RetryPolicy,
@@ -43,7 +44,8 @@ pub use thorn_core::{
     WebhookModel, Webhooks,
 };
 pub use thorn_core::{
-    buffer, codec, config, deliver, dispatch, event, model, retry, signing, subscriber, validate,
+    buffer, codec, config, deliver, dispatch, event, filter, model, retry, signing, subscriber,
+    validate,
 };
 pub use thorn_derive::WebhookModel;
 
@@ -58,7 +60,9 @@ pub use thorn_seaorm as seaorm;
 #[doc(hidden)]
 pub mod __private {
     pub use serde_json;
+    pub use thorn_core::filter::probe;
     pub use thorn_core::model::AsSender;
+    pub use thorn_core::model::url_probe;
 }
 
 /// The README's examples compile as doctests.

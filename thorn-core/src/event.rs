@@ -89,6 +89,7 @@ pub struct Event {
     name: Arc<str>,
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    retry_patch: RetryPatch,
     request_data: Option<Map<String, Value>>,
     allow_keepalive: bool,
     validators: Option<Validators>,
@@ -102,6 +103,7 @@ impl fmt::Debug for Event {
             .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
+            .field("retry_patch", &self.retry_patch)
             .field("request_data", &self.request_data)
             .field("allow_keepalive", &self.allow_keepalive)
             .field("validators", &self.validators)
@@ -109,6 +111,18 @@ impl fmt::Debug for Event {
             .field("subscriber_callbacks", &self.subscriber_callbacks.len())
             .finish()
     }
+}
+
+/// Parts of a retry policy to override (the `retry`, `retry_max` and
+/// `retry_delay` options of a model event).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RetryPatch {
+    /// Retry or not.
+    pub enabled: Option<bool>,
+    /// Maximum retries.
+    pub max_retries: Option<u32>,
+    /// Delay between retries.
+    pub retry_delay: Option<Duration>,
 }
 
 /// Options of one `send`.
@@ -190,6 +204,7 @@ impl Event {
             name: name.into(),
             timeout: None,
             retry: None,
+            retry_patch: RetryPatch::default(),
             request_data: None,
             allow_keepalive: true,
             validators: None,
@@ -226,6 +241,28 @@ impl Event {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
         self
+    }
+
+    /// Overrides parts of the retry policy in effect (this event's or the
+    /// configured one): on/off, maximum retries, delay.
+    pub fn with_retry_patch(mut self, patch: RetryPatch) -> Self {
+        self.retry_patch = patch;
+        self
+    }
+
+    /// The retry policy this event uses with `config`.
+    pub fn retry_policy(&self, config: &crate::Config) -> RetryPolicy {
+        let mut p = self.retry.unwrap_or(config.retry);
+        if let Some(on) = self.retry_patch.enabled {
+            p.enabled = on;
+        }
+        if let Some(max) = self.retry_patch.max_retries {
+            p.max_retries = max;
+        }
+        if let Some(delay) = self.retry_patch.retry_delay {
+            p.retry_delay = delay;
+        }
+        p
     }
 
     /// Adds fields to every body of this event (top level; the payload's
@@ -328,7 +365,7 @@ impl Event {
                 .unwrap_or(thorn.config().event_timeout),
             headers: options.headers,
             extra_subscribers,
-            retry: self.retry.unwrap_or(thorn.config().retry),
+            retry: self.retry_policy(thorn.config()),
             keepalive: self.allow_keepalive,
             validators: self.validators.clone(),
             callbacks: options.callbacks,

@@ -1,5 +1,5 @@
 //! Model events: events bound to a database model, sent when rows are
-//! created, changed or deleted.
+//! created, changed or deleted, or many-to-many links change.
 //!
 //! `#[derive(WebhookModel)]` (crate `thorn-derive`) builds a model's
 //! [`Webhooks`]; the ORM integrations call [`Webhooks::dispatch`] after each
@@ -9,21 +9,25 @@
 //! {"event": "article.created", "ref": "https://example.com/article/1/", "sender": 7, "data": {}}
 //! ```
 //!
-//! `ref` is the model's `reverse` path joined to `THORN_BASE_URL` (or the
-//! bare path when no base URL is configured, or `null` without `reverse`),
-//! `sender` is the model's `sender_field` (or `null`), and `data` is the
-//! model's payload (an empty object by default).
+//! `ref` is the event's `reverse` path (or the model's [`AbsoluteUrl`])
+//! joined to `THORN_BASE_URL` (the bare path when no base URL is
+//! configured; `null` when the model has neither), `sender` is the model's
+//! `sender_field` (or `null`), and `data` is the model's payload (an empty
+//! object by default).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::codec::to_message_value;
 use crate::dispatch::Dispatched;
-use crate::event::{Event, SendOptions};
+use crate::event::{Event, RetryPatch, SendOptions};
+use crate::filter::{Q, WebhookFields};
 use crate::subscriber::SenderId;
 use crate::{Error, Result, Thorn};
 
@@ -37,10 +41,29 @@ pub enum DispatchOn {
     Change,
     /// A row was deleted.
     Delete,
+    /// Rows were linked through the named many-to-many relation.
+    M2mAdd(&'static str),
+    /// Links of the named relation were removed.
+    M2mRemove(&'static str),
+    /// All links of the named relation were removed.
+    M2mClear(&'static str),
 }
 
 /// Builds a model's payload (the `data` field).
 pub type PayloadFn<M> = fn(&M) -> Result<Value, serde_json::Error>;
+
+/// Builds extra HTTP headers for an instance.
+pub type HeadersFn<M> = fn(&M) -> Result<HeaderMap>;
+
+/// A filter over the new row and, on change, the old row.
+pub type FilterFn<M> = Arc<dyn Fn(&M, Option<&M>) -> bool + Send + Sync>;
+
+/// The canonical URL of a row, used for `ref` when an event has no
+/// `reverse` (Django's `get_absolute_url`).
+pub trait AbsoluteUrl {
+    /// The URL or path of this row.
+    fn absolute_url(&self) -> String;
+}
 
 /// An event of model `M`.
 pub struct ModelEvent<M> {
@@ -49,8 +72,13 @@ pub struct ModelEvent<M> {
     dispatches_on: DispatchOn,
     name_fn: Option<fn(&M) -> String>,
     payload: PayloadFn<M>,
-    reverse: Option<fn(&M) -> String>,
+    headers: Option<HeadersFn<M>>,
+    reverse: Option<fn(&M) -> Option<String>>,
     sender: Option<fn(&M) -> Option<SenderId>>,
+    filter: Option<FilterFn<M>>,
+    uses_transitions: bool,
+    propagate_errors: bool,
+    honors_transaction: Option<bool>,
 }
 
 impl<M> fmt::Debug for ModelEvent<M> {
@@ -59,6 +87,10 @@ impl<M> fmt::Debug for ModelEvent<M> {
             .field("key", &self.key)
             .field("name", &self.event.name())
             .field("dispatches_on", &self.dispatches_on)
+            .field("filtered", &self.filter.is_some())
+            .field("uses_transitions", &self.uses_transitions)
+            .field("propagate_errors", &self.propagate_errors)
+            .field("honors_transaction", &self.honors_transaction)
             .finish_non_exhaustive()
     }
 }
@@ -67,10 +99,32 @@ fn empty_payload<M>(_: &M) -> Result<Value, serde_json::Error> {
     Ok(Value::Object(Map::new()))
 }
 
+/// Turns `(name, value)` pairs into headers; used for a model's `headers`
+/// callback. An invalid name or value is an error naming it.
+pub fn to_headers<I, K, V>(pairs: I) -> Result<HeaderMap>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        let bad = |what: &str| Error::Config {
+            key: format!("header {k}"),
+            message: format!("invalid header {what} from the model's headers callback"),
+        };
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("name"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad("value"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
 impl<M> ModelEvent<M> {
     /// An event declared as `key` (`"on_create"`) named `name`
     /// (`"article.created"`), sent on `dispatches_on`, with an empty payload,
-    /// no `ref` and no sender.
+    /// no `ref`, no sender and no filter.
     pub fn new(key: &'static str, name: &'static str, dispatches_on: DispatchOn) -> Self {
         ModelEvent {
             key,
@@ -78,8 +132,13 @@ impl<M> ModelEvent<M> {
             dispatches_on,
             name_fn: None,
             payload: empty_payload::<M>,
+            headers: None,
             reverse: None,
             sender: None,
+            filter: None,
+            uses_transitions: false,
+            propagate_errors: false,
+            honors_transaction: None,
         }
     }
 
@@ -95,8 +154,14 @@ impl<M> ModelEvent<M> {
         self
     }
 
-    /// Sets the `reverse` path of the `ref` field.
-    pub fn with_reverse(mut self, f: fn(&M) -> String) -> Self {
+    /// Sets extra HTTP headers for each instance.
+    pub fn with_headers(mut self, f: HeadersFn<M>) -> Self {
+        self.headers = Some(f);
+        self
+    }
+
+    /// Sets the `reverse` path of the `ref` field (`None` for no `ref`).
+    pub fn with_reverse(mut self, f: fn(&M) -> Option<String>) -> Self {
         self.reverse = Some(f);
         self
     }
@@ -107,14 +172,72 @@ impl<M> ModelEvent<M> {
         self
     }
 
+    /// Sets a compiled filter; `uses_transitions` says whether it reads the
+    /// old row (`now_` operators).
+    pub fn with_filter_fn(
+        mut self,
+        f: impl Fn(&M, Option<&M>) -> bool + Send + Sync + 'static,
+        uses_transitions: bool,
+    ) -> Self {
+        self.filter = Some(Arc::new(f));
+        self.uses_transitions = uses_transitions;
+        self
+    }
+
+    /// Sets a runtime filter. A filter naming a field the model does not
+    /// have never matches (and is logged).
+    pub fn filter(self, q: Q) -> Self
+    where
+        M: WebhookFields + 'static,
+    {
+        let uses = q.uses_transitions();
+        let key = self.key;
+        self.with_filter_fn(
+            move |new, old| match q.eval(new, old) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(event = key, error = %e, "invalid filter");
+                    false
+                }
+            },
+            uses,
+        )
+    }
+
     /// Sets the request timeout of this event.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.event = self.event.with_timeout(timeout);
         self
     }
 
+    /// Overrides parts of the retry policy.
+    pub fn with_retry_patch(mut self, patch: RetryPatch) -> Self {
+        self.event = self.event.with_retry_patch(patch);
+        self
+    }
+
+    /// `false` closes connections after each request of this event.
+    pub fn with_keepalive(mut self, allow: bool) -> Self {
+        self.event = self.event.with_keepalive(allow);
+        self
+    }
+
+    /// `true`: errors while sending reach the caller of the write, so its
+    /// transaction can roll back (default: logged and swallowed).
+    pub fn with_propagate_errors(mut self, propagate: bool) -> Self {
+        self.propagate_errors = propagate;
+        self
+    }
+
+    /// Follow (or not) the database transaction; `None` uses
+    /// `THORN_SIGNAL_HONORS_TRANSACTION`.
+    pub fn with_honors_transaction(mut self, honors: Option<bool>) -> Self {
+        self.honors_transaction = honors;
+        self
+    }
+
     /// Changes the underlying [`Event`]'s options (retry policy,
-    /// validators, keep-alive, request data, extra subscribers, ...).
+    /// validators, request data, extra subscribers, ...).
     pub fn with_event(mut self, f: impl FnOnce(Event) -> Event) -> Self {
         self.event = f(self.event);
         self
@@ -140,6 +263,28 @@ impl<M> ModelEvent<M> {
         self.dispatches_on
     }
 
+    /// True when its filter reads the old row.
+    pub fn uses_transitions(&self) -> bool {
+        self.uses_transitions
+    }
+
+    /// True when errors while sending reach the caller.
+    pub fn propagate_errors(&self) -> bool {
+        self.propagate_errors
+    }
+
+    /// Whether this event follows the database transaction under `thorn`'s
+    /// configuration.
+    pub fn honors_transaction(&self, thorn: &Thorn) -> bool {
+        self.honors_transaction
+            .unwrap_or(thorn.config().signal_honors_transaction)
+    }
+
+    /// True when the filter (if any) passes for `new` and, on change, `old`.
+    pub fn matches(&self, new: &M, old: Option<&M>) -> bool {
+        self.filter.as_ref().is_none_or(|f| f(new, old))
+    }
+
     /// The event name for `instance`.
     pub fn name_for(&self, instance: &M) -> String {
         match self.name_fn {
@@ -150,7 +295,7 @@ impl<M> ModelEvent<M> {
 
     /// The `ref` for `instance`: the reverse path joined to the base URL.
     pub fn reference(&self, thorn: &Thorn, instance: &M) -> Option<String> {
-        let path = (self.reverse?)(instance);
+        let path = (self.reverse?)(instance)?;
         Some(match &thorn.config().base_url {
             Some(base) => base.join(&path).map(|u| u.to_string()).unwrap_or(path),
             None => path,
@@ -200,8 +345,36 @@ impl<M> ModelEvent<M> {
         Value::Object(m)
     }
 
-    /// Sends exactly what an automatic dispatch for `instance` would send.
+    fn options(
+        &self,
+        instance: &M,
+        sender: Option<SenderId>,
+        context: Option<Value>,
+    ) -> Result<SendOptions> {
+        let headers = match self.headers {
+            Some(f) => f(instance)?,
+            None => HeaderMap::new(),
+        };
+        Ok(SendOptions {
+            sender,
+            context,
+            headers,
+            ..SendOptions::default()
+        })
+    }
+
+    /// Sends exactly what an automatic dispatch for `instance` would send
+    /// (filters are not consulted: this is the manual way).
     pub fn send_from_instance(&self, thorn: &Thorn, instance: &M) -> Result<Dispatched> {
+        self.send_with_context(thorn, instance, None)
+    }
+
+    fn send_with_context(
+        &self,
+        thorn: &Thorn,
+        instance: &M,
+        context: Option<Value>,
+    ) -> Result<Dispatched> {
         let name = self.name_for(instance);
         let data = (self.payload)(instance).map_err(|source| Error::Encode {
             event: name.clone(),
@@ -210,14 +383,8 @@ impl<M> ModelEvent<M> {
         })?;
         let sender = self.sender_of(instance);
         let message = self.wrap(thorn, instance, name.clone(), data, sender.as_ref());
-        Ok(self.event_named(name).send_value(
-            thorn,
-            message,
-            SendOptions {
-                sender,
-                ..SendOptions::default()
-            },
-        ))
+        let options = self.options(instance, sender, context)?;
+        Ok(self.event_named(name).send_value(thorn, message, options))
     }
 
     /// Sends this event for `instance` with a payload and sender of the
@@ -231,14 +398,8 @@ impl<M> ModelEvent<M> {
     ) -> Result<Dispatched> {
         let message = self.message(thorn, instance, data, sender.as_ref())?;
         let name = self.name_for(instance);
-        Ok(self.event_named(name).send_value(
-            thorn,
-            message,
-            SendOptions {
-                sender,
-                ..SendOptions::default()
-            },
-        ))
+        let options = self.options(instance, sender, None)?;
+        Ok(self.event_named(name).send_value(thorn, message, options))
     }
 
     fn event_named(&self, name: String) -> Event {
@@ -248,6 +409,16 @@ impl<M> ModelEvent<M> {
             self.event.renamed(name)
         }
     }
+}
+
+/// One event a write set off: which one, and its handle (or why it could
+/// not be sent).
+#[derive(Debug)]
+pub struct Fired<'a, M> {
+    /// The event.
+    pub event: &'a ModelEvent<M>,
+    /// The dispatch handle, or the error that stopped sending.
+    pub result: Result<Dispatched>,
 }
 
 /// All events of model `M`, as declared by `#[webhook_model(...)]`.
@@ -291,14 +462,60 @@ impl<M> Webhooks<M> {
         self.events.iter().any(|e| e.dispatches_on == on)
     }
 
-    /// Sends every event that fires on `on` for `instance`. One result per
-    /// event: an event whose payload cannot be encoded does not stop the
-    /// others.
-    pub fn dispatch(&self, thorn: &Thorn, on: DispatchOn, instance: &M) -> Vec<Result<Dispatched>> {
+    /// True when some event firing on `on` has a `now_` filter, so the
+    /// integration must fetch the old row before writing.
+    pub fn needs_old_row(&self, on: DispatchOn) -> bool {
         self.events
             .iter()
-            .filter(|e| e.dispatches_on == on)
-            .map(|e| e.send_from_instance(thorn, instance))
+            .any(|e| e.dispatches_on == on && e.uses_transitions)
+    }
+
+    /// Sends every event that fires on `on` and whose filter passes for
+    /// `new` (and `old`, on change). One entry per event sent: an event
+    /// whose payload cannot be encoded does not stop the others.
+    pub fn dispatch(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        new: &M,
+        old: Option<&M>,
+    ) -> Vec<Fired<'_, M>> {
+        self.dispatch_with_context(thorn, on, new, old, None)
+    }
+
+    /// [`Webhooks::dispatch`] for a many-to-many change: `related` (the
+    /// primary keys linked or unlinked) reaches subscriber callbacks as the
+    /// context `{"relation": ..., "related": [...]}`.
+    pub fn dispatch_m2m(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        instance: &M,
+        related: &[Value],
+    ) -> Vec<Fired<'_, M>> {
+        let relation = match on {
+            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
+            _ => "",
+        };
+        let context = serde_json::json!({ "relation": relation, "related": related });
+        self.dispatch_with_context(thorn, on, instance, None, Some(context))
+    }
+
+    fn dispatch_with_context(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        new: &M,
+        old: Option<&M>,
+        context: Option<Value>,
+    ) -> Vec<Fired<'_, M>> {
+        self.events
+            .iter()
+            .filter(|e| e.dispatches_on == on && e.matches(new, old))
+            .map(|e| Fired {
+                event: e,
+                result: e.send_with_context(thorn, new, context.clone()),
+            })
             .collect()
     }
 }
@@ -340,5 +557,32 @@ impl<T: AsSender> AsSender for Option<T> {
 impl<T: AsSender + ?Sized> AsSender for &T {
     fn as_sender(&self) -> Option<SenderId> {
         (**self).as_sender()
+    }
+}
+
+/// Used by derived code: a model's [`AbsoluteUrl`] when it has one, else
+/// nothing (autoref specialization, resolved at compile time).
+#[doc(hidden)]
+pub mod url_probe {
+    use super::AbsoluteUrl;
+
+    pub struct UrlProbe<'a, T>(pub &'a T);
+
+    pub trait ViaAbsoluteUrl {
+        fn probe_url(&self) -> Option<String>;
+    }
+    impl<T: AbsoluteUrl> ViaAbsoluteUrl for UrlProbe<'_, T> {
+        fn probe_url(&self) -> Option<String> {
+            Some(self.0.absolute_url())
+        }
+    }
+
+    pub trait ViaNoUrl {
+        fn probe_url(&self) -> Option<String>;
+    }
+    impl<T> ViaNoUrl for &UrlProbe<'_, T> {
+        fn probe_url(&self) -> Option<String> {
+            None
+        }
     }
 }

@@ -4,7 +4,7 @@
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::ParseStream;
-use syn::{ExprPath, Ident, LitFloat, LitInt, LitStr, Token, parenthesized};
+use syn::{Expr, ExprPath, Ident, LitBool, LitFloat, LitInt, LitStr, Token, parenthesized};
 
 use crate::ctxt::Ctxt;
 
@@ -14,21 +14,31 @@ pub(crate) enum Reverse {
     Func(ExprPath),
 }
 
-/// When a custom event fires.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// When an event fires.
+#[derive(Clone)]
 pub(crate) enum On {
     Create,
     Change,
     Delete,
+    M2mAdd(Ident),
+    M2mRemove(Ident),
+    M2mClear(Ident),
 }
 
 impl On {
-    pub(crate) fn variant(self) -> &'static str {
+    pub(crate) fn describe(&self) -> String {
         match self {
-            On::Create => "Create",
-            On::Change => "Change",
-            On::Delete => "Delete",
+            On::Create => "create".into(),
+            On::Change => "change".into(),
+            On::Delete => "delete".into(),
+            On::M2mAdd(r) => format!("m2m_add({r})"),
+            On::M2mRemove(r) => format!("m2m_remove({r})"),
+            On::M2mClear(r) => format!("m2m_clear({r})"),
         }
+    }
+
+    pub(crate) fn same_as(&self, other: &On) -> bool {
+        self.describe() == other.describe()
     }
 }
 
@@ -40,7 +50,15 @@ pub(crate) struct EventDecl {
     pub(crate) reverse: Option<Reverse>,
     pub(crate) sender_field: Option<Ident>,
     pub(crate) payload: Option<ExprPath>,
+    pub(crate) headers: Option<ExprPath>,
     pub(crate) timeout: Option<(f64, Span)>,
+    pub(crate) filters: Vec<Expr>,
+    pub(crate) retry: Option<bool>,
+    pub(crate) retry_max: Option<u32>,
+    pub(crate) retry_delay: Option<(f64, Span)>,
+    pub(crate) propagate_errors: Option<bool>,
+    pub(crate) honors_transaction: Option<bool>,
+    pub(crate) keepalive: Option<bool>,
 }
 
 /// The whole attribute block.
@@ -49,11 +67,14 @@ pub(crate) struct Attrs {
     pub(crate) sender_field: Option<Ident>,
     pub(crate) reverse: Option<Reverse>,
     pub(crate) payload: Option<ExprPath>,
+    pub(crate) headers: Option<ExprPath>,
     pub(crate) events: Vec<EventDecl>,
 }
 
-const MODEL_KEYS: &str = "`sender_field`, `reverse`, `payload`, or an event `on_<name>`";
-const EVENT_KEYS: &str = "`name`, `dispatches_on`, `reverse`, `sender_field`, `payload`, `timeout`";
+const MODEL_KEYS: &str = "`sender_field`, `reverse`, `payload`, `headers`, or an event `on_<name>`";
+const EVENT_KEYS: &str = "`name`, `dispatches_on`, `filter`, `reverse`, `sender_field`, `payload`, \
+     `headers`, `timeout`, `retry`, `retry_max`, `retry_delay`, `propagate_errors`, \
+     `honors_transaction`, `keepalive`";
 
 fn set_once<T>(ctxt: &Ctxt, slot: &mut Option<T>, key: &Ident, value: T) {
     if slot.is_some() {
@@ -79,7 +100,7 @@ fn parse_reverse(input: ParseStream) -> syn::Result<Reverse> {
     }
 }
 
-fn parse_timeout(input: ParseStream) -> syn::Result<(f64, Span)> {
+fn parse_seconds(input: ParseStream, what: &str) -> syn::Result<(f64, Span)> {
     let lookahead = input.lookahead1();
     if lookahead.peek(LitFloat) {
         let lit: LitFloat = input.parse()?;
@@ -90,21 +111,48 @@ fn parse_timeout(input: ParseStream) -> syn::Result<(f64, Span)> {
     } else {
         Err(syn::Error::new(
             input.span(),
-            "expected a timeout in seconds, e.g. `timeout = 5` or `timeout = 1.5`",
+            format!("expected {what} in seconds, e.g. `5` or `1.5`"),
         ))
     }
 }
 
+fn parse_bool(input: ParseStream, key: &Ident) -> syn::Result<bool> {
+    let lit: LitBool = input.parse().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("expected `{key} = true` or `{key} = false`"),
+        )
+    })?;
+    Ok(lit.value)
+}
+
 fn parse_on(input: ParseStream) -> syn::Result<(Ident, On)> {
     let ident: Ident = input.call(Ident::parse_any)?;
+    let relation = |input: ParseStream| -> syn::Result<Ident> {
+        if !input.peek(syn::token::Paren) {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!("`{ident}` needs the relation: `{ident}(tags)`"),
+            ));
+        }
+        let content;
+        parenthesized!(content in input);
+        content.call(Ident::parse_any)
+    };
     let on = match ident.to_string().as_str() {
         "create" => On::Create,
         "change" => On::Change,
         "delete" => On::Delete,
+        "m2m_add" => On::M2mAdd(relation(input)?),
+        "m2m_remove" => On::M2mRemove(relation(input)?),
+        "m2m_clear" => On::M2mClear(relation(input)?),
         other => {
             return Err(syn::Error::new(
                 ident.span(),
-                format!("unknown dispatch `{other}`: expected one of `create`, `change`, `delete`"),
+                format!(
+                    "unknown dispatch `{other}`: expected one of `create`, `change`, `delete`, \
+                     `m2m_add(relation)`, `m2m_remove(relation)`, `m2m_clear(relation)`"
+                ),
             ));
         }
     };
@@ -120,7 +168,15 @@ impl EventDecl {
             reverse: None,
             sender_field: None,
             payload: None,
+            headers: None,
             timeout: None,
+            filters: Vec::new(),
+            retry: None,
+            retry_max: None,
+            retry_delay: None,
+            propagate_errors: None,
+            honors_transaction: None,
+            keepalive: None,
         }
     }
 
@@ -140,6 +196,7 @@ impl EventDecl {
                     let v = parse_on(input)?;
                     set_once(ctxt, &mut decl.dispatches_on, &opt, v);
                 }
+                "filter" => decl.filters.push(input.parse()?),
                 "reverse" => {
                     let v = parse_reverse(input)?;
                     set_once(ctxt, &mut decl.reverse, &opt, v);
@@ -152,9 +209,38 @@ impl EventDecl {
                     let v = input.parse()?;
                     set_once(ctxt, &mut decl.payload, &opt, v);
                 }
+                "headers" => {
+                    let v = input.parse()?;
+                    set_once(ctxt, &mut decl.headers, &opt, v);
+                }
                 "timeout" => {
-                    let v = parse_timeout(input)?;
+                    let v = parse_seconds(input, "a timeout")?;
                     set_once(ctxt, &mut decl.timeout, &opt, v);
+                }
+                "retry" => {
+                    let v = parse_bool(input, &opt)?;
+                    set_once(ctxt, &mut decl.retry, &opt, v);
+                }
+                "retry_max" => {
+                    let lit: LitInt = input.parse()?;
+                    let v = lit.base10_parse()?;
+                    set_once(ctxt, &mut decl.retry_max, &opt, v);
+                }
+                "retry_delay" => {
+                    let v = parse_seconds(input, "a retry delay")?;
+                    set_once(ctxt, &mut decl.retry_delay, &opt, v);
+                }
+                "propagate_errors" => {
+                    let v = parse_bool(input, &opt)?;
+                    set_once(ctxt, &mut decl.propagate_errors, &opt, v);
+                }
+                "honors_transaction" => {
+                    let v = parse_bool(input, &opt)?;
+                    set_once(ctxt, &mut decl.honors_transaction, &opt, v);
+                }
+                "keepalive" => {
+                    let v = parse_bool(input, &opt)?;
+                    set_once(ctxt, &mut decl.keepalive, &opt, v);
                 }
                 other => {
                     return Err(syn::Error::new(
@@ -228,6 +314,10 @@ impl AttrParser<'_> {
                     "payload" => {
                         let v = input.parse()?;
                         set_once(ctxt, &mut attrs.payload, &key, v);
+                    }
+                    "headers" => {
+                        let v = input.parse()?;
+                        set_once(ctxt, &mut attrs.headers, &key, v);
                     }
                     other => {
                         return Err(syn::Error::new(

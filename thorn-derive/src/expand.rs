@@ -1,11 +1,12 @@
 //! Code generation for `#[derive(WebhookModel)]`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident};
 
 use crate::attr::AttrParser;
+use crate::attr::On;
 use crate::ctxt::Ctxt;
 use crate::model::{CheckedReverse, Model, Template};
 
@@ -66,7 +67,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let model = Model::check(&ctxt, ident, &field_names, attrs);
     ctxt.check()?;
     let model = model.expect("checked without errors");
-    Ok(generate(ident, &model))
+    Ok(generate(ident, &field_names, &model))
 }
 
 fn template_closure(ident: &Ident, t: &Template) -> TokenStream {
@@ -75,22 +76,61 @@ fn template_closure(ident: &Ident, t: &Template) -> TokenStream {
     quote!(|m: &#ident| ::std::format!(#format #(, #args)*))
 }
 
-fn reverse_closure(ident: &Ident, r: &CheckedReverse) -> TokenStream {
+fn reverse_closure(ident: &Ident, r: Option<&CheckedReverse>) -> TokenStream {
     match r {
-        CheckedReverse::Template(t) => template_closure(ident, t),
-        CheckedReverse::Func(path) => {
-            quote_spanned!(path.span()=> |m: &#ident| ::std::string::ToString::to_string(&#path(m)))
+        Some(CheckedReverse::Template(t)) => {
+            let format = &t.format;
+            let args = t.args.iter().map(|a| quote_spanned!(t.lit.span()=> m.#a));
+            quote!(|m: &#ident| ::std::option::Option::Some(::std::format!(#format #(, #args)*)))
+        }
+        Some(CheckedReverse::Func(path)) => quote_spanned! {path.span()=>
+            |m: &#ident| ::std::option::Option::Some(::std::string::ToString::to_string(&#path(m)))
+        },
+        // Django's get_absolute_url: the model's `AbsoluteUrl`, if it has one.
+        None => quote! {
+            |m: &#ident| {
+                #[allow(unused_imports)]
+                use ::thorn::__private::url_probe::{ViaAbsoluteUrl as _, ViaNoUrl as _};
+                (&::thorn::__private::url_probe::UrlProbe(m)).probe_url()
+            }
+        },
+    }
+}
+
+fn dispatch_on(on: &On) -> TokenStream {
+    match on {
+        On::Create => quote!(::thorn::DispatchOn::Create),
+        On::Change => quote!(::thorn::DispatchOn::Change),
+        On::Delete => quote!(::thorn::DispatchOn::Delete),
+        On::M2mAdd(r) => {
+            let r = r.to_string();
+            quote!(::thorn::DispatchOn::M2mAdd(#r))
+        }
+        On::M2mRemove(r) => {
+            let r = r.to_string();
+            quote!(::thorn::DispatchOn::M2mRemove(#r))
+        }
+        On::M2mClear(r) => {
+            let r = r.to_string();
+            quote!(::thorn::DispatchOn::M2mClear(#r))
         }
     }
 }
 
-fn generate(ident: &Ident, model: &Model) -> TokenStream {
+fn option<T: quote::ToTokens>(v: Option<T>) -> TokenStream {
+    match v {
+        Some(v) => quote!(::std::option::Option::Some(#v)),
+        None => quote!(::std::option::Option::None),
+    }
+}
+
+fn generate(ident: &Ident, field_names: &[Ident], model: &Model) -> TokenStream {
     let events = model.events.iter().map(|e| {
         let key = e.key.to_string();
         let name = &e.name;
-        let on = Ident::new(e.on.variant(), Span::call_site());
+        let on = dispatch_on(&e.on);
         let mut chain = quote! {
-            ::thorn::ModelEvent::<#ident>::new(#key, #name, ::thorn::DispatchOn::#on)
+            ::thorn::ModelEvent::<#ident>::new(#key, #name, #on)
         };
         if let Some(t) = &e.name_template {
             let f = template_closure(ident, t);
@@ -101,21 +141,55 @@ fn generate(ident: &Ident, model: &Model) -> TokenStream {
                 .with_payload(|m: &#ident| ::thorn::__private::serde_json::to_value(#path(m)))
             });
         }
-        if let Some(r) = e.reverse.as_ref().or(model.reverse.as_ref()) {
-            let f = reverse_closure(ident, r);
-            chain.extend(quote!(.with_reverse(#f)));
+        if let Some(path) = e.headers.as_ref().or(model.headers.as_ref()) {
+            chain.extend(quote_spanned! {path.span()=>
+                .with_headers(|m: &#ident| ::thorn::model::to_headers(#path(m)))
+            });
         }
+        let reverse = reverse_closure(ident, e.reverse.as_ref().or(model.reverse.as_ref()));
+        chain.extend(quote!(.with_reverse(#reverse)));
         if let Some(field) = e.sender_field.as_ref().or(model.sender_field.as_ref()) {
             chain.extend(quote_spanned! {field.span()=>
                 .with_sender(|m: &#ident| ::thorn::__private::AsSender::as_sender(&m.#field))
             });
         }
+        if let Some(filter) = &e.filter {
+            let tokens = &filter.tokens;
+            let uses_now = filter.uses_now;
+            chain.extend(quote! {
+                .with_filter_fn(
+                    |new: &#ident, old: ::std::option::Option<&#ident>| -> bool {
+                        let _ = &old;
+                        #tokens
+                    },
+                    #uses_now,
+                )
+            });
+        }
         if let Some(secs) = e.timeout {
             chain.extend(quote!(.with_timeout(::std::time::Duration::from_secs_f64(#secs))));
+        }
+        if e.retry.is_some() || e.retry_max.is_some() || e.retry_delay.is_some() {
+            let enabled = option(e.retry);
+            let max = option(e.retry_max);
+            let delay = option(e.retry_delay.map(|d| quote!(::std::time::Duration::from_secs_f64(#d))));
+            chain.extend(quote! {
+                .with_retry_patch(::thorn::RetryPatch { enabled: #enabled, max_retries: #max, retry_delay: #delay })
+            });
+        }
+        if let Some(p) = e.propagate_errors {
+            chain.extend(quote!(.with_propagate_errors(#p)));
+        }
+        if let Some(h) = e.honors_transaction {
+            chain.extend(quote!(.with_honors_transaction(::std::option::Option::Some(#h))));
+        }
+        if let Some(k) = e.keepalive {
+            chain.extend(quote!(.with_keepalive(#k)));
         }
         chain
     });
     let model_name = ident.to_string();
+    let field_strs: Vec<String> = field_names.iter().map(|f| f.to_string()).collect();
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -126,6 +200,20 @@ fn generate(ident: &Ident, model: &Model) -> TokenStream {
                     WEBHOOKS.get_or_init(|| {
                         ::thorn::Webhooks::new(#model_name, ::std::vec![#(#events),*])
                     })
+                }
+            }
+
+            #[automatically_derived]
+            impl ::thorn::WebhookFields for #ident {
+                fn field_value(&self, name: &str) -> ::std::option::Option<::thorn::FieldValue> {
+                    #[allow(unused_imports)]
+                    use ::thorn::__private::probe::{ViaFallback as _, ViaValue as _};
+                    match name {
+                        #(#field_strs => ::std::option::Option::Some(
+                            (&::thorn::__private::probe::Probe(&self.#field_names)).probe_value()
+                        ),)*
+                        _ => ::std::option::Option::None,
+                    }
                 }
             }
         };

@@ -45,6 +45,7 @@
 mod attr;
 mod ctxt;
 mod expand;
+mod filter;
 mod model;
 
 use proc_macro::TokenStream;

@@ -6,6 +6,7 @@ use syn::{ExprPath, Ident, LitStr};
 
 use crate::attr::{Attrs, EventDecl, On, Reverse};
 use crate::ctxt::Ctxt;
+use crate::filter::{CompiledFilter, compile};
 
 /// A `{field}` template turned into a `format!` string and its arguments.
 pub(crate) struct Template {
@@ -27,17 +28,26 @@ pub(crate) struct CheckedEvent {
     pub(crate) reverse: Option<CheckedReverse>,
     pub(crate) sender_field: Option<Ident>,
     pub(crate) payload: Option<ExprPath>,
+    pub(crate) headers: Option<ExprPath>,
     pub(crate) timeout: Option<f64>,
+    pub(crate) filter: Option<CompiledFilter>,
+    pub(crate) retry: Option<bool>,
+    pub(crate) retry_max: Option<u32>,
+    pub(crate) retry_delay: Option<f64>,
+    pub(crate) propagate_errors: Option<bool>,
+    pub(crate) honors_transaction: Option<bool>,
+    pub(crate) keepalive: Option<bool>,
 }
 
 pub(crate) struct Model {
     pub(crate) reverse: Option<CheckedReverse>,
     pub(crate) sender_field: Option<Ident>,
     pub(crate) payload: Option<ExprPath>,
+    pub(crate) headers: Option<ExprPath>,
     pub(crate) events: Vec<CheckedEvent>,
 }
 
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     model: &'a Ident,
     names: &'a [Ident],
 }
@@ -52,7 +62,7 @@ impl Fields<'_> {
         names.join(", ")
     }
 
-    fn check_ident(&self, ctxt: &Ctxt, field: &Ident, role: &str) -> bool {
+    pub(crate) fn check_ident(&self, ctxt: &Ctxt, field: &Ident, role: &str) -> bool {
         if self.has(&field.to_string()) {
             return true;
         }
@@ -158,16 +168,24 @@ fn implied_on(key: &Ident) -> Option<On> {
     }
 }
 
+fn positive_seconds(ctxt: &Ctxt, v: Option<(f64, proc_macro2::Span)>, what: &str) -> Option<f64> {
+    let (secs, span) = v?;
+    if !(secs.is_finite() && secs > 0.0) {
+        ctxt.push(syn::Error::new(
+            span,
+            format!("{what} must be a positive number of seconds"),
+        ));
+    }
+    Some(secs)
+}
+
 fn check_event(ctxt: &Ctxt, fields: &Fields<'_>, decl: EventDecl) -> Option<CheckedEvent> {
     let key = decl.key;
     let on = match (implied_on(&key), decl.dispatches_on) {
-        (Some(implied), Some((ident, given))) if implied != given => {
+        (Some(implied), Some((ident, given))) if !implied.same_as(&given) => {
             ctxt.error_spanned(
                 &ident,
-                format!(
-                    "`{key}` always dispatches on {}",
-                    implied.variant().to_lowercase()
-                ),
+                format!("`{key}` always dispatches on {}", implied.describe()),
             );
             None
         }
@@ -177,7 +195,8 @@ fn check_event(ctxt: &Ctxt, fields: &Fields<'_>, decl: EventDecl) -> Option<Chec
             ctxt.error_spanned(
                 &key,
                 format!(
-                    "custom event `{key}` must say when it dispatches: add `dispatches_on = create`, `change` or `delete`"
+                    "custom event `{key}` must say when it dispatches: add `dispatches_on = create`, \
+                     `change`, `delete`, `m2m_add(relation)`, `m2m_remove(relation)` or `m2m_clear(relation)`"
                 ),
             );
             None
@@ -202,14 +221,13 @@ fn check_event(ctxt: &Ctxt, fields: &Fields<'_>, decl: EventDecl) -> Option<Chec
     let sender_field = decl
         .sender_field
         .filter(|f| fields.check_ident(ctxt, f, "sender_field"));
-    if let Some((secs, span)) = decl.timeout {
-        if !(secs.is_finite() && secs > 0.0) {
-            ctxt.push(syn::Error::new(
-                span,
-                "timeout must be a positive number of seconds",
-            ));
-        }
-    }
+    let filter = if decl.filters.is_empty() {
+        None
+    } else {
+        Some(compile(ctxt, fields, &decl.filters)?)
+    };
+    let timeout = positive_seconds(ctxt, decl.timeout, "timeout");
+    let retry_delay = positive_seconds(ctxt, decl.retry_delay, "retry_delay");
     Some(CheckedEvent {
         key,
         name,
@@ -218,7 +236,15 @@ fn check_event(ctxt: &Ctxt, fields: &Fields<'_>, decl: EventDecl) -> Option<Chec
         reverse,
         sender_field,
         payload: decl.payload,
-        timeout: decl.timeout.map(|(s, _)| s),
+        headers: decl.headers,
+        timeout,
+        filter,
+        retry: decl.retry,
+        retry_max: decl.retry_max,
+        retry_delay,
+        propagate_errors: decl.propagate_errors,
+        honors_transaction: decl.honors_transaction,
+        keepalive: decl.keepalive,
     })
 }
 
@@ -246,6 +272,7 @@ impl Model {
             reverse,
             sender_field,
             payload: attrs.payload,
+            headers: attrs.headers,
             events,
         })
     }

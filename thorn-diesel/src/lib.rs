@@ -22,8 +22,9 @@
 //!
 //! **Not built yet:** events raised inside `conn.transaction(...)` are sent
 //! right after the statement, not at commit (the transactional outbox
-//! arrives in a later release); PostgreSQL support, `now_` transition
-//! filters, many-to-many events and bulk statements likewise.
+//! arrives in a later release); fetching the old row for `now_` filters
+//! (pass it to [`update_from`] for now), `propagate_errors`, many-to-many
+//! helpers, bulk statements and PostgreSQL tests likewise.
 
 use diesel::Connection;
 use diesel::query_dsl::LoadQuery;
@@ -43,13 +44,45 @@ where
 
 /// Runs an `UPDATE ... RETURNING` statement (for one row) and sends the
 /// model's change events for the updated row.
+///
+/// A model whose change events have `now_` filters needs the row as it was
+/// before: use [`update_from`]. Calling `update` for such a model is an
+/// error returned before the statement runs.
 pub fn update<'q, M, C, Q>(thorn: &Thorn, conn: &mut C, statement: Q) -> QueryResult<M>
 where
     M: WebhookModel,
     C: Connection,
     Q: LoadQuery<'q, C, M>,
 {
+    let webhooks = M::webhooks();
+    if webhooks.needs_old_row(DispatchOn::Change) {
+        return Err(diesel::result::Error::QueryBuilderError(
+            format!(
+                "{} has change events with now_ filters: call thorn_diesel::update_from with the row as it was before",
+                webhooks.model()
+            )
+            .into(),
+        ));
+    }
     run(thorn, conn, statement, DispatchOn::Change)
+}
+
+/// [`update`] for a row whose previous state the caller holds (`old`, as
+/// loaded before the change): `now_` transition filters compare against it.
+pub fn update_from<'q, M, C, Q>(
+    thorn: &Thorn,
+    conn: &mut C,
+    old: &M,
+    statement: Q,
+) -> QueryResult<M>
+where
+    M: WebhookModel,
+    C: Connection,
+    Q: LoadQuery<'q, C, M>,
+{
+    let row = diesel::RunQueryDsl::get_result(statement, conn)?;
+    fire(thorn, DispatchOn::Change, &row, Some(old));
+    Ok(row)
 }
 
 /// Runs a `DELETE ... RETURNING` statement (for one row) and sends the
@@ -69,12 +102,16 @@ where
     C: Connection,
     Q: LoadQuery<'q, C, M>,
 {
-    let webhooks = M::webhooks();
     let row = diesel::RunQueryDsl::get_result(statement, conn)?;
-    for result in webhooks.dispatch(thorn, on, &row) {
-        if let Err(error) = result {
-            tracing::error!(model = webhooks.model(), %error, "webhook not sent");
+    fire(thorn, on, &row, None);
+    Ok(row)
+}
+
+fn fire<M: WebhookModel>(thorn: &Thorn, on: DispatchOn, row: &M, old: Option<&M>) {
+    let webhooks = M::webhooks();
+    for fired in webhooks.dispatch(thorn, on, row, old) {
+        if let Err(error) = fired.result {
+            tracing::error!(model = webhooks.model(), event = fired.event.key(), %error, "webhook not sent");
         }
     }
-    Ok(row)
 }
