@@ -42,6 +42,10 @@ use uuid::Uuid;
 // Traits behind the compiled operators.
 
 /// Python-style truthiness: non-zero, non-empty, `Some` of a truthy value, `true`.
+#[diagnostic::on_unimplemented(
+    message = "`eq(true)`/`eq(false)` test truthiness, which `{Self}` does not have",
+    label = "no truthiness"
+)]
 pub trait Truthy {
     /// True when the value is truthy.
     fn is_truthy(&self) -> bool;
@@ -114,6 +118,10 @@ impl Truthy for Value {
 
 /// Ordering between a field and a filter value; `None` when they cannot be
 /// compared (a `None` field, a NaN).
+#[diagnostic::on_unimplemented(
+    message = "a `{Self}` field cannot be compared with a `{Rhs}` value in a filter",
+    label = "no comparison between `{Self}` and `{Rhs}`"
+)]
 pub trait Compare<Rhs: ?Sized> {
     /// The ordering of `self` relative to `rhs`.
     fn compare(&self, rhs: &Rhs) -> Option<Ordering>;
@@ -147,6 +155,10 @@ impl Compare<&str> for Value {
 
 /// Membership for `contains`: substring, element, set member, JSON element
 /// or key.
+#[diagnostic::on_unimplemented(
+    message = "`contains` cannot look for a `{V}` in a `{Self}` field",
+    label = "no `contains` between `{Self}` and `{V}`"
+)]
 pub trait Contains<V: ?Sized> {
     /// True when `self` contains `v`.
     fn contains_value(&self, v: &V) -> bool;
@@ -219,6 +231,10 @@ impl Contains<Value> for Value {
 }
 
 /// Text for `startswith` / `endswith`.
+#[diagnostic::on_unimplemented(
+    message = "`startswith` and `endswith` need a text field; `{Self}` is not text",
+    label = "not text"
+)]
 pub trait TextLike {
     /// The text, if there is one (`None` for a `None` field).
     fn as_text(&self) -> Option<&str>;
@@ -245,6 +261,10 @@ impl TextLike for Value {
 }
 
 /// `Option` fields, for `is(None)` / `is_not(None)`.
+#[diagnostic::on_unimplemented(
+    message = "`is(None)` and `is_not(None)` need an `Option` field; `{Self}` is never None",
+    label = "not an `Option`"
+)]
 pub trait Nullable {
     /// True for `None`.
     fn is_none_value(&self) -> bool;
@@ -595,6 +615,9 @@ pub trait WebhookFields {
     fn field_value(&self, name: &str) -> Option<FieldValue>;
 }
 
+/// Reads a field of one row by name.
+pub type FieldLookup<'a> = dyn Fn(&str) -> Option<FieldValue> + 'a;
+
 /// A runtime filter evaluated against a field it does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("filter names field `{0}`, which the model does not have")]
@@ -692,8 +715,8 @@ impl Q {
     /// Evaluates with field lookups given as functions.
     pub fn eval_with(
         &self,
-        new: &dyn Fn(&str) -> Option<FieldValue>,
-        old: Option<&dyn Fn(&str) -> Option<FieldValue>>,
+        new: &FieldLookup<'_>,
+        old: Option<&FieldLookup<'_>>,
     ) -> Result<bool, UnknownField> {
         Ok(match &self.0 {
             Node::Leaf {

@@ -103,6 +103,8 @@ fn leaf(
     };
     let method = call.method.to_string();
     let (now, op) = match method.strip_prefix("now_") {
+        // `now_in` needs no underscore: it is not a keyword.
+        Some("in") => (true, "in_"),
         Some(op) => (true, op),
         None => (false, method.as_str()),
     };
@@ -135,10 +137,11 @@ fn leaf(
     let value = &call.args[0];
     *uses_now |= now;
     let new_row = quote!(new);
-    let on_new = condition(&new_row, &field, op, value);
+    let op_span = call.method.span();
+    let on_new = condition(&new_row, &field, op, op_span, value);
     if now {
         let old_row = quote!(old);
-        let on_old = condition(&old_row, &field, op, value);
+        let on_old = condition(&old_row, &field, op, op_span, value);
         Some(quote!((#on_new) && !old.is_some_and(|old| #on_old)))
     } else {
         Some(on_new)
@@ -159,11 +162,21 @@ fn is_none_path(e: &Expr) -> bool {
     matches!(e, Expr::Path(p) if p.path.is_ident("None"))
 }
 
-/// One operator on one row (`new` or `old`). Spanned at the value, so a type
-/// mismatch points there.
-fn condition(row: &TokenStream, field: &Ident, op: &str, value: &Expr) -> TokenStream {
-    let ops = quote!(::thorn::filter::ops);
+/// One operator on one row (`new` or `old`). The operator's path is spanned
+/// at the operator and the call at the value, so an unsupported field type
+/// points at the operator and a value of the wrong type at the value.
+fn condition(
+    row: &TokenStream,
+    field: &Ident,
+    op: &str,
+    op_span: proc_macro2::Span,
+    value: &Expr,
+) -> TokenStream {
+    let ops = quote_spanned!(op_span=> ::thorn::filter::ops);
     let span = value.span();
+    // The row's name carries the field's span (same call-site hygiene), so
+    // errors about the field's type point at the field.
+    let row = syn::Ident::new(&row.to_string(), field.span());
     let f = quote_spanned!(field.span()=> &#row.#field);
     match (op, bool_literal(value), is_none_path(value)) {
         ("eq", Some(true), _) | ("ne", Some(false), _) => quote_spanned!(span=> #ops::truthy(#f)),

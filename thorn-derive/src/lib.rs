@@ -9,10 +9,15 @@
 //!     sender_field = author_id,               // `sender` of every message
 //!     reverse = "/article/{uuid}/",          // `ref`, joined to THORN_BASE_URL
 //!     payload = Self::webhook_payload,       // `data`: fn(&Self) -> impl Serialize
+//!     headers = Self::webhook_headers,       // extra HTTP headers: fn(&Self) -> pairs
 //!     on_create = "article.created",
 //!     on_change = "article.changed",
 //!     on_delete(name = "article.removed", reverse = "/category/{category}/"),
-//!     on_archived(name = "article.archived", dispatches_on = delete, timeout = 10),
+//!     on_publish(name = "article.published", dispatches_on = change,
+//!                filter = state.now_eq("PUBLISHED") & !title.startswith("Draft")),
+//!     on_tagged(name = "article.tagged", dispatches_on = m2m_add(tags)),
+//!     on_untagged(name = "article.untagged", dispatches_on = m2m_remove(tags)),
+//!     on_tags_cleared(name = "article.tags_cleared", dispatches_on = m2m_clear(tags)),
 //! )]
 //! pub struct Article { /* columns */ }
 //! ```
@@ -25,22 +30,39 @@
 //!   strings, UUIDs and `Option`s of them.
 //! - `reverse = "/path/{field}/"` or `reverse = Self::path_fn`: the `ref` of
 //!   every message. Template fields must exist and implement `Display`.
+//!   Without `reverse`, a model implementing `thorn::AbsoluteUrl` uses that
+//!   (Django's `get_absolute_url`); otherwise `ref` is `null`.
 //! - `payload = path`: a function `fn(&Self) -> T` with `T: Serialize`; the
 //!   message's `data`. Without it, `data` is an empty object (as in Thorn).
+//! - `headers = path`: a function `fn(&Self) -> I` where `I` iterates over
+//!   `(name, value)` pairs of strings (a `HashMap`, a `Vec`, an array).
 //!
 //! Events, any number, each `on_<name>`:
 //!
 //! - `on_create`, `on_change`, `on_delete` fire on insert, update and delete.
 //!   Write `on_create = "article.created"` or use the option form.
-//! - Any other `on_<name>(name = "...", dispatches_on = create | change | delete)`
-//!   must say when it fires.
-//! - Options: `name`, `dispatches_on`, `reverse`, `sender_field`, `payload`
-//!   (override the model-wide ones for this event) and `timeout` (seconds).
+//! - Any other `on_<name>(name = "...", dispatches_on = ...)` must say when it
+//!   fires: `create`, `change`, `delete`, `m2m_add(relation)`,
+//!   `m2m_remove(relation)` or `m2m_clear(relation)`.
 //! - Names may interpolate fields: `name = "user.{username}"`.
+//! - `filter = <condition>`: fires only when the condition holds; several
+//!   `filter`s are AND-ed. A condition is `field.op(value)`, combined with
+//!   `&`, `|`, `!` and parentheses. Operators: `eq`, `ne`, `gt`, `gte`,
+//!   `lt`, `lte`, `is`, `is_not`, `in_` (`in` is a keyword), `not_in`,
+//!   `contains`, `startswith`, `endswith`, and `now_<op>` for each (holds
+//!   now, did not hold in the old row; on create the old side counts as not
+//!   holding). `eq(true)`/`eq(false)` test truthiness, `is(None)` tests
+//!   `Option` fields. The value is any Rust expression; its type must be
+//!   comparable with the field's.
+//! - Per-event options: `reverse`, `sender_field`, `payload`, `headers`
+//!   (override the model-wide ones), `timeout` (seconds), `retry` (bool),
+//!   `retry_max`, `retry_delay` (seconds), `propagate_errors` (bool),
+//!   `honors_transaction` (bool), `keepalive` (bool).
 //!
-//! Every field name is checked at compile time; an unknown key, a field
-//! that does not exist or a custom event without `dispatches_on` is an error
-//! pointing at the offending token.
+//! Every field name, template, operator and value type is checked at
+//! compile time, with the error on the offending token. The derive also
+//! implements `thorn::WebhookFields`, so runtime `thorn::Q` filters can read
+//! the model's fields.
 
 mod attr;
 mod ctxt;

@@ -1,0 +1,10 @@
+use thorn::WebhookModel;
+
+#[derive(WebhookModel)]
+#[webhook_model(on_publish(name = "article.published", dispatches_on = change,
+                           filter = state.equals("PUBLISHED")))]
+struct Article {
+    state: String,
+}
+
+fn main() {}
