@@ -224,3 +224,40 @@ fn names_interpolate_fields_and_per_event_options_apply() {
     let got = receiver.expect(1, WAIT);
     assert_eq!(got[0].header("connection"), "close", "keepalive = false");
 }
+
+#[test]
+fn events_built_by_hand_take_runtime_filters() {
+    use thorn::{ModelEvent, Q, Webhooks};
+    let receiver = Receiver::start();
+    let thorn = subscribed(&receiver, "article.*");
+    let hooks = Webhooks::new(
+        "Article",
+        vec![
+            ModelEvent::<Article>::new("on_archive", "article.archived", DispatchOn::Change)
+                .filter(Q::field("state").now_eq("ARCHIVED") | Q::field("category").eq("gone")),
+            ModelEvent::<Article>::new("on_typo", "article.typo", DispatchOn::Change)
+                .filter(Q::field("no_such_field").eq(1)),
+        ],
+    );
+    assert!(hooks.needs_old_row(DispatchOn::Change));
+    let old = article("PUBLISHED", "Hello");
+    let new = article("ARCHIVED", "Hello");
+    let fired = hooks.dispatch(&thorn, DispatchOn::Change, &new, Some(&old));
+    assert_eq!(
+        fired.len(),
+        1,
+        "the archive event only; a filter on an unknown field never matches"
+    );
+    for f in fired {
+        f.result.unwrap().wait().unwrap();
+    }
+    assert_eq!(
+        receiver.expect(1, WAIT)[0].header("hook-event"),
+        "article.archived"
+    );
+    assert!(
+        hooks
+            .dispatch(&thorn, DispatchOn::Change, &new, Some(&new))
+            .is_empty()
+    );
+}
