@@ -36,16 +36,16 @@
 //! With the `diesel` feature (on by default), `thorn::diesel` runs Diesel
 //! statements and sends the model's events.
 
-pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Q, RetryPatch, WebhookFields};
+pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Prepared, Q, RetryPatch, WebhookFields};
 pub use thorn_core::{
     Backoff, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched,
     Dispatcher, DispatcherKind, Error, Event, ModelEvent, Outgoing, Result, RetryPolicy,
-    SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore, Thorn, ThornBuilder,
-    WebhookModel, Webhooks,
+    SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore, SubscriptionStore, Thorn,
+    ThornBuilder, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
-    buffer, codec, config, deliver, dispatch, event, filter, model, retry, signing, subscriber,
-    validate,
+    buffer, codec, config, deliver, dispatch, event, filter, model, outbox, retry, signing,
+    subscriber, validate,
 };
 pub use thorn_derive::WebhookModel;
 
@@ -53,16 +53,31 @@ pub use thorn_derive::WebhookModel;
 #[cfg(feature = "diesel")]
 pub use thorn_diesel as diesel;
 
+/// The subscription REST API (axum).
+#[cfg(feature = "api")]
+pub use thorn_api as api;
+
 /// SeaORM integration (placeholder: not built yet).
 #[cfg(feature = "seaorm")]
 pub use thorn_seaorm as seaorm;
 
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(not(feature = "diesel"))]
+    pub use crate::{__noop as diesel_fetch_old, __noop as diesel_no_old_row};
     pub use serde_json;
     pub use thorn_core::filter::probe;
     pub use thorn_core::model::AsSender;
     pub use thorn_core::model::url_probe;
+    #[cfg(feature = "diesel")]
+    pub use thorn_diesel::{__fetch_old as diesel_fetch_old, __no_old_row as diesel_no_old_row};
+}
+
+#[cfg(not(feature = "diesel"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __noop {
+    ($($t:tt)*) => {};
 }
 
 /// The README's examples compile as doctests.

@@ -1,15 +1,24 @@
 //! End-to-end tests of the `thorn` facade: one binary, many modules, so the
 //! workspace links once.
 
+mod api;
 mod buffering;
 mod codec;
+mod db;
+mod diesel_funtests;
 mod diesel_sqlite;
+mod diesel_store;
+mod diesel_writes;
 mod engine;
 mod filters;
+mod funtests;
 mod model_events;
+mod outbox;
 mod patterns;
 mod receiver;
 mod security;
 mod signatures;
 mod signing;
 mod ui;
+#[cfg(feature = "cli")]
+mod worker;

@@ -27,6 +27,7 @@ struct Inner {
     config: Config,
     store: Option<Arc<dyn SubscriberStore>>,
     dispatcher: Arc<dyn Dispatcher>,
+    outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Thorn {
@@ -97,6 +98,18 @@ impl Thorn {
         }
     }
 
+    /// True when model events that honour the transaction go to the
+    /// outbox table (`THORN_DISPATCHER=outbox`).
+    pub fn uses_outbox(&self) -> bool {
+        self.inner.config.dispatcher == DispatcherKind::Outbox
+    }
+
+    /// Signalled each time this process writes an event to the outbox, so
+    /// an in-process relay wakes without waiting for its next poll.
+    pub fn outbox_signal(&self) -> &Arc<tokio::sync::Notify> {
+        &self.inner.outbox_written
+    }
+
     /// Hands an event to the dispatcher, or to the active buffer
     /// ([`crate::buffer`]) when there is one.
     pub fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
@@ -145,13 +158,16 @@ impl ThornBuilder {
         let dispatcher: Arc<dyn Dispatcher> = match (self.dispatcher, self.config.dispatcher) {
             (Some(d), _) => d,
             (None, DispatcherKind::Disabled) => Arc::new(DisabledDispatcher),
-            (None, DispatcherKind::InProcess) => Arc::new(InProcessDispatcher::new(&self.config)?),
+            (None, DispatcherKind::InProcess | DispatcherKind::Outbox) => {
+                Arc::new(InProcessDispatcher::new(&self.config)?)
+            }
         };
         Ok(Thorn {
             inner: Arc::new(Inner {
                 config: self.config,
                 store: self.store,
                 dispatcher,
+                outbox_written: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }

@@ -10,7 +10,7 @@
 //! | `THORN_RETRY_MAX` | retries before giving up | `10` |
 //! | `THORN_RETRY_DELAY` | seconds between retries | `60` |
 //! | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
-//! | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
+//! | `THORN_DISPATCHER` | `default` (in-process), `disabled` or `outbox` | `default` |
 //! | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
 //! | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
 //! | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
@@ -52,6 +52,10 @@ pub enum DispatcherKind {
     InProcess,
     /// Send nothing (development).
     Disabled,
+    /// Model events that honour the transaction are written to the outbox
+    /// table through the caller's connection and delivered after commit by
+    /// a relay or `thorn worker`; other sends go out from this process.
+    Outbox,
 }
 
 /// Everything configurable, with the manual's defaults.
@@ -190,10 +194,11 @@ impl Config {
             c.dispatcher = match v.trim() {
                 "default" => DispatcherKind::InProcess,
                 "disabled" => DispatcherKind::Disabled,
+                "outbox" => DispatcherKind::Outbox,
                 other => {
                     return Err(invalid(
                         "THORN_DISPATCHER",
-                        format!("`{other}` is not one of default, disabled"),
+                        format!("`{other}` is not one of default, disabled, outbox"),
                     ));
                 }
             };

@@ -111,7 +111,13 @@ pub struct Attempt {
     pub outcome: DeliveryOutcome,
     /// Retry, give up, or done.
     pub verdict: Verdict,
+    /// The first bytes of the response body (up to [`RESPONSE_HEAD`]),
+    /// empty when there was no response.
+    pub response_head: Bytes,
 }
+
+/// How much of a response body an [`Attempt`] keeps.
+pub const RESPONSE_HEAD: usize = 256;
 
 /// The pooled HTTP client deliveries go through.
 #[derive(Debug, Clone)]
@@ -226,8 +232,10 @@ impl HttpClient {
     /// Performs attempt number `number` (1-based) of `delivery`.
     pub async fn attempt(&self, delivery: &Delivery, number: u32) -> Attempt {
         let started = Instant::now();
+        let mut response_head = Bytes::new();
         let (result, verdict) = match self.post(delivery).await {
-            Ok((status, retry_after)) => {
+            Ok((status, retry_after, head)) => {
+                response_head = head;
                 let verdict = classify_status(status, retry_after);
                 let result = match verdict {
                     Verdict::Delivered => Ok(status),
@@ -262,10 +270,14 @@ impl HttpClient {
                 attempt = number, %error, "webhook attempt failed"
             ),
         }
-        Attempt { outcome, verdict }
+        Attempt {
+            outcome,
+            verdict,
+            response_head,
+        }
     }
 
-    async fn post(&self, delivery: &Delivery) -> Result<(u16, Option<Duration>)> {
+    async fn post(&self, delivery: &Delivery) -> Result<(u16, Option<Duration>, Bytes)> {
         let url = &delivery.subscriber.url;
         self.validators.check_url(url)?;
         let now = chrono::Utc::now();
@@ -289,9 +301,16 @@ impl HttpClient {
         // Read (a bounded part of) the body so the connection goes back to
         // the pool.
         let mut read = 0;
+        let mut head = Vec::new();
         while read < DRAIN_LIMIT {
             match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(Some(chunk)) => {
+                    if head.len() < RESPONSE_HEAD {
+                        let take = chunk.len().min(RESPONSE_HEAD - head.len());
+                        head.extend_from_slice(&chunk[..take]);
+                    }
+                    read += chunk.len();
+                }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => {
                     return Err(Error::Timeout {
@@ -302,7 +321,7 @@ impl HttpClient {
                 Err(_) => break,
             }
         }
-        Ok((status, retry_after))
+        Ok((status, retry_after, Bytes::from(head)))
     }
 }
 

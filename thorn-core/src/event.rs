@@ -330,12 +330,14 @@ impl Event {
     }
 
     /// Sends a message that is already a JSON value (cannot fail to encode).
-    pub fn send_value(
-        &self,
-        thorn: &Thorn,
-        mut message: Value,
-        options: SendOptions,
-    ) -> Dispatched {
+    pub fn send_value(&self, thorn: &Thorn, message: Value, options: SendOptions) -> Dispatched {
+        thorn.dispatch(self.outgoing(thorn, message, options))
+    }
+
+    /// The [`Outgoing`] that [`Event::send_value`] hands to the dispatcher:
+    /// `request_data` merged, extra subscribers resolved, JSON encoded once.
+    /// Integrations that write events to a transactional outbox start here.
+    pub fn outgoing(&self, thorn: &Thorn, mut message: Value, options: SendOptions) -> Outgoing {
         if let (Some(extra), Value::Object(body)) = (&self.request_data, &mut message) {
             for (k, v) in extra {
                 body.entry(k.clone()).or_insert_with(|| v.clone());
@@ -353,7 +355,7 @@ impl Event {
             }
         }
         let json = Bytes::from(ContentType::Json.encode(&message));
-        let outgoing = Outgoing {
+        Outgoing {
             event: self.name.clone(),
             message,
             json,
@@ -369,7 +371,6 @@ impl Event {
             keepalive: self.allow_keepalive,
             validators: self.validators.clone(),
             callbacks: options.callbacks,
-        };
-        thorn.dispatch(outgoing)
+        }
     }
 }

@@ -265,16 +265,16 @@ impl TextLike for Value {
     message = "`is(None)` and `is_not(None)` need an `Option` field; `{Self}` is never None",
     label = "not an `Option`"
 )]
-pub trait Nullable {
+pub trait OptionLike {
     /// True for `None`.
     fn is_none_value(&self) -> bool;
 }
-impl<T> Nullable for Option<T> {
+impl<T> OptionLike for Option<T> {
     fn is_none_value(&self) -> bool {
         self.is_none()
     }
 }
-impl Nullable for Value {
+impl OptionLike for Value {
     fn is_none_value(&self) -> bool {
         self.is_null()
     }
@@ -314,7 +314,7 @@ pub mod ops {
         f.is_truthy()
     }
     /// `is(None)`.
-    pub fn is_none<F: Nullable + ?Sized>(f: &F) -> bool {
+    pub fn is_none<F: OptionLike + ?Sized>(f: &F) -> bool {
         f.is_none_value()
     }
     /// `in_`.

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::codec::to_message_value;
-use crate::dispatch::Dispatched;
+use crate::dispatch::{Dispatched, Outgoing};
 use crate::event::{Event, RetryPatch, SendOptions};
 use crate::filter::{Q, WebhookFields};
 use crate::subscriber::SenderId;
@@ -375,6 +375,18 @@ impl<M> ModelEvent<M> {
         instance: &M,
         context: Option<Value>,
     ) -> Result<Dispatched> {
+        Ok(thorn.dispatch(self.outgoing(thorn, instance, context)?))
+    }
+
+    /// What an automatic dispatch for `instance` hands to the dispatcher,
+    /// without dispatching it (the transactional outbox writes it instead).
+    /// `context` reaches subscriber callbacks.
+    pub fn outgoing(
+        &self,
+        thorn: &Thorn,
+        instance: &M,
+        context: Option<Value>,
+    ) -> Result<Outgoing> {
         let name = self.name_for(instance);
         let data = (self.payload)(instance).map_err(|source| Error::Encode {
             event: name.clone(),
@@ -384,7 +396,7 @@ impl<M> ModelEvent<M> {
         let sender = self.sender_of(instance);
         let message = self.wrap(thorn, instance, name.clone(), data, sender.as_ref());
         let options = self.options(instance, sender, context)?;
-        Ok(self.event_named(name).send_value(thorn, message, options))
+        Ok(self.event_named(name).outgoing(thorn, message, options))
     }
 
     /// Sends this event for `instance` with a payload and sender of the
@@ -419,6 +431,16 @@ pub struct Fired<'a, M> {
     pub event: &'a ModelEvent<M>,
     /// The dispatch handle, or the error that stopped sending.
     pub result: Result<Dispatched>,
+}
+
+/// An event a write sets off, not yet sent: see [`Webhooks::prepare`].
+#[derive(Debug)]
+pub struct Prepared<'a, M> {
+    /// The event.
+    pub event: &'a ModelEvent<M>,
+    /// What to send, or why it cannot be sent (a payload that does not
+    /// encode, a header callback that failed).
+    pub outgoing: Result<Outgoing>,
 }
 
 /// All events of model `M`, as declared by `#[webhook_model(...)]`.
@@ -493,12 +515,39 @@ impl<M> Webhooks<M> {
         instance: &M,
         related: &[Value],
     ) -> Vec<Fired<'_, M>> {
+        let context = Self::m2m_context(on, related);
+        self.dispatch_with_context(thorn, on, instance, None, Some(context))
+    }
+
+    /// The events that fire on `on` for `new` (and `old`), each with the
+    /// [`Outgoing`] it would send, without sending anything: integrations
+    /// decide per event whether it goes to the outbox or out at once.
+    pub fn prepare(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        new: &M,
+        old: Option<&M>,
+        context: Option<Value>,
+    ) -> Vec<Prepared<'_, M>> {
+        self.events
+            .iter()
+            .filter(|e| e.dispatches_on == on && e.matches(new, old))
+            .map(|e| Prepared {
+                event: e,
+                outgoing: e.outgoing(thorn, new, context.clone()),
+            })
+            .collect()
+    }
+
+    /// The context a many-to-many change gives subscriber callbacks:
+    /// `{"relation": ..., "related": [...]}`.
+    pub fn m2m_context(on: DispatchOn, related: &[Value]) -> Value {
         let relation = match on {
             DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
             _ => "",
         };
-        let context = serde_json::json!({ "relation": relation, "related": related });
-        self.dispatch_with_context(thorn, on, instance, None, Some(context))
+        serde_json::json!({ "relation": relation, "related": related })
     }
 
     fn dispatch_with_context(

@@ -147,7 +147,7 @@ impl Subscriber {
             url: url.to_owned(),
             source,
         })?;
-        let now = Utc::now();
+        let now = now_micros();
         Ok(Subscriber {
             uuid: Uuid::new_v4(),
             event: event.into(),
@@ -161,6 +161,13 @@ impl Subscriber {
             created_at: now,
             updated_at: now,
         })
+    }
+
+    /// Set `updated_at` to now. Timestamps keep microsecond precision, the
+    /// precision every supported database stores, so a subscriber read back
+    /// from a store equals the one written.
+    pub fn touch(&mut self) {
+        self.updated_at = now_micros();
     }
 
     /// Sets the HMAC secret.
@@ -239,6 +246,73 @@ pub trait SubscriberStore: Send + Sync + 'static {
     }
 }
 
+/// Subscriptions managed by their owners (the REST API): create, read,
+/// update and delete, always scoped to one owner.
+pub trait SubscriptionStore: SubscriberStore {
+    /// The owner's subscriptions, oldest first (ties by uuid).
+    fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>>;
+    /// One of the owner's subscriptions; `None` when it does not exist or
+    /// belongs to someone else.
+    fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>>;
+    /// Stores a new subscription.
+    fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>>;
+    /// Replaces the owner's subscription with the same uuid; `false` when
+    /// there is none.
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>>;
+    /// Deletes one of the owner's subscriptions; `false` when there is none.
+    fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>>;
+}
+
+/// Checks an event pattern's shape: dot-separated words of letters,
+/// digits, `_` and `-`, where a `*` may stand alone, as the first word
+/// (`*.created`) or as the last (`article.*`).
+///
+/// ```
+/// use thorn_core::subscriber::validate_pattern;
+/// assert!(validate_pattern("article.*").is_ok());
+/// assert!(validate_pattern("*.created").is_ok());
+/// assert!(validate_pattern("article..created").is_err());
+/// assert!(validate_pattern("art*cle").is_err());
+/// ```
+pub fn validate_pattern(pattern: &str) -> std::result::Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    if pattern.is_empty() {
+        return Err("the event pattern is empty".into());
+    }
+    if pattern.len() > 255 {
+        return Err("the event pattern is longer than 255 characters".into());
+    }
+    let words: Vec<&str> = pattern.split('.').collect();
+    let last = words.len() - 1;
+    for (i, word) in words.iter().enumerate() {
+        if *word == "*" {
+            if words.len() == 1 || (i != 0 && i != last) || (i == last && i == 0) {
+                return Err(format!(
+                    "`*` may only be the first or last word of `{pattern}`"
+                ));
+            }
+            if i == last && words[0] == "*" {
+                return Err(format!("`{pattern}` has `*` at both ends; use `*` alone"));
+            }
+            continue;
+        }
+        if word.is_empty() {
+            return Err(format!("`{pattern}` has an empty word"));
+        }
+        if let Some(c) = word
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "`{pattern}` contains `{c}`: use letters, digits, `_`, `-` and `.`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a subscriber callback is asked: the event, its sender, and the
 /// context given to `send`.
 #[derive(Debug, Clone, Copy)]
@@ -311,6 +385,57 @@ impl SubscriberStore for MemoryStore {
     fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
         self.remove(subscriber);
         Box::pin(async { Ok(()) })
+    }
+}
+
+impl MemoryStore {
+    fn owned_by(&self, owner: &SenderId) -> Vec<Subscriber> {
+        let map = self.by_pattern.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Subscriber> = map
+            .values()
+            .flatten()
+            .filter(|s| s.owner.as_ref() == Some(owner))
+            .cloned()
+            .collect();
+        out.sort_by_key(|s| (s.created_at, s.uuid));
+        out
+    }
+}
+
+impl SubscriptionStore for MemoryStore {
+    fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>> {
+        let out = self.owned_by(owner);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>> {
+        let found = self.owned_by(owner).into_iter().find(|s| s.uuid == uuid);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>> {
+        self.add(subscriber);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        let exists = subscriber
+            .owner
+            .as_ref()
+            .is_some_and(|o| self.owned_by(o).iter().any(|s| s.uuid == subscriber.uuid));
+        if exists {
+            self.remove(subscriber.uuid);
+            self.add(subscriber);
+        }
+        Box::pin(async move { Ok(exists) })
+    }
+
+    fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
+        let exists = self.owned_by(owner).iter().any(|s| s.uuid == uuid);
+        if exists {
+            self.remove(uuid);
+        }
+        Box::pin(async move { Ok(exists) })
     }
 }
 
@@ -492,9 +617,37 @@ impl StaticSubscribers {
     }
 }
 
+/// The current time truncated to microseconds (what PostgreSQL and the
+/// text columns of the Diesel store keep).
+fn now_micros() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pattern_shapes() {
+        for ok in [
+            "*",
+            "a",
+            "a.b",
+            "a.*",
+            "*.b",
+            "*.b.c",
+            "a.b.*",
+            "user-x.on_create",
+        ] {
+            assert!(validate_pattern(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a.*.c", "*.*", "a b", "a*", "*a", "é.x",
+        ] {
+            assert!(validate_pattern(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn candidate_patterns_are_the_four_lookups() {

@@ -67,7 +67,69 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let model = Model::check(&ctxt, ident, &field_names, attrs);
     ctxt.check()?;
     let model = model.expect("checked without errors");
-    Ok(generate(ident, &field_names, &model))
+    let diesel = diesel_table(&input.attrs);
+    let mut out = generate(ident, &field_names, &model);
+    out.extend(old_row_fetch(ident, &model, diesel));
+    Ok(out)
+}
+
+/// What `#[diesel(table_name = ..., primary_key(...))]` says, if present.
+struct DieselTable {
+    table: syn::Path,
+    keys: Vec<Ident>,
+}
+
+/// Reads Diesel's own attributes; anything unexpected is left for
+/// Diesel's derives to report.
+fn diesel_table(attrs: &[syn::Attribute]) -> Option<DieselTable> {
+    let mut table = None;
+    let mut keys = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("diesel")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("table_name") {
+                table = Some(meta.value()?.parse::<syn::Path>()?);
+            } else if meta.path.is_ident("primary_key") {
+                meta.parse_nested_meta(|key| {
+                    if let Some(k) = key.path.get_ident() {
+                        keys.push(k.clone());
+                    }
+                    Ok(())
+                })?;
+            } else if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                content.parse::<TokenStream>()?;
+            }
+            Ok(())
+        });
+    }
+    let table = table?;
+    if keys.is_empty() {
+        keys.push(Ident::new("id", proc_macro2::Span::call_site()));
+    }
+    Some(DieselTable { table, keys })
+}
+
+/// `thorn::diesel::FetchOld`: how `thorn::diesel::update_row` loads the
+/// row as it was before a change. Only models whose change events have
+/// `now_` filters need it; the others get an impl that is never called.
+fn old_row_fetch(ident: &Ident, model: &Model, diesel: Option<DieselTable>) -> TokenStream {
+    let needs_old = model
+        .events
+        .iter()
+        .any(|e| matches!(e.on, On::Change) && e.filter.as_ref().is_some_and(|f| f.uses_now));
+    match (needs_old, diesel) {
+        (false, _) => quote! {
+            ::thorn::__private::diesel_no_old_row!(#ident);
+        },
+        (true, Some(DieselTable { table, keys })) => quote! {
+            ::thorn::__private::diesel_fetch_old!(#ident, #table::table, (#(#keys),*));
+        },
+        // No Diesel table: `update_row` will say so (on_unimplemented).
+        (true, None) => TokenStream::new(),
+    }
 }
 
 fn template_closure(ident: &Ident, t: &Template) -> TokenStream {

@@ -1,0 +1,401 @@
+//! `thorn`: run outbox workers and look after deliveries on PostgreSQL.
+//!
+//! ```text
+//! thorn migrate                        create or upgrade Thorn's tables
+//! thorn worker [--concurrency N]       deliver committed events until SIGTERM
+//! thorn deliveries counts|list|show|retry
+//! thorn events replay <id>
+//! ```
+//!
+//! The database comes from `--database-url` or `DATABASE_URL`; delivery
+//! settings from the `THORN_*` variables (timeouts, retries, signer...).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool};
+use thorn::diesel::outbox::RelayConnection;
+use thorn::diesel::{DieselOutbox, DieselStore};
+use thorn::outbox::{RelayCounters, RelayOptions, run_relay};
+use thorn::validate::{Validators, ensure_protocol};
+use thorn::{Config, DispatcherKind, Thorn};
+use tokio::sync::{Notify, watch};
+
+#[derive(Parser)]
+#[command(
+    name = "thorn",
+    version,
+    about = "Thorn for Rust: outbox workers and delivery tools"
+)]
+struct Cli {
+    /// PostgreSQL URL (default: $DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade Thorn's tables (safe to run at every deploy).
+    Migrate,
+    /// Deliver committed outbox events until SIGTERM or Ctrl-C.
+    Worker(WorkerArgs),
+    /// Inspect and retry deliveries.
+    #[command(subcommand)]
+    Deliveries(Deliveries),
+    /// Work on stored events.
+    #[command(subcommand)]
+    Events(Events),
+    /// Stored subscriptions and their health.
+    #[command(subcommand)]
+    Subscribers(Subscribers),
+}
+
+#[derive(Subcommand)]
+enum Subscribers {
+    /// Every subscription with its status (active, failing, disabled).
+    List {
+        /// Only the disabled ones.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Re-enable a disabled subscription.
+    Enable {
+        /// Subscription uuid.
+        uuid: uuid::Uuid,
+    },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Deliveries in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds a claim holds before another worker may take it over.
+    #[arg(long, default_value_t = 60.0)]
+    lease: f64,
+    /// Longest wait between polls, in seconds (LISTEN/NOTIFY wakes earlier).
+    #[arg(long, default_value_t = 1.0)]
+    poll: f64,
+    /// Disable a subscription whose deliveries have failed, with no success
+    /// in between, for this many seconds (0: never). Default: 3 days.
+    #[arg(long, default_value_t = 259_200)]
+    disable_after: u64,
+    /// This worker's name in the attempts table (default: host:pid:random).
+    #[arg(long)]
+    name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow any http(s) recipient, internal addresses and any port
+    /// included. For development and tests only: it disables the SSRF checks.
+    #[arg(long)]
+    insecure_allow_any_recipient: bool,
+}
+
+#[derive(Subcommand)]
+enum Deliveries {
+    /// Events and deliveries by state.
+    Counts,
+    /// Recent deliveries.
+    List {
+        /// Only this state: pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One delivery with every attempt.
+    Show {
+        /// Delivery id.
+        id: String,
+    },
+    /// Make a delivery due now (a dead one gets another attempt).
+    Retry {
+        /// Delivery id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Events {
+    /// Send an event again to today's subscribers (new delivery ids).
+    Replay {
+        /// Event id.
+        id: String,
+    },
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thorn: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pool(url: Option<String>, size: u32) -> Result<Pool<ConnectionManager<PgConnection>>, Failure> {
+    let url = url
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .ok_or("no database: pass --database-url or set DATABASE_URL")?;
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .build(ConnectionManager::new(url))
+        .map_err(|e| format!("cannot connect to the database: {e}").into())
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Migrate => {
+            let pool = pool(cli.database_url, 1)?;
+            let applied = thorn::diesel::migrate(&mut *pool.get()?)?;
+            if applied.is_empty() {
+                println!("up to date");
+            } else {
+                println!("applied migrations {applied:?}");
+            }
+            Ok(())
+        }
+        Command::Worker(args) => worker(cli.database_url, args),
+        Command::Deliveries(d) => {
+            let outbox = DieselOutbox::new(pool(cli.database_url, 1)?);
+            deliveries(&outbox, d)
+        }
+        Command::Subscribers(Subscribers::List { disabled }) => {
+            let store = DieselStore::new(pool(cli.database_url, 1)?);
+            for (sub, status) in store.statuses(disabled)? {
+                let state = match (&status.disabled_at, &status.failing_since) {
+                    (Some(at), _) => format!(
+                        "disabled {} ({})",
+                        time(*at),
+                        status.disabled_reason.as_deref().unwrap_or("no reason")
+                    ),
+                    (None, Some(since)) => format!("failing since {}", time(*since)),
+                    (None, None) => "active".into(),
+                };
+                println!("{}  {:20}  {}  {state}", sub.uuid, sub.event, sub.url);
+            }
+            Ok(())
+        }
+        Command::Subscribers(Subscribers::Enable { uuid }) => {
+            let store = DieselStore::new(pool(cli.database_url, 1)?);
+            if store.enable(uuid)? {
+                println!("subscription {uuid} enabled");
+                Ok(())
+            } else {
+                Err(format!("no subscription {uuid}").into())
+            }
+        }
+        Command::Events(Events::Replay { id }) => {
+            let outbox = DieselOutbox::new(pool(cli.database_url, 1)?);
+            if outbox.replay_event(&id)? {
+                println!("event {id} will be sent again");
+                Ok(())
+            } else {
+                Err(format!("no event {id}").into())
+            }
+        }
+    }
+}
+
+fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Result<(), Failure> {
+    match command {
+        Deliveries::Counts => {
+            let c = outbox.counts()?;
+            println!(
+                "new events {}  pending {} (claimed {})  delivered {}  dead {}",
+                c.new_events, c.pending, c.claimed, c.delivered, c.dead
+            );
+        }
+        Deliveries::List { state, limit } => {
+            for d in outbox.deliveries(state.as_deref(), limit)? {
+                println!(
+                    "{}  {:9}  {:>2} attempt(s)  {}  {}  {}",
+                    d.id,
+                    d.state,
+                    d.attempts,
+                    d.last_status.map_or("-".into(), |s| s.to_string()),
+                    d.event,
+                    d.url
+                );
+            }
+        }
+        Deliveries::Show { id } => {
+            let (d, attempts) = outbox.delivery(&id)?.ok_or(format!("no delivery {id}"))?;
+            println!(
+                "delivery {}\nevent    {} ({})\nurl      {}\nstate    {}  attempts {}  next run {}",
+                d.id,
+                d.event,
+                d.event_id,
+                d.url,
+                d.state,
+                d.attempts,
+                time(d.run_at)
+            );
+            if let Some(w) = d.locked_by {
+                println!("claimed by {w}");
+            }
+            for a in attempts {
+                println!(
+                    "  #{} {}  {}  {:.1} ms  {}  {}",
+                    a.attempt,
+                    time(a.started_at),
+                    a.status.map_or("-".into(), |s| s.to_string()),
+                    a.latency_us as f64 / 1000.0,
+                    a.worker,
+                    a.error.unwrap_or_default()
+                );
+                if let Some(body) = a.response.filter(|b| !b.is_empty()) {
+                    println!("      response: {}", body.escape_debug());
+                }
+            }
+        }
+        Deliveries::Retry { id } => {
+            if outbox.retry_delivery(&id)? {
+                println!("delivery {id} is due now");
+            } else {
+                return Err(format!("no delivery {id} (or a worker holds it now)").into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn time(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
+fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
+    let mut config = Config::from_env()?;
+    config.dispatcher = DispatcherKind::Outbox;
+    if args.insecure_allow_any_recipient {
+        tracing::warn!("--insecure-allow-any-recipient: recipient URLs are not checked");
+        config.recipient_validators = Validators::new([ensure_protocol(["http", "https"])]);
+    }
+    let size = u32::try_from(args.concurrency / 4 + 4).unwrap_or(32);
+    let pool = pool(url, size)?;
+    let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(
+        (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
+    );
+    outbox
+        .counts()
+        .map_err(|e| format!("the outbox tables are not readable (run `thorn migrate`?): {e}"))?;
+    let store = Arc::new(DieselStore::new(pool.clone()));
+    let thorn = Thorn::builder(config).shared_store(store).build()?;
+    let options = RelayOptions {
+        worker: args.name.unwrap_or_else(thorn::outbox::default_worker_name),
+        concurrency: args.concurrency.max(1),
+        lease: Duration::from_secs_f64(args.lease.max(0.1)),
+        poll: Duration::from_secs_f64(args.poll.max(0.01)),
+        disable_after: (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
+        ..RelayOptions::default()
+    };
+    let worker_name = options.worker.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let metrics_addr = args.metrics_addr;
+    runtime.block_on(async move {
+        if let Some(addr) = metrics_addr {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            tracing::info!(%addr, "Prometheus metrics at /metrics");
+        }
+        let wake = Arc::new(Notify::new());
+        let stop_listener = Arc::new(AtomicBool::new(false));
+        let listener = PgConnection::start_listener(&pool, wake.clone(), stop_listener.clone());
+        let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(RelayCounters::default());
+        let relay = tokio::spawn(run_relay(
+            thorn,
+            Arc::new(outbox),
+            options,
+            wake,
+            stopped,
+            counters.clone(),
+        ));
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| tokio::spawn(progress(counters.clone())));
+        tracing::info!(worker = %worker_name, "thorn worker started");
+        shutdown_signal().await;
+        tracing::info!("stopping: no new claims; finishing deliveries in flight");
+        let _ = stop.send(true);
+        let result = relay.await;
+        if let Some(p) = progress {
+            p.abort();
+        }
+        stop_listener.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(l) = listener {
+            let _ = tokio::task::spawn_blocking(move || l.join()).await;
+        }
+        let s = counters.snapshot();
+        tracing::info!(
+            delivered = s.delivered,
+            retrying = s.retrying,
+            dead = s.dead,
+            "thorn worker stopped"
+        );
+        match result {
+            Ok(r) => r.map_err(Failure::from),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// One line per 10 s on a terminal: what happened in the interval.
+async fn progress(counters: Arc<RelayCounters>) {
+    let mut last = counters.snapshot();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = counters.snapshot();
+        eprintln!(
+            "thorn worker: +{} delivered, +{} retrying, +{} failed (total {} delivered)",
+            now.delivered - last.delivered,
+            now.retrying - last.retrying,
+            now.dead - last.dead,
+            now.delivered
+        );
+        last = now;
+    }
+}

@@ -1,0 +1,512 @@
+//! The subscription REST API of Thorn's manual, as an axum router.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `POST {prefix}/` | subscribe: `event` and `url` required; `content_type`, `hmac_digest`, `hmac_secret` optional |
+//! | `GET {prefix}/` | the caller's subscriptions, oldest first |
+//! | `GET {prefix}/{uuid}/` | one subscription |
+//! | `PATCH` or `POST {prefix}/{uuid}/` | change fields of a subscription |
+//! | `DELETE {prefix}/{uuid}/` | unsubscribe |
+//! | `GET {prefix}/openapi.json` | the OpenAPI document |
+//!
+//! Authentication belongs to the application: implement [`Authenticate`]
+//! (or pass a closure) to say who the caller is; requests without a user
+//! get `401`. A user never sees or changes another user's subscription:
+//! those requests answer `404`, exactly like a uuid that does not exist.
+//! Invalid requests answer `400` with the messages of each field, Django
+//! REST Framework style (`{"url": ["..."]}`); bodies over the limit `413`,
+//! bodies that are not JSON `415`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use thorn_api::Api;
+//! use thorn_core::{SenderId, subscriber::MemoryStore};
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! // Here the user id comes from a header; use your session or token check.
+//! let api = Api::new(store, |parts: &axum::http::request::Parts| {
+//!     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(SenderId::from)
+//! })
+//! .prefix("/api/hooks");
+//! let app: axum::Router = axum::Router::new().merge(api.router());
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use thorn_core::codec::ContentType;
+use thorn_core::signing::{Digest, generate_secret};
+use thorn_core::subscriber::validate_pattern;
+use thorn_core::validate::Validators;
+use thorn_core::{Config, SenderId, Subscriber, SubscriptionStore};
+use uuid::Uuid;
+
+/// Says who is calling, from the request's head (session cookie, token,
+/// header...). `None` answers `401`.
+pub trait Authenticate: Send + Sync + 'static {
+    /// The caller's user id.
+    fn authenticate<'a>(
+        &'a self,
+        parts: &'a Parts,
+    ) -> Pin<Box<dyn Future<Output = Option<SenderId>> + Send + 'a>>;
+}
+
+impl<F> Authenticate for F
+where
+    F: Fn(&Parts) -> Option<SenderId> + Send + Sync + 'static,
+{
+    fn authenticate<'a>(
+        &'a self,
+        parts: &'a Parts,
+    ) -> Pin<Box<dyn Future<Output = Option<SenderId>> + Send + 'a>> {
+        let user = self(parts);
+        Box::pin(async move { user })
+    }
+}
+
+/// The API's settings and dependencies; [`Api::router`] builds the routes.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SubscriptionStore>,
+    auth: Arc<dyn Authenticate>,
+    prefix: String,
+    public_base_url: Option<String>,
+    event_choices: Option<Vec<String>>,
+    validators: Validators,
+    body_limit: usize,
+}
+
+impl Api {
+    /// An API over `store` with `auth`, mounted at `/hooks`, with the
+    /// default recipient validators and no event restriction.
+    pub fn new(store: Arc<dyn SubscriptionStore>, auth: impl Authenticate) -> Self {
+        Api {
+            inner: Arc::new(Inner {
+                store,
+                auth: Arc::new(auth),
+                prefix: "/hooks".into(),
+                public_base_url: None,
+                event_choices: None,
+                validators: Validators::default(),
+                body_limit: 64 * 1024,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        f(Arc::get_mut(&mut self.inner).expect("configured before the router is built"));
+        self
+    }
+
+    /// Takes `THORN_EVENT_CHOICES` and the recipient validators from a
+    /// Thorn configuration.
+    pub fn with_config(self, config: &Config) -> Self {
+        let (choices, validators) = (
+            config.event_choices.clone(),
+            config.recipient_validators.clone(),
+        );
+        self.edit(|i| {
+            i.event_choices = choices;
+            i.validators = validators;
+        })
+    }
+
+    /// Where the routes live (default `/hooks`).
+    pub fn prefix(self, prefix: &str) -> Self {
+        let prefix = format!("/{}", prefix.trim_matches('/'));
+        self.edit(|i| i.prefix = if prefix == "/" { String::new() } else { prefix })
+    }
+
+    /// Makes `subscription` links absolute: `https://api.example.com`.
+    pub fn public_base_url(self, base: &str) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
+        self.edit(|i| i.public_base_url = Some(base))
+    }
+
+    /// Largest accepted body in bytes (default 64 KiB).
+    pub fn body_limit(self, bytes: usize) -> Self {
+        self.edit(|i| i.body_limit = bytes)
+    }
+
+    /// Only these event patterns may be subscribed to.
+    pub fn event_choices(self, choices: Vec<String>) -> Self {
+        self.edit(|i| i.event_choices = Some(choices))
+    }
+
+    /// Recipient validators for subscription URLs.
+    pub fn validators(self, validators: Validators) -> Self {
+        self.edit(|i| i.validators = validators)
+    }
+
+    /// The routes, ready to `merge` into the application's router.
+    pub fn router(self) -> Router {
+        let p = self.inner.prefix.clone();
+        let limit = self.inner.body_limit;
+        let collection = get(list).post(create);
+        let item = get(show).patch(update).post(update).delete(remove);
+        Router::new()
+            .route(&format!("{p}/"), collection.clone())
+            .route(if p.is_empty() { "/" } else { &p }, collection)
+            .route(&format!("{p}/openapi.json"), get(openapi))
+            .route(&format!("{p}/{{id}}/"), item.clone())
+            .route(&format!("{p}/{{id}}"), item)
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+}
+
+/// An error answer: a status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn detail(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "detail": detail.into() }),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self::detail(StatusCode::NOT_FOUND, "Not found.")
+    }
+
+    fn fields(errors: BTreeMap<&'static str, Vec<String>>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: serde_json::to_value(errors).expect("strings are JSON"),
+        }
+    }
+
+    fn store(e: thorn_core::Error) -> Self {
+        tracing::error!(error = %e, "subscription store failed");
+        Self::detail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The subscription store is unavailable; try again.",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, &self.body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The authenticated caller.
+struct User(SenderId);
+
+impl FromRequestParts<Api> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        match api.inner.auth.authenticate(parts).await {
+            Some(user) => Ok(User(user)),
+            None => Err(ApiError::detail(
+                StatusCode::UNAUTHORIZED,
+                "Authentication credentials were not provided.",
+            )),
+        }
+    }
+}
+
+fn timestamp(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl Api {
+    fn render(&self, s: &Subscriber) -> Value {
+        let path = format!("{}/{}/", self.inner.prefix, s.uuid);
+        let link = match &self.inner.public_base_url {
+            Some(base) => format!("{base}{path}"),
+            None => path,
+        };
+        json!({
+            "id": s.uuid,
+            "url": s.url.as_str(),
+            "event": s.event,
+            "content_type": s.content_type.as_str(),
+            "hmac_secret": s.hmac_secret,
+            "hmac_digest": s.hmac_digest.as_str(),
+            "user": s.owner,
+            "created_at": timestamp(s.created_at),
+            "updated_at": timestamp(s.updated_at),
+            "subscription": link,
+        })
+    }
+
+    /// Validates the fields present in `body` onto `target`.
+    fn apply(
+        &self,
+        body: &Map<String, Value>,
+        target: &mut Subscriber,
+        creating: bool,
+    ) -> Result<(), ApiError> {
+        let mut errors: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        let text =
+            |name: &'static str,
+             required: bool,
+             errors: &mut BTreeMap<&'static str, Vec<String>>| match body.get(name) {
+                None if required => {
+                    errors
+                        .entry(name)
+                        .or_default()
+                        .push("This field is required.".into());
+                    None
+                }
+                None => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Null) => {
+                    errors
+                        .entry(name)
+                        .or_default()
+                        .push("This field may not be null.".into());
+                    None
+                }
+                Some(_) => {
+                    errors
+                        .entry(name)
+                        .or_default()
+                        .push("Not a valid string.".into());
+                    None
+                }
+            };
+        if let Some(event) = text("event", creating, &mut errors) {
+            let event = event.trim().to_owned();
+            if let Err(e) = validate_pattern(&event) {
+                errors.entry("event").or_default().push(e);
+            } else if let Some(choices) = &self.inner.event_choices {
+                if !choices.contains(&event) {
+                    errors.entry("event").or_default().push(format!(
+                        "`{event}` is not one of the available events: {}",
+                        choices.join(", ")
+                    ));
+                }
+            }
+            target.event = event;
+        }
+        if let Some(url) = text("url", creating, &mut errors) {
+            match url::Url::parse(url.trim()) {
+                Err(e) => errors
+                    .entry("url")
+                    .or_default()
+                    .push(format!("Enter a valid URL ({e}).")),
+                Ok(_) if url.len() > 2048 => errors
+                    .entry("url")
+                    .or_default()
+                    .push("Ensure this field has no more than 2048 characters.".into()),
+                Ok(parsed) => match self.inner.validators.check_url(&parsed) {
+                    Ok(()) => target.url = parsed,
+                    Err(blocked) => errors
+                        .entry("url")
+                        .or_default()
+                        .push(format!("blocked: {}", blocked.rule)),
+                },
+            }
+        }
+        if let Some(ct) = text("content_type", false, &mut errors) {
+            match ct.parse::<ContentType>() {
+                Ok(ct) => target.content_type = ct,
+                Err(e) => errors
+                    .entry("content_type")
+                    .or_default()
+                    .push(e.to_string()),
+            }
+        }
+        if let Some(d) = text("hmac_digest", false, &mut errors) {
+            match d.parse::<Digest>() {
+                Ok(d) => target.hmac_digest = d,
+                Err(e) => errors.entry("hmac_digest").or_default().push(e.to_string()),
+            }
+        }
+        if let Some(secret) = text("hmac_secret", false, &mut errors) {
+            if secret.is_empty()
+                || secret.chars().count() > 255
+                || secret.chars().any(char::is_control)
+            {
+                errors.entry("hmac_secret").or_default().push(
+                    "Use 1 to 255 printable characters (or leave it out for a random one).".into(),
+                );
+            } else {
+                target.hmac_secret = secret;
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::fields(errors))
+        }
+    }
+}
+
+fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::detail(e.status(), e.body_text()))?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::detail(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Unsupported media type \"{ct}\" in request: send application/json."),
+            ));
+        }
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => {
+            let mut e = BTreeMap::new();
+            e.insert(
+                "non_field_errors",
+                vec!["Invalid data. Expected a JSON object.".into()],
+            );
+            Err(ApiError::fields(e))
+        }
+        Err(e) => Err(ApiError::detail(
+            StatusCode::BAD_REQUEST,
+            format!("JSON parse error - {e}"),
+        )),
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found())
+}
+
+async fn list(State(api): State<Api>, User(owner): User) -> Result<Response, ApiError> {
+    let subs = api
+        .inner
+        .store
+        .list(&owner)
+        .await
+        .map_err(ApiError::store)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Value::Array(subs.iter().map(|s| api.render(s)).collect()),
+    ))
+}
+
+async fn create(
+    State(api): State<Api>,
+    User(owner): User,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_object(&headers, body)?;
+    let mut sub = Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
+    sub.hmac_secret = generate_secret();
+    sub.owner = Some(owner);
+    api.apply(&body, &mut sub, true)?;
+    api.inner
+        .store
+        .insert(sub.clone())
+        .await
+        .map_err(ApiError::store)?;
+    Ok(json_response(StatusCode::CREATED, &api.render(&sub)))
+}
+
+async fn show(
+    State(api): State<Api>,
+    User(owner): User,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
+    match api
+        .inner
+        .store
+        .get(&owner, id)
+        .await
+        .map_err(ApiError::store)?
+    {
+        Some(s) => Ok(json_response(StatusCode::OK, &api.render(&s))),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+async fn update(
+    State(api): State<Api>,
+    User(owner): User,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
+    let Some(mut sub) = api
+        .inner
+        .store
+        .get(&owner, id)
+        .await
+        .map_err(ApiError::store)?
+    else {
+        return Err(ApiError::not_found());
+    };
+    let body = json_object(&headers, body)?;
+    api.apply(&body, &mut sub, false)?;
+    sub.touch();
+    if !api
+        .inner
+        .store
+        .update(sub.clone())
+        .await
+        .map_err(ApiError::store)?
+    {
+        return Err(ApiError::not_found());
+    }
+    Ok(json_response(StatusCode::OK, &api.render(&sub)))
+}
+
+async fn remove(
+    State(api): State<Api>,
+    User(owner): User,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
+    if api
+        .inner
+        .store
+        .delete(&owner, id)
+        .await
+        .map_err(ApiError::store)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}

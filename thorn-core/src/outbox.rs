@@ -1,0 +1,947 @@
+//! The durable outbox: events written to the application's database in the
+//! caller's own transaction, and the relay that delivers them after commit.
+//!
+//! With `THORN_DISPATCHER=outbox`, a model event that honours the
+//! transaction is not sent by the write that raised it. The ORM
+//! integration turns it into a [`StoredEvent`] and inserts it through the
+//! caller's connection, so the event exists if and only if the row
+//! committed — a rolled-back transaction or savepoint takes its events
+//! with it.
+//!
+//! A relay ([`run_relay`], started in-process by the integrations or by
+//! `thorn worker`) then works the tables through an [`OutboxStore`]:
+//!
+//! 1. **fan-out**, once per event: claim new events, look up their
+//!    subscribers, and record one delivery per subscriber, each with a
+//!    UUIDv7 that is its `Hook-Delivery` on every attempt;
+//! 2. **delivery**: claim due deliveries with a lease (`locked_until`),
+//!    post them with no database transaction open, record every attempt,
+//!    and schedule the next by the event's retry policy (`run_at`), or mark
+//!    the delivery delivered or dead. A delivery whose worker died is
+//!    claimed again once its lease expires.
+//!
+//! Delivery is at least once: a worker that dies after the receiver
+//! answered but before the attempt was recorded leads to a second attempt
+//! with the same `Hook-Delivery`, which receivers use to de-duplicate.
+//!
+//! The relay reports through the [`metrics`] facade (install any
+//! recorder; `thorn worker --metrics-addr` serves them to Prometheus):
+//! `thorn_attempts_total{outcome="delivered|retry|dead|gone"}`,
+//! `thorn_attempt_duration_seconds` (histogram),
+//! `thorn_events_fanned_out_total`, `thorn_deliveries_created_total`,
+//! `thorn_deliveries_in_flight` (gauge) and `thorn_outbox_errors_total`.
+//!
+//! Times in the outbox are microseconds since the Unix epoch, as the
+//! workers' clocks see them: keep the machines' clocks in sync (NTP).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::codec::ContentType;
+use crate::deliver::{Delivery, HttpClient};
+use crate::dispatch::Outgoing;
+use crate::retry::{Backoff, RetryPolicy, Verdict};
+use crate::subscriber::{BoxFuture, SenderId, Subscriber};
+use crate::{Error, Result, Thorn};
+
+/// The PostgreSQL channel a committed outbox write notifies.
+pub const CHANNEL: &str = "thorn_outbox";
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// An event as the outbox stores it: everything needed to deliver it in
+/// another process. Subscriber callbacks of `send` and per-event
+/// validators are code and stay behind: workers use the configured
+/// validators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Event id (UUIDv7: ordered by creation).
+    pub id: Uuid,
+    /// Event name.
+    pub name: String,
+    /// The message (`{"event", "ref", "sender", "data"}`).
+    pub message: Value,
+    /// Who sent it (selects owner-scoped subscribers).
+    pub sender: Option<SenderId>,
+    /// How to send it.
+    pub options: StoredOptions,
+    /// When it was written (µs since the epoch).
+    pub created_at: i64,
+}
+
+/// The sending options of a [`StoredEvent`] (stored as one JSON column).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOptions {
+    /// Extra HTTP headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Retry policy.
+    pub retry: StoredRetry,
+    /// Reuse connections.
+    #[serde(default = "yes")]
+    pub keepalive: bool,
+    /// Subscribers the event itself added.
+    #[serde(default)]
+    pub subscribers: Vec<Subscriber>,
+    /// Context for subscriber callbacks of the configuration.
+    #[serde(default)]
+    pub context: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A [`RetryPolicy`] as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StoredRetry {
+    /// Retry at all.
+    pub enabled: bool,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Base wait, milliseconds.
+    pub delay_ms: u64,
+    /// Exponential backoff cap in milliseconds; `None` for fixed waits.
+    pub backoff_max_ms: Option<u64>,
+    /// Jitter of exponential backoff.
+    #[serde(default)]
+    pub jitter: bool,
+    /// Upper bound for `Retry-After`, milliseconds.
+    pub max_retry_after_ms: u64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<RetryPolicy> for StoredRetry {
+    fn from(p: RetryPolicy) -> Self {
+        let (backoff_max_ms, jitter) = match p.backoff {
+            Backoff::Exponential { max, jitter } => (Some(millis(max)), jitter),
+            _ => (None, false),
+        };
+        StoredRetry {
+            enabled: p.enabled,
+            max_retries: p.max_retries,
+            delay_ms: millis(p.retry_delay),
+            backoff_max_ms,
+            jitter,
+            max_retry_after_ms: millis(p.max_retry_after),
+        }
+    }
+}
+
+impl From<StoredRetry> for RetryPolicy {
+    fn from(s: StoredRetry) -> Self {
+        RetryPolicy {
+            enabled: s.enabled,
+            max_retries: s.max_retries,
+            retry_delay: Duration::from_millis(s.delay_ms),
+            backoff: match s.backoff_max_ms {
+                Some(max) => Backoff::Exponential {
+                    max: Duration::from_millis(max),
+                    jitter: s.jitter,
+                },
+                None => Backoff::Fixed,
+            },
+            max_retry_after: Duration::from_millis(s.max_retry_after_ms),
+        }
+    }
+}
+
+impl StoredEvent {
+    /// The stored form of `outgoing`, with a new UUIDv7.
+    ///
+    /// Fails when a header value is not UTF-8 text (it could not be stored
+    /// faithfully); the error names the event and the header.
+    pub fn from_outgoing(outgoing: &Outgoing) -> Result<Self> {
+        let mut headers = Vec::with_capacity(outgoing.headers.len());
+        for (name, value) in &outgoing.headers {
+            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Config {
+                key: format!("header `{name}` of event `{}`", outgoing.event),
+                message: "value is not UTF-8 text and cannot be stored in the outbox".into(),
+            })?;
+            headers.push((name.as_str().to_owned(), value.to_owned()));
+        }
+        Ok(StoredEvent {
+            id: Uuid::now_v7(),
+            name: outgoing.event.to_string(),
+            message: outgoing.message.clone(),
+            sender: outgoing.sender.clone(),
+            options: StoredOptions {
+                headers,
+                timeout_ms: millis(outgoing.timeout),
+                retry: outgoing.retry.into(),
+                keepalive: outgoing.keepalive,
+                subscribers: outgoing.extra_subscribers.clone(),
+                context: outgoing.context.clone(),
+            },
+            created_at: now_micros(),
+        })
+    }
+
+    /// The sender as the JSON text the outbox column holds.
+    pub fn sender_json(&self) -> Option<String> {
+        self.sender
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("sender ids are JSON"))
+    }
+
+    /// The options as the JSON text the outbox column holds.
+    pub fn options_json(&self) -> String {
+        serde_json::to_string(&self.options).expect("options are JSON")
+    }
+
+    /// Rebuilds an event from its columns; errors name the column.
+    pub fn from_columns(
+        id: &str,
+        name: String,
+        message: &str,
+        sender: Option<&str>,
+        options: &str,
+        created_at: i64,
+    ) -> Result<Self> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Store(format!("thorn_events row {id}: invalid {what}: {e}").into())
+        };
+        Ok(StoredEvent {
+            id: Uuid::parse_str(id).map_err(|e| bad("id", &e))?,
+            name,
+            message: serde_json::from_str(message).map_err(|e| bad("message", &e))?,
+            sender: sender
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| bad("sender", &e))?,
+            options: serde_json::from_str(options).map_err(|e| bad("options", &e))?,
+            created_at,
+        })
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.options.headers.len());
+        for (k, v) in &self.options.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v)) {
+                map.append(k, v);
+            }
+        }
+        map
+    }
+}
+
+/// A delivery to record at fan-out.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Delivery id (UUIDv7), `Hook-Delivery` on every attempt.
+    pub id: Uuid,
+    /// The subscriber, as it was at fan-out (URL, secret, digest...).
+    pub subscriber: Subscriber,
+    /// Written claimed by the fanning worker, which sends it at once.
+    pub claimed: bool,
+}
+
+/// The deliveries of one event, for [`OutboxStore::fan_out`].
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// The event.
+    pub event: Uuid,
+    /// Its deliveries.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A delivery a worker claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Its event.
+    pub event: Arc<StoredEvent>,
+    /// Its subscriber.
+    pub subscriber: Subscriber,
+    /// Attempts recorded before this claim.
+    pub attempts: u32,
+}
+
+/// One attempt, as recorded in `thorn_attempts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: Uuid,
+    /// Its subscriber.
+    pub subscriber: Uuid,
+    /// Attempt number, 1-based.
+    pub number: u32,
+    /// When it started (µs since the epoch).
+    pub started_at: i64,
+    /// HTTP status, when the receiver answered.
+    pub status: Option<u16>,
+    /// Request start to end of response, microseconds.
+    pub latency_us: i64,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+    /// The first bytes of the response body (lossy UTF-8), when there was one.
+    pub response: Option<String>,
+    /// Who made it.
+    pub worker: String,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// 2xx: done.
+    Delivered,
+    /// Try again at this time (µs since the epoch).
+    Retry {
+        /// When.
+        at: i64,
+    },
+    /// No more attempts.
+    Dead,
+    /// `410 Gone`: no more attempts; the subscription was removed.
+    Gone,
+}
+
+impl Next {
+    /// The delivery state stored for this outcome.
+    pub fn state(self) -> DeliveryState {
+        match self {
+            Next::Delivered => DeliveryState::Delivered,
+            Next::Retry { .. } => DeliveryState::Pending,
+            Next::Dead | Next::Gone => DeliveryState::Dead,
+        }
+    }
+}
+
+/// States of a row of `thorn_deliveries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for its first attempt or a retry (`run_at`).
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Failed for good.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+}
+
+/// Where the outbox lives; implemented by the ORM integrations.
+///
+/// Every claim sets a lease (`locked_until = now + lease`, `locked_by =
+/// worker`); rows whose lease expired can be claimed again. Updates after
+/// a claim check `locked_by`, so a worker that lost its lease cannot
+/// overwrite another's work.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Claims up to `limit` events not yet fanned out.
+    fn claim_events<'a>(
+        &'a self,
+        worker: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>>;
+
+    /// Records the deliveries of claimed events and marks them fanned out,
+    /// all in one transaction. Deliveries with `claimed` set are written
+    /// already claimed by `worker` (their first attempt started, lease
+    /// `lease`), so the relay sends them without another query. Returns the
+    /// events written; an event whose claim was lost is skipped.
+    fn fan_out<'a>(
+        &'a self,
+        worker: &'a str,
+        events: Vec<FanOut>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>>>;
+
+    /// Claims up to `limit` due deliveries: first attempts only when
+    /// `first` is true, retries only otherwise.
+    fn claim_deliveries<'a>(
+        &'a self,
+        worker: &'a str,
+        first: bool,
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>>;
+
+    /// Records attempts and the deliveries' next states, releasing the
+    /// claims, in one transaction. Returns how many deliveries were still
+    /// claimed by `worker` (the attempts are recorded either way).
+    fn finish<'a>(
+        &'a self,
+        worker: &'a str,
+        attempts: Vec<(AttemptRecord, Next)>,
+    ) -> BoxFuture<'a, Result<usize>>;
+}
+
+/// How a relay works.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// This worker's name in `locked_by` and the attempts table.
+    pub worker: String,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Share of `concurrency` retries may take (the rest is kept for first
+    /// attempts, so a backlog of retries cannot starve new events).
+    pub retry_share: f64,
+    /// Rows claimed per query.
+    pub batch: usize,
+    /// How long a claim holds; must exceed the longest request timeout.
+    pub lease: Duration,
+    /// The longest wait between polls when nothing wakes the relay.
+    pub poll: Duration,
+    /// Disable a stored subscription whose deliveries have been failing
+    /// (no 2xx in between) for this long; `None` never does.
+    pub disable_after: Option<Duration>,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            worker: default_worker_name(),
+            concurrency: 64,
+            retry_share: 0.75,
+            batch: 100,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            disable_after: Some(Duration::from_secs(3 * 24 * 3600)),
+        }
+    }
+}
+
+/// `host:pid:random`, unique per process.
+pub fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "thorn".into());
+    let mut b = [0u8; 3];
+    let _ = getrandom::fill(&mut b);
+    format!(
+        "{host}:{}:{:02x}{:02x}{:02x}",
+        std::process::id(),
+        b[0],
+        b[1],
+        b[2]
+    )
+}
+
+/// Counts a relay keeps (read them any time through [`RelayStats`]).
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    fanned_out: AtomicU64,
+    delivered: AtomicU64,
+    retrying: AtomicU64,
+    dead: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A snapshot of [`RelayCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayStats {
+    /// Events fanned out.
+    pub fanned_out: u64,
+    /// Deliveries that got a 2xx.
+    pub delivered: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retrying: u64,
+    /// Deliveries that failed for good.
+    pub dead: u64,
+    /// Database errors the relay survived.
+    pub errors: u64,
+}
+
+impl RelayCounters {
+    /// The counts now.
+    pub fn snapshot(&self) -> RelayStats {
+        RelayStats {
+            fanned_out: self.fanned_out.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            retrying: self.retrying.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs a relay until `stop` turns true, then stops claiming, lets the
+/// deliveries in flight finish and record their attempts, and returns.
+///
+/// `wake` is notified by whatever learns of new events: this process's
+/// own outbox writes ([`Thorn::outbox_signal`]) or PostgreSQL's `LISTEN`.
+/// Without a wake-up the relay polls, at most `options.poll` apart.
+pub async fn run_relay(
+    thorn: Thorn,
+    store: Arc<dyn OutboxStore>,
+    options: RelayOptions,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    counters: Arc<RelayCounters>,
+) -> Result<()> {
+    let client = HttpClient::new(thorn.config(), thorn.config().recipient_validators.clone())?;
+    let concurrency = options.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let retry_cap = ((concurrency as f64 * options.retry_share) as usize).clamp(1, concurrency);
+    let retries_in_flight = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let shared = Arc::new(Shared {
+        thorn,
+        store,
+        client,
+        worker: options.worker.clone(),
+        counters,
+    });
+    // Attempts are recorded by one task, many per transaction.
+    let (done, records) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_attempts(shared.clone(), records));
+    let mut idle = Duration::from_millis(1);
+    while !*stop.borrow() {
+        while tasks.try_join_next().is_some() {}
+        let mut found = 0;
+        // New events first; their first deliveries come back claimed.
+        let fresh = match shared
+            .fan_out(options.batch, options.lease, slots.available_permits())
+            .await
+        {
+            Ok((events, claimed)) => {
+                found += events;
+                claimed
+            }
+            Err(error) => {
+                shared.db_error("fan-out", &error);
+                Vec::new()
+            }
+        };
+        let free = slots.available_permits().saturating_sub(fresh.len());
+        let first = if free > 0 {
+            shared
+                .store
+                .claim_deliveries(&shared.worker, true, free.min(options.batch), options.lease)
+                .await
+                .unwrap_or_else(|error| {
+                    shared.db_error("claim", &error);
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
+        let free = free.saturating_sub(first.len());
+        let retry_room = retry_cap.saturating_sub(retries_in_flight.load(Ordering::Relaxed));
+        let retries = if free.min(retry_room) > 0 {
+            shared
+                .store
+                .claim_deliveries(
+                    &shared.worker,
+                    false,
+                    free.min(retry_room).min(options.batch),
+                    options.lease,
+                )
+                .await
+                .unwrap_or_else(|error| {
+                    shared.db_error("claim", &error);
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
+        found += fresh.len() + first.len() + retries.len();
+        for (claimed, is_retry) in fresh
+            .into_iter()
+            .chain(first)
+            .map(|c| (c, false))
+            .chain(retries.into_iter().map(|c| (c, true)))
+        {
+            let permit = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("claims never exceed free slots");
+            if is_retry {
+                retries_in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            let (shared, finished, retries_in_flight, done) = (
+                shared.clone(),
+                finished.clone(),
+                retries_in_flight.clone(),
+                done.clone(),
+            );
+            metrics::gauge!("thorn_deliveries_in_flight").increment(1.0);
+            tasks.spawn(async move {
+                let record = shared.deliver(claimed).await;
+                let _ = done.send(record);
+                metrics::gauge!("thorn_deliveries_in_flight").decrement(1.0);
+                if is_retry {
+                    retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
+                drop(permit);
+                finished.notify_one();
+            });
+        }
+        if found > 0 && slots.available_permits() > 0 {
+            idle = Duration::from_millis(1);
+            continue;
+        }
+        // Nothing to do (or no room): sleep until woken, a slot frees, or
+        // the poll interval passes. Right after a wake-up the events may
+        // not be committed yet, so polls start 1 ms apart and back off.
+        tokio::select! {
+            _ = wake.notified() => idle = Duration::from_millis(1),
+            _ = finished.notified(), if slots.available_permits() == 0 => {}
+            _ = tokio::time::sleep(idle) => idle = (idle * 2).min(options.poll),
+            _ = stop.changed() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    drop(done);
+    let _ = recorder.await;
+    Ok(())
+}
+
+/// Writes finished attempts: whatever has arrived, up to 256 per
+/// transaction, so a busy relay pays one commit for many deliveries.
+async fn record_attempts(
+    shared: Arc<Shared>,
+    mut records: mpsc::UnboundedReceiver<(AttemptRecord, Next)>,
+) {
+    while let Some(first) = records.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match records.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        match shared.store.finish(&shared.worker, batch).await {
+            Ok(held) if held < n => tracing::warn!(
+                lost = n - held,
+                "claims expired before their attempts were recorded; another worker may repeat them"
+            ),
+            Ok(_) => {}
+            Err(error) => shared.db_error("recording attempts", &error),
+        }
+    }
+}
+
+struct Shared {
+    thorn: Thorn,
+    store: Arc<dyn OutboxStore>,
+    client: HttpClient,
+    worker: String,
+    counters: Arc<RelayCounters>,
+}
+
+impl Shared {
+    fn db_error(&self, what: &str, error: &Error) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("thorn_outbox_errors_total").increment(1);
+        tracing::error!(worker = %self.worker, %error, "outbox {what} failed");
+    }
+
+    /// Fans out one batch of new events; returns how many, and up to
+    /// `free` of their deliveries, claimed for sending now.
+    async fn fan_out(
+        &self,
+        batch: usize,
+        lease: Duration,
+        free: usize,
+    ) -> Result<(usize, Vec<ClaimedDelivery>)> {
+        let events = self.store.claim_events(&self.worker, batch, lease).await?;
+        if events.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let mut budget = free;
+        let mut plans = Vec::with_capacity(events.len());
+        // Events of a batch often share name and sender: look each pair up once.
+        type Query<'e> = (&'e str, Option<&'e SenderId>, Option<&'e Value>);
+        let mut lookups: Vec<(Query<'_>, Vec<Subscriber>)> = Vec::new();
+        for event in &events {
+            let key = (
+                event.name.as_str(),
+                event.sender.as_ref(),
+                event.options.context.as_ref(),
+            );
+            let found = match lookups.iter().find(|(k, _)| *k == key) {
+                Some((_, found)) => found.clone(),
+                None => {
+                    let found = self
+                        .thorn
+                        .subscribers_for_query(key.0, key.1, key.2)
+                        .await?;
+                    lookups.push((key, found.clone()));
+                    found
+                }
+            };
+            let mut subscribers = found;
+            subscribers.extend(
+                event
+                    .options
+                    .subscribers
+                    .iter()
+                    .filter(|s| s.accepts_sender(event.sender.as_ref()))
+                    .cloned(),
+            );
+            let deliveries = subscribers
+                .into_iter()
+                .map(|subscriber| {
+                    let claimed = budget > 0;
+                    budget = budget.saturating_sub(1);
+                    NewDelivery {
+                        id: Uuid::now_v7(),
+                        subscriber,
+                        claimed,
+                    }
+                })
+                .collect::<Vec<_>>();
+            plans.push(FanOut {
+                event: event.id,
+                deliveries,
+            });
+        }
+        let created: usize = plans.iter().map(|p| p.deliveries.len()).sum();
+        let written = self
+            .store
+            .fan_out(&self.worker, plans.clone(), lease)
+            .await?;
+        self.counters
+            .fanned_out
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
+        metrics::counter!("thorn_events_fanned_out_total").increment(written.len() as u64);
+        metrics::counter!("thorn_deliveries_created_total").increment(created as u64);
+        let mut claimed = Vec::new();
+        for (event, plan) in events.into_iter().zip(plans) {
+            if !written.contains(&event.id) {
+                continue;
+            }
+            tracing::debug!(event = %event.name, id = %event.id, deliveries = plan.deliveries.len(), "outbox event fanned out");
+            let event = Arc::new(event);
+            claimed.extend(plan.deliveries.into_iter().filter(|d| d.claimed).map(|d| {
+                ClaimedDelivery {
+                    id: d.id,
+                    event: event.clone(),
+                    subscriber: d.subscriber,
+                    attempts: 0,
+                }
+            }));
+        }
+        Ok((written.len(), claimed))
+    }
+
+    /// Sends one attempt; returns what to record.
+    async fn deliver(&self, claimed: ClaimedDelivery) -> (AttemptRecord, Next) {
+        let number = claimed.attempts + 1;
+        let span = tracing::info_span!("thorn.delivery",
+            event = %claimed.event.name, delivery = %claimed.id,
+            subscriber = %claimed.subscriber.uuid, attempt = number,
+            status = tracing::field::Empty, latency_ms = tracing::field::Empty);
+        async {
+            let event = &claimed.event;
+            let body = match claimed.subscriber.content_type {
+                ContentType::Json => Bytes::from(ContentType::Json.encode(&event.message)),
+                other => Bytes::from(other.encode(&event.message)),
+            };
+            let delivery = Delivery {
+                id: claimed.id,
+                event: Arc::from(event.name.as_str()),
+                standard_webhooks: claimed
+                    .subscriber
+                    .standard_webhooks
+                    .unwrap_or(self.thorn.config().standard_webhooks),
+                subscriber: claimed.subscriber,
+                body,
+                headers: event.headers(),
+                timeout: Duration::from_millis(event.options.timeout_ms),
+                keepalive: event.options.keepalive,
+            };
+            let started_at = now_micros();
+            let attempt = self.client.attempt(&delivery, number).await;
+            let policy = RetryPolicy::from(event.options.retry);
+            let next = match attempt.verdict {
+                Verdict::Delivered => Next::Delivered,
+                Verdict::Retry(after) if policy.allows(number) => Next::Retry {
+                    at: now_micros() + micros(policy.delay(number, after)),
+                },
+                Verdict::Gone => {
+                    tracing::info!(url = %delivery.subscriber.url,
+                        "receiver answered 410 Gone: subscription removed");
+                    if let Err(error) = self.thorn.mark_gone(delivery.subscriber.uuid).await {
+                        tracing::error!(%error, "could not mark subscription gone");
+                    }
+                    Next::Gone
+                }
+                _ => Next::Dead,
+            };
+            let outcome = &attempt.outcome;
+            let status = match &outcome.result {
+                Ok(s) => Some(*s),
+                Err(Error::Status { status, .. }) => Some(*status),
+                Err(_) => None,
+            };
+            let span = tracing::Span::current();
+            if let Some(s) = status {
+                span.record("status", s);
+            }
+            span.record("latency_ms", outcome.elapsed.as_millis() as u64);
+            let record = AttemptRecord {
+                delivery_id: claimed.id,
+                subscriber: delivery.subscriber.uuid,
+                number,
+                started_at,
+                status,
+                latency_us: micros(outcome.elapsed),
+                error: outcome.result.as_ref().err().map(|e| e.to_string()),
+                response: (!attempt.response_head.is_empty())
+                    .then(|| String::from_utf8_lossy(&attempt.response_head).into_owned()),
+                worker: self.worker.clone(),
+            };
+            let (counter, label) = match next {
+                Next::Delivered => (&self.counters.delivered, "delivered"),
+                Next::Retry { .. } => (&self.counters.retrying, "retry"),
+                Next::Dead => (&self.counters.dead, "dead"),
+                Next::Gone => (&self.counters.dead, "gone"),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("thorn_attempts_total", "outcome" => label).increment(1);
+            metrics::histogram!("thorn_attempt_duration_seconds")
+                .record(outcome.elapsed.as_secs_f64());
+            (record, next)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A relay on a background thread with its own runtime: what the ORM
+/// integrations start in-process. Dropping it stops it (see
+/// [`BackgroundRelay::stop`]).
+#[derive(Debug)]
+pub struct BackgroundRelay {
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    counters: Arc<RelayCounters>,
+    wake: Arc<Notify>,
+}
+
+impl BackgroundRelay {
+    /// Starts `run_relay` on a thread named `thorn-relay`.
+    pub fn start(
+        thorn: Thorn,
+        store: Arc<dyn OutboxStore>,
+        options: RelayOptions,
+        wake: Arc<Notify>,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("thorn-relay")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config {
+                key: "relay runtime".into(),
+                message: e.to_string(),
+            })?;
+        let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(RelayCounters::default());
+        let (c, w) = (counters.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("thorn-relay".into())
+            .spawn(move || runtime.block_on(run_relay(thorn, store, options, w, stopped, c)))
+            .map_err(|e| Error::Config {
+                key: "relay thread".into(),
+                message: e.to_string(),
+            })?;
+        Ok(BackgroundRelay {
+            stop,
+            thread: Some(thread),
+            counters,
+            wake,
+        })
+    }
+
+    /// What the relay has done so far.
+    pub fn stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+
+    /// Wakes the relay now (new events were committed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops claiming, waits for deliveries in flight to finish and be
+    /// recorded, and returns the relay's error if it stopped on one.
+    pub fn stop(mut self) -> Result<()> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(Error::Config {
+                    key: "relay thread".into(),
+                    message: "panicked".into(),
+                })
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundRelay {
+    fn drop(&mut self) {
+        if let Err(error) = self.halt() {
+            tracing::error!(%error, "outbox relay stopped with an error");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policies_survive_storage() {
+        for policy in [
+            RetryPolicy::default(),
+            RetryPolicy::never(),
+            RetryPolicy {
+                backoff: Backoff::Exponential {
+                    max: Duration::from_secs(90),
+                    jitter: false,
+                },
+                retry_delay: Duration::from_millis(250),
+                ..RetryPolicy::default()
+            },
+        ] {
+            let stored = StoredRetry::from(policy);
+            let json = serde_json::to_string(&stored).unwrap();
+            let back: StoredRetry = serde_json::from_str(&json).unwrap();
+            assert_eq!(RetryPolicy::from(back), policy);
+        }
+    }
+}
