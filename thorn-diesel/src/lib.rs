@@ -282,8 +282,15 @@ where
     })
 }
 
-/// `f` inside a transaction when its events go to the outbox (statement
-/// and events commit together), as is otherwise.
+/// `f` inside a transaction when its events go to the outbox and the
+/// caller has none open (statement and events commit together), as is
+/// otherwise.
+///
+/// Inside the caller's transaction no savepoint is added (it would cost two
+/// round trips per write): an error from the statement or the outbox write
+/// is returned, and returning it from the caller's `transaction` closure
+/// rolls back the row together with its events, as for any other failed
+/// statement.
 fn atomically<C, T>(
     thorn: &Thorn,
     conn: &mut C,
@@ -293,11 +300,21 @@ fn atomically<C, T>(
 where
     C: OutboxConnection,
 {
-    if thorn.uses_outbox() && fires {
+    if thorn.uses_outbox() && fires && !in_transaction(conn) {
         conn.transaction(f)
     } else {
         f(conn)
     }
+}
+
+/// Whether `conn` has a transaction open (a broken transaction manager
+/// counts as none, so Diesel reports the problem on `transaction`).
+fn in_transaction<C: diesel::Connection>(conn: &mut C) -> bool {
+    use diesel::connection::TransactionManager;
+    matches!(
+        C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
+        Ok(Some(_))
+    )
 }
 
 /// Runs an `INSERT ... RETURNING` statement for any number of rows
