@@ -16,9 +16,12 @@ mod model_events;
 mod outbox;
 mod patterns;
 mod receiver;
+#[cfg(feature = "seaorm")]
+mod seaorm_funtests;
+#[cfg(feature = "seaorm")]
+mod seaorm_hooks;
 mod security;
 mod signatures;
 mod signing;
-mod ui;
 #[cfg(feature = "cli")]
 mod worker;

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod model;
 pub mod outbox;
 pub mod retry;
+pub mod schema;
 pub mod signing;
 pub mod subscriber;
 pub mod validate;

@@ -484,6 +484,39 @@ impl<M> Webhooks<M> {
         self.events.iter().any(|e| e.dispatches_on == on)
     }
 
+    /// Checks that `on` is a many-to-many change on a relation some event
+    /// of the model declares; the error names the declared relations.
+    pub fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String> {
+        let relation = match on {
+            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
+            _ => return Err(format!("{on:?} is not a many-to-many change")),
+        };
+        let mut declared: Vec<&str> = self
+            .events
+            .iter()
+            .filter_map(|e| match e.dispatches_on {
+                DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect();
+        if declared.contains(&relation) {
+            return Ok(());
+        }
+        declared.sort_unstable();
+        declared.dedup();
+        Err(format!(
+            "{} declares no many-to-many relation `{relation}` (declared: {})",
+            self.model,
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.join(", ")
+            }
+        ))
+    }
+
     /// True when some event firing on `on` has a `now_` filter, so the
     /// integration must fetch the old row before writing.
     pub fn needs_old_row(&self, on: DispatchOn) -> bool {

@@ -65,14 +65,21 @@ macro_rules! sender_from_int {
 }
 sender_from_int!(i8, i16, i32, i64, u8, u16, u32);
 
+/// Text that spells an integer exactly as `i64` displays it (`"42"`, not
+/// `"042"` or `"+42"`) becomes [`SenderId::Int`], so a user id read from a
+/// header or a token matches the same id taken from an integer column.
 impl From<String> for SenderId {
     fn from(v: String) -> Self {
-        SenderId::Text(v)
+        match v.parse::<i64>() {
+            Ok(i) if i.to_string() == v => SenderId::Int(i),
+            _ => SenderId::Text(v),
+        }
     }
 }
+/// As `From<String>`: canonical integers become [`SenderId::Int`].
 impl From<&str> for SenderId {
     fn from(v: &str) -> Self {
-        SenderId::Text(v.to_owned())
+        SenderId::from(v.to_owned())
     }
 }
 impl From<Uuid> for SenderId {
@@ -627,6 +634,22 @@ fn now_micros() -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_spelled_as_text_match_integer_senders() {
+        assert_eq!(SenderId::from("42"), SenderId::from(42));
+        assert_eq!(SenderId::from("-7"), SenderId::Int(-7));
+        for text in ["042", "+42", "42 ", "alice", "99999999999999999999", ""] {
+            assert_eq!(
+                SenderId::from(text),
+                SenderId::Text(text.into()),
+                "{text:?}"
+            );
+        }
+        let mut sub = Subscriber::new("a.b", "https://example.com/").unwrap();
+        sub.owner = Some(SenderId::from("42"));
+        assert!(sub.accepts_sender(Some(&SenderId::from(42_i32))));
+    }
 
     #[test]
     fn pattern_shapes() {

@@ -506,37 +506,9 @@ where
     C: OutboxConnection,
 {
     let webhooks = M::webhooks();
-    let relation = match on {
-        DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
-        _ => "",
-    };
-    let declared: Vec<&str> = webhooks
-        .events()
-        .iter()
-        .filter_map(|e| match e.dispatches_on() {
-            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    if !declared.contains(&relation) {
-        return Err(diesel::result::Error::QueryBuilderError(
-            format!(
-                "{} declares no many-to-many relation `{relation}` (declared: {})",
-                webhooks.model(),
-                if declared.is_empty() {
-                    "none".to_owned()
-                } else {
-                    declared.join(", ")
-                }
-            )
-            .into(),
-        ));
-    }
-    if relation.is_empty() {
-        return Err(diesel::result::Error::QueryBuilderError(
-            format!("{on:?} is not a many-to-many change").into(),
-        ));
-    }
+    webhooks
+        .check_m2m(on)
+        .map_err(|message| diesel::result::Error::QueryBuilderError(message.into()))?;
     atomically(thorn, conn, webhooks.fires_on(on), |conn| {
         let related: Vec<R> = change(conn)?;
         if !related.is_empty() {

@@ -1,5 +1,655 @@
 //! SeaORM integration for Thorn for Rust.
 //!
-//! **Not built yet.** This crate reserves the name and the place in the
-//! workspace; the `ActiveModelBehavior` wiring arrives in a later release.
-//! Use `thorn-diesel` today.
+//! SeaORM runs an entity's `ActiveModelBehavior` hooks around
+//! `ActiveModel::insert`, `update`, `save` and `delete`. Thorn's hooks go
+//! there: put `#[derive(WebhookModel)]` on the entity's `Model`, then wire
+//! the behaviour in with one line —
+//!
+//! ```ignore
+//! thorn_seaorm::behavior!(ActiveModel);
+//! ```
+//!
+//! — or, to keep hook code of your own, call Thorn from each hook:
+//!
+//! ```ignore
+//! #[async_trait::async_trait]
+//! impl ActiveModelBehavior for ActiveModel {
+//!     async fn before_save<C: ConnectionTrait>(self, db: &C, insert: bool) -> Result<Self, DbErr> {
+//!         let this = /* your code */ self;
+//!         thorn_seaorm::before_save(this, db, insert).await
+//!     }
+//!     async fn after_save<C: ConnectionTrait>(model: Model, db: &C, insert: bool) -> Result<Model, DbErr> {
+//!         thorn_seaorm::after_save::<Self, _>(model, db, insert).await
+//!     }
+//!     async fn before_delete<C: ConnectionTrait>(self, db: &C) -> Result<Self, DbErr> {
+//!         thorn_seaorm::before_delete(self, db).await
+//!     }
+//!     async fn after_delete<C: ConnectionTrait>(self, db: &C) -> Result<Self, DbErr> {
+//!         thorn_seaorm::after_delete(self, db).await
+//!     }
+//! }
+//! ```
+//!
+//! The hooks find the [`Thorn`] to send with through [`install`] (once, at
+//! start-up) or [`scope`] (for the futures run inside it, which takes
+//! precedence). A model with events and no Thorn is an error, not a silent
+//! loss.
+//!
+//! What happens to an event depends on the dispatcher:
+//!
+//! - with the **outbox** (`THORN_DISPATCHER=outbox`), events that honour
+//!   the transaction (the default) are written to `thorn_events` through
+//!   the `db` the hook received. Inside `db.begin()` / `db.transaction(..)`
+//!   (and nested savepoints) they commit and roll back with the row; on a
+//!   bare `DatabaseConnection` the row and its event are two statements,
+//!   each committed on its own. A [`Relay`] (or `thorn worker` on
+//!   PostgreSQL) delivers them;
+//! - otherwise (and for events with `honors_transaction = false`) they go
+//!   to Thorn's dispatcher at once.
+//!
+//! Transition filters (`state.now_eq("PUBLISHED")`) compare against the
+//! stored row: `before_save` loads it by primary key (`SELECT ... FOR
+//! UPDATE` on PostgreSQL) only when a change event of the model has such a
+//! filter, and hands it to `after_save` of the same save, keyed by task,
+//! model and primary key, so concurrent saves never see each other's old
+//! rows. `before_delete` loads the full row when the caller deletes
+//! through a partially set `ActiveModel`, so delete events carry every
+//! field.
+//!
+//! SeaORM runs no hooks for `Entity::insert_many`, `update_many`,
+//! `delete_many` or `delete_by_id`: use [`insert_many`], [`update_many`]
+//! and [`delete_many`], which send one event per returned row, and
+//! [`m2m_add`], [`m2m_remove`] and [`m2m_clear`] for junction tables.
+
+pub mod outbox;
+pub mod store;
+
+#[doc(hidden)]
+pub use async_trait::async_trait as __async_trait;
+#[doc(hidden)]
+pub use sea_orm as __sea_orm;
+
+pub use outbox::{Relay, SeaOrmOutbox};
+pub use store::SeaOrmStore;
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::sea_value_to_json_value;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, DbErr, DeleteMany,
+    EntityTrait, Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
+    Value,
+};
+use sea_orm::{InsertMany, IntoActiveModel, TransactionTrait, TryIntoModel};
+use thorn_core::outbox::StoredEvent;
+use thorn_core::schema::{MIGRATIONS, MIGRATIONS_TABLE};
+use thorn_core::{DispatchOn, Thorn, WebhookModel};
+
+static INSTALLED: RwLock<Option<Thorn>> = RwLock::new(None);
+
+tokio::task_local! {
+    static SCOPED: Thorn;
+}
+
+/// Makes `thorn` the instance every hook sends with (replacing any
+/// installed before). Call it once at start-up.
+pub fn install(thorn: Thorn) {
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(thorn);
+}
+
+/// Runs `future` with `thorn` as the instance its hooks send with, ahead
+/// of the installed one: for tests, or several Thorn configurations in one
+/// process.
+pub async fn scope<F: Future>(thorn: Thorn, future: F) -> F::Output {
+    SCOPED.scope(thorn, future).await
+}
+
+/// The instance hooks send with now: the scoped one, else the installed.
+pub fn current() -> Option<Thorn> {
+    SCOPED
+        .try_with(Thorn::clone)
+        .ok()
+        .or_else(|| INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+fn thorn_for(model: &str) -> Result<Thorn, DbErr> {
+    current().ok_or_else(|| {
+        DbErr::Custom(format!(
+            "thorn_seaorm: {model} has webhook events but no Thorn is installed: \
+             call thorn_seaorm::install(thorn) at start-up (or run inside thorn_seaorm::scope)"
+        ))
+    })
+}
+
+/// Implements `ActiveModelBehavior` for an entity's `ActiveModel` with
+/// Thorn's four hooks and nothing else.
+///
+/// ```ignore
+/// mod article {
+///     use sea_orm::entity::prelude::*;
+///
+///     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+///     #[sea_orm(table_name = "articles")]
+///     #[webhook_model(on_create = "article.created", payload = Self::payload)]
+///     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+///
+///     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+///     pub enum Relation {}
+///
+///     thorn_seaorm::behavior!(ActiveModel);
+/// }
+/// ```
+#[macro_export]
+macro_rules! behavior {
+    ($active_model:ty) => {
+        #[$crate::__async_trait]
+        impl $crate::__sea_orm::ActiveModelBehavior for $active_model {
+            async fn before_save<C>(
+                self,
+                db: &C,
+                insert: bool,
+            ) -> ::std::result::Result<Self, $crate::__sea_orm::DbErr>
+            where
+                C: $crate::__sea_orm::ConnectionTrait,
+            {
+                $crate::before_save(self, db, insert).await
+            }
+
+            async fn after_save<C>(
+                model: <<Self as $crate::__sea_orm::ActiveModelTrait>::Entity as $crate::__sea_orm::EntityTrait>::Model,
+                db: &C,
+                insert: bool,
+            ) -> ::std::result::Result<
+                <<Self as $crate::__sea_orm::ActiveModelTrait>::Entity as $crate::__sea_orm::EntityTrait>::Model,
+                $crate::__sea_orm::DbErr,
+            >
+            where
+                C: $crate::__sea_orm::ConnectionTrait,
+            {
+                $crate::after_save::<Self, C>(model, db, insert).await
+            }
+
+            async fn before_delete<C>(
+                self,
+                db: &C,
+            ) -> ::std::result::Result<Self, $crate::__sea_orm::DbErr>
+            where
+                C: $crate::__sea_orm::ConnectionTrait,
+            {
+                $crate::before_delete(self, db).await
+            }
+
+            async fn after_delete<C>(
+                self,
+                db: &C,
+            ) -> ::std::result::Result<Self, $crate::__sea_orm::DbErr>
+            where
+                C: $crate::__sea_orm::ConnectionTrait,
+            {
+                $crate::after_delete(self, db).await
+            }
+        }
+    };
+}
+
+/// The model of an active model.
+type ModelOf<A> = <<A as ActiveModelTrait>::Entity as EntityTrait>::Model;
+
+/// Old rows loaded by `before_save`, waiting for `after_save` of the same
+/// save: keyed by the task (or thread) running it, the model type and the
+/// primary key.
+type OldKey = (Runner, TypeId, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Runner {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+fn runner() -> Runner {
+    tokio::task::try_id()
+        .map(Runner::Task)
+        .unwrap_or_else(|| Runner::Thread(std::thread::current().id()))
+}
+
+type OldRows = HashMap<OldKey, (Instant, Box<dyn Any + Send>)>;
+
+static OLD_ROWS: Mutex<Option<OldRows>> = Mutex::new(None);
+
+/// Old rows whose save failed between the hooks are dropped after this.
+const OLD_ROW_TTL: Duration = Duration::from_secs(300);
+
+fn stash_old<M: Send + 'static>(key: String, old: M) {
+    let mut rows = OLD_ROWS.lock().unwrap_or_else(|e| e.into_inner());
+    let rows = rows.get_or_insert_with(HashMap::new);
+    if rows.len() >= 1024 {
+        rows.retain(|_, (at, _)| at.elapsed() < OLD_ROW_TTL);
+    }
+    rows.insert(
+        (runner(), TypeId::of::<M>(), key),
+        (Instant::now(), Box::new(old)),
+    );
+}
+
+fn take_old<M: Send + 'static>(key: String) -> Option<M> {
+    let mut rows = OLD_ROWS.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, old) = rows.as_mut()?.remove(&(runner(), TypeId::of::<M>(), key))?;
+    old.downcast::<M>().ok().map(|b| *b)
+}
+
+/// The primary key values of `am`, when all are set.
+fn key_of_active<A: ActiveModelTrait>(am: &A) -> Option<Vec<Value>> {
+    <A::Entity as EntityTrait>::PrimaryKey::iter()
+        .map(|k| match am.get(k.into_column()) {
+            ActiveValue::Set(v) | ActiveValue::Unchanged(v) => Some(v),
+            ActiveValue::NotSet => None,
+        })
+        .collect()
+}
+
+fn key_of_model<M: ModelTrait>(model: &M) -> Vec<Value> {
+    <M::Entity as EntityTrait>::PrimaryKey::iter()
+        .map(|k| model.get(k.into_column()))
+        .collect()
+}
+
+fn key_string(values: &[Value]) -> String {
+    format!("{values:?}")
+}
+
+/// Loads the stored row with primary key `key`, locked for update on
+/// PostgreSQL (SQLite has no row locks: its writers are serialized).
+async fn fetch_row<E, C>(db: &C, key: &[Value]) -> Result<Option<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    let mut select = E::find();
+    for (k, v) in E::PrimaryKey::iter().zip(key) {
+        select = select.filter(k.into_column().eq(v.clone()));
+    }
+    if db.get_database_backend() == DbBackend::Postgres {
+        select = select.lock_exclusive();
+    }
+    select.one(db).await
+}
+
+/// Thorn's `before_save` hook: on update, loads the stored row when a
+/// change event of the model has a `now_` filter.
+pub async fn before_save<A, C>(am: A, db: &C, insert: bool) -> Result<A, DbErr>
+where
+    A: ActiveModelTrait + Send,
+    ModelOf<A>: WebhookModel + Send + 'static,
+    C: ConnectionTrait,
+{
+    if insert || !ModelOf::<A>::webhooks().needs_old_row(DispatchOn::Change) {
+        return Ok(am);
+    }
+    if let Some(key) = key_of_active(&am)
+        && let Some(old) = fetch_row::<A::Entity, C>(db, &key).await?
+    {
+        stash_old(key_string(&key), old);
+    }
+    Ok(am)
+}
+
+/// Thorn's `after_save` hook: sends the model's create (`insert`) or
+/// change events for the saved row, change events compared against the
+/// row `before_save` loaded.
+pub async fn after_save<A, C>(model: ModelOf<A>, db: &C, insert: bool) -> Result<ModelOf<A>, DbErr>
+where
+    A: ActiveModelTrait,
+    ModelOf<A>: WebhookModel + Send + 'static,
+    C: ConnectionTrait,
+{
+    let on = if insert {
+        DispatchOn::Create
+    } else {
+        DispatchOn::Change
+    };
+    let webhooks = ModelOf::<A>::webhooks();
+    let old = if !insert && webhooks.needs_old_row(DispatchOn::Change) {
+        take_old::<ModelOf<A>>(key_string(&key_of_model(&model)))
+    } else {
+        None
+    };
+    if webhooks.fires_on(on) {
+        let thorn = thorn_for(webhooks.model())?;
+        fire(&thorn, db, on, [(&model, old.as_ref())], None).await?;
+    }
+    Ok(model)
+}
+
+/// Thorn's `before_delete` hook: when the model has delete events and the
+/// caller's `ActiveModel` is partly unset, loads the full row (so the
+/// event carries every field) and returns it in its place.
+pub async fn before_delete<A, C>(am: A, db: &C) -> Result<A, DbErr>
+where
+    A: ActiveModelTrait + Send,
+    ModelOf<A>: WebhookModel + IntoActiveModel<A> + Send + 'static,
+    C: ConnectionTrait,
+{
+    if !ModelOf::<A>::webhooks().fires_on(DispatchOn::Delete) {
+        return Ok(am);
+    }
+    let complete = <A::Entity as EntityTrait>::Column::iter().all(|c| !am.is_not_set(c));
+    if complete {
+        return Ok(am);
+    }
+    let Some(key) = key_of_active(&am) else {
+        return Ok(am); // SeaORM refuses a delete without a primary key
+    };
+    match fetch_row::<A::Entity, C>(db, &key).await? {
+        Some(row) => Ok(row.into_active_model()),
+        None => Ok(am),
+    }
+}
+
+/// Thorn's `after_delete` hook: sends the model's delete events for the
+/// deleted row.
+pub async fn after_delete<A, C>(am: A, db: &C) -> Result<A, DbErr>
+where
+    A: ActiveModelTrait + TryIntoModel<ModelOf<A>> + Send,
+    ModelOf<A>: WebhookModel + Send + 'static,
+    C: ConnectionTrait,
+{
+    let webhooks = ModelOf::<A>::webhooks();
+    if !webhooks.fires_on(DispatchOn::Delete) {
+        return Ok(am);
+    }
+    let thorn = thorn_for(webhooks.model())?;
+    match am.clone().try_into_model() {
+        Ok(row) => fire(&thorn, db, DispatchOn::Delete, [(&row, None)], None).await?,
+        // Only when the row was gone before the delete ran (nothing to
+        // load): nothing was deleted, so nothing is sent.
+        Err(error) => tracing::debug!(model = webhooks.model(), %error, "delete event not sent"),
+    }
+    Ok(am)
+}
+
+/// Raises the events of `on` for each `(row, old row)`: outbox rows
+/// through `db` for those that honour the transaction, the dispatcher for
+/// the rest.
+async fn fire<'r, M, C>(
+    thorn: &Thorn,
+    db: &C,
+    on: DispatchOn,
+    rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
+    context: Option<serde_json::Value>,
+) -> Result<(), DbErr>
+where
+    M: WebhookModel + 'r,
+    C: ConnectionTrait,
+{
+    let webhooks = M::webhooks();
+    let mut stored = Vec::new();
+    for (row, old) in rows {
+        for prepared in webhooks.prepare(thorn, on, row, old, context.clone()) {
+            let event = prepared.event;
+            let result = prepared.outgoing.and_then(|outgoing| {
+                if thorn.uses_outbox() && event.honors_transaction(thorn) {
+                    stored.push(StoredEvent::from_outgoing(&outgoing)?);
+                } else {
+                    // Delivery runs in the background; its outcome is logged.
+                    drop(thorn.dispatch(outgoing));
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                if event.propagate_errors() {
+                    return Err(DbErr::Custom(format!(
+                        "thorn: {} {}: {error}",
+                        webhooks.model(),
+                        event.key()
+                    )));
+                }
+                tracing::error!(model = webhooks.model(), event = event.key(), %error, "webhook not sent");
+            }
+        }
+    }
+    if !stored.is_empty() {
+        outbox::write_events(db, &stored).await?;
+        thorn.outbox_signal().notify_one();
+    }
+    Ok(())
+}
+
+fn refuse_transitions<M: WebhookModel>() -> Result<(), DbErr> {
+    let webhooks = M::webhooks();
+    if webhooks.needs_old_row(DispatchOn::Change) {
+        return Err(DbErr::Custom(format!(
+            "thorn_seaorm: {} has change events with now_ filters: update rows one by one \
+             through ActiveModel::update (the hooks load the old row)",
+            webhooks.model()
+        )));
+    }
+    Ok(())
+}
+
+async fn fire_all<M: WebhookModel, C: ConnectionTrait>(
+    db: &C,
+    on: DispatchOn,
+    rows: &[M],
+) -> Result<(), DbErr> {
+    let webhooks = M::webhooks();
+    if rows.is_empty() || !webhooks.fires_on(on) {
+        return Ok(());
+    }
+    let thorn = thorn_for(webhooks.model())?;
+    fire(&thorn, db, on, rows.iter().map(|r| (r, None)), None).await
+}
+
+/// Runs `Entity::insert_many(...)` with `RETURNING` and sends the model's
+/// create events for each inserted row (SeaORM runs no hooks for it).
+pub async fn insert_many<A, C>(db: &C, insert: InsertMany<A>) -> Result<Vec<ModelOf<A>>, DbErr>
+where
+    A: ActiveModelTrait,
+    ModelOf<A>: WebhookModel + IntoActiveModel<A>,
+    C: ConnectionTrait,
+{
+    let rows = insert.exec_with_returning(db).await?;
+    fire_all(db, DispatchOn::Create, &rows).await?;
+    Ok(rows)
+}
+
+/// Runs `Entity::update_many()...` with `RETURNING` and sends the model's
+/// change events for each updated row. Models whose change events have
+/// `now_` filters are refused before the statement runs.
+pub async fn update_many<E, C>(db: &C, update: UpdateMany<E>) -> Result<Vec<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    E::Model: WebhookModel,
+    C: ConnectionTrait,
+{
+    refuse_transitions::<E::Model>()?;
+    let rows = update.exec_with_returning(db).await?;
+    fire_all(db, DispatchOn::Change, &rows).await?;
+    Ok(rows)
+}
+
+/// Runs `Entity::delete_many()...` with `RETURNING` and sends the model's
+/// delete events for each deleted row, with its full contents.
+pub async fn delete_many<E, C>(db: &C, delete: DeleteMany<E>) -> Result<Vec<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    E::Model: WebhookModel,
+    C: ConnectionTrait,
+{
+    let rows = delete.exec_with_returning(db).await?;
+    fire_all(db, DispatchOn::Delete, &rows).await?;
+    Ok(rows)
+}
+
+fn check_relation<M: WebhookModel>(on: DispatchOn) -> Result<(), DbErr> {
+    M::webhooks().check_m2m(on).map_err(DbErr::Custom)
+}
+
+/// Sends `instance`'s events for a many-to-many change whose junction rows
+/// are `links`: the context names the relation and the `related` column's
+/// values (`{"relation": "tags", "related": [1, 2]}`). Nothing is sent for
+/// no rows.
+async fn m2m_fire<M, J, C>(
+    db: &C,
+    instance: &M,
+    on: DispatchOn,
+    related: J::Column,
+    links: &[J::Model],
+) -> Result<(), DbErr>
+where
+    M: WebhookModel,
+    J: EntityTrait,
+    C: ConnectionTrait,
+{
+    let webhooks = M::webhooks();
+    if links.is_empty() || !webhooks.fires_on(on) {
+        return Ok(());
+    }
+    let keys: Vec<serde_json::Value> = links
+        .iter()
+        .map(|l| sea_value_to_json_value(&l.get(related)))
+        .collect();
+    let context = thorn_core::Webhooks::<M>::m2m_context(on, &keys);
+    let thorn = thorn_for(webhooks.model())?;
+    fire(&thorn, db, on, [(instance, None)], Some(context)).await
+}
+
+/// Inserts junction rows linking `instance` to related rows and sends the
+/// events declared with `dispatches_on = m2m_add(relation)`. `related` is
+/// the junction column naming the related row (its values go to the
+/// callbacks' context). Returns the inserted junction rows.
+///
+/// ```ignore
+/// thorn_seaorm::m2m_add(&txn, &article, "tags", article_tag::Column::TagId,
+///     article_tag::Entity::insert_many(tag_ids.iter().map(|&t| article_tag::ActiveModel {
+///         article_id: Set(article.id), tag_id: Set(t),
+///     }))).await?;
+/// ```
+pub async fn m2m_add<M, A, C>(
+    db: &C,
+    instance: &M,
+    relation: &'static str,
+    related: <A::Entity as EntityTrait>::Column,
+    links: InsertMany<A>,
+) -> Result<Vec<ModelOf<A>>, DbErr>
+where
+    M: WebhookModel,
+    A: ActiveModelTrait,
+    ModelOf<A>: IntoActiveModel<A>,
+    C: ConnectionTrait,
+{
+    let on = DispatchOn::M2mAdd(relation);
+    check_relation::<M>(on)?;
+    let rows = links.exec_with_returning(db).await?;
+    m2m_fire::<M, A::Entity, C>(db, instance, on, related, &rows).await?;
+    Ok(rows)
+}
+
+/// Deletes junction rows (`delete` filtered to `instance` and the related
+/// rows to unlink) and sends the events declared with
+/// `dispatches_on = m2m_remove(relation)`. Returns the deleted rows.
+pub async fn m2m_remove<M, J, C>(
+    db: &C,
+    instance: &M,
+    relation: &'static str,
+    related: J::Column,
+    delete: DeleteMany<J>,
+) -> Result<Vec<J::Model>, DbErr>
+where
+    M: WebhookModel,
+    J: EntityTrait,
+    C: ConnectionTrait,
+{
+    m2m_delete(
+        db,
+        instance,
+        DispatchOn::M2mRemove(relation),
+        related,
+        delete,
+    )
+    .await
+}
+
+/// Deletes all of `instance`'s junction rows (`delete` filtered to
+/// `instance`) and sends the events declared with
+/// `dispatches_on = m2m_clear(relation)`. Returns the deleted rows.
+pub async fn m2m_clear<M, J, C>(
+    db: &C,
+    instance: &M,
+    relation: &'static str,
+    related: J::Column,
+    delete: DeleteMany<J>,
+) -> Result<Vec<J::Model>, DbErr>
+where
+    M: WebhookModel,
+    J: EntityTrait,
+    C: ConnectionTrait,
+{
+    m2m_delete(
+        db,
+        instance,
+        DispatchOn::M2mClear(relation),
+        related,
+        delete,
+    )
+    .await
+}
+
+async fn m2m_delete<M, J, C>(
+    db: &C,
+    instance: &M,
+    on: DispatchOn,
+    related: J::Column,
+    delete: DeleteMany<J>,
+) -> Result<Vec<J::Model>, DbErr>
+where
+    M: WebhookModel,
+    J: EntityTrait,
+    C: ConnectionTrait,
+{
+    check_relation::<M>(on)?;
+    let rows = delete.exec_with_returning(db).await?;
+    m2m_fire::<M, J, C>(db, instance, on, related, &rows).await?;
+    Ok(rows)
+}
+
+/// Creates or upgrades Thorn's tables (subscribers and outbox) — the same
+/// tables and versions as `thorn_diesel::migrate` and `thorn migrate`;
+/// safe to run at every start. Returns the versions applied now.
+pub async fn migrate<C>(db: &C) -> Result<Vec<i64>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    db.execute_unprepared(MIGRATIONS_TABLE).await?;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    let mut applied = Vec::new();
+    for &(version, sql, pg_sql) in MIGRATIONS {
+        let txn = db.begin().await?;
+        let done = txn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                db.get_database_backend(),
+                "SELECT version FROM thorn_schema_migrations WHERE version = $1",
+                [version.into()],
+            ))
+            .await?
+            .is_some();
+        if !done {
+            txn.execute_unprepared(sql).await?;
+            if postgres && !pg_sql.is_empty() {
+                txn.execute_unprepared(pg_sql).await?;
+            }
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                db.get_database_backend(),
+                "INSERT INTO thorn_schema_migrations (version) VALUES ($1)",
+                [version.into()],
+            ))
+            .await?;
+            applied.push(version);
+        }
+        sea_orm::TransactionSession::commit(txn).await?;
+    }
+    Ok(applied)
+}

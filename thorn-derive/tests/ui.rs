@@ -1,5 +1,5 @@
 //! Mistakes in `#[webhook_model(...)]` are compile errors pointing at the
-//! offending tokens (`tests/ui/*.rs` with the expected `.stderr`).
+//! offending tokens (`thorn-derive/tests/ui/*.rs` with the expected `.stderr`).
 
 #[test]
 fn attribute_mistakes_are_compile_errors() {

@@ -1,0 +1,314 @@
+//! thorn-seaorm beyond the functional suite: transactions and savepoints
+//! through the hooks' `db`, old rows under concurrency, the prefetch only
+//! when needed (statements counted), bulk helpers, and the errors a
+//! misconfigured model gets. SQLite always; PostgreSQL when
+//! `THORN_TEST_DATABASE_URL` is set.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    Set, TransactionTrait, sea_query::Expr,
+};
+use thorn::seaorm::SeaOrmOutbox;
+use thorn::subscriber::MemoryStore;
+use thorn::{Config, DispatcherKind, Subscriber, Thorn};
+
+use crate::engine::{WAIT, local_config};
+use crate::receiver::Receiver;
+use crate::seaorm_funtests::{create_tables, database, fun_article, runtime};
+
+fn thorn(kind: DispatcherKind, url: &str) -> Thorn {
+    let store = MemoryStore::new();
+    store.add(Subscriber::new("article.*", url).unwrap());
+    Thorn::builder(Config {
+        dispatcher: kind,
+        ..local_config()
+    })
+    .store(store)
+    .build()
+    .unwrap()
+}
+
+fn draft(title: &str) -> fun_article::ActiveModel {
+    fun_article::ActiveModel {
+        title: Set(title.to_owned()),
+        state: Set("DRAFT".to_owned()),
+        author_id: Set(1),
+        ..Default::default()
+    }
+}
+
+async fn new_events(db: &DatabaseConnection) -> i64 {
+    SeaOrmOutbox::new(db.clone())
+        .counts()
+        .await
+        .unwrap()
+        .new_events
+}
+
+/// Runs `$body` (an async block using `db`) on SQLite and, when
+/// configured, on PostgreSQL.
+macro_rules! on_both {
+    ($name:ident, |$rt:ident, $db:ident, $postgres:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            fn run($postgres: bool) {
+                let $rt = runtime();
+                let Some((_guard, $db)) = database(&$rt, $postgres) else {
+                    return;
+                };
+                $rt.block_on(create_tables(&$db, $postgres));
+                $body
+            }
+
+            #[test]
+            fn sqlite() {
+                run(false);
+            }
+
+            #[test]
+            fn postgres() {
+                run(true);
+            }
+        }
+    };
+}
+
+on_both!(outbox_follows_transactions_and_savepoints, |rt, db, _pg| {
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    rt.block_on(thorn::seaorm::scope(thorn, async {
+        // Rolled back: nothing in the outbox.
+        let txn = db.begin().await.unwrap();
+        draft("rolled back").insert(&txn).await.unwrap();
+        txn.rollback().await.unwrap();
+        assert_eq!(new_events(&db).await, 0);
+
+        // A savepoint rolled back drops its event; the released one keeps its.
+        let txn = db.begin().await.unwrap();
+        draft("kept").insert(&txn).await.unwrap();
+        let inner = txn.begin().await.unwrap();
+        draft("dropped").insert(&inner).await.unwrap();
+        inner.rollback().await.unwrap();
+        let inner = txn.begin().await.unwrap();
+        draft("released").insert(&inner).await.unwrap();
+        inner.commit().await.unwrap();
+        // Not visible before commit from another connection.
+        txn.commit().await.unwrap();
+        assert_eq!(new_events(&db).await, 2);
+
+        let titles: BTreeSet<String> = fun_article::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.title)
+            .collect();
+        assert_eq!(titles, BTreeSet::from(["kept".into(), "released".into()]));
+    }));
+    receiver.expect_none(std::time::Duration::from_millis(200));
+});
+
+on_both!(concurrent_saves_keep_their_own_old_rows, |rt, db, pg| {
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::InProcess, &receiver.url);
+    const N: i32 = 24;
+    let ids: Vec<i32> = rt.block_on(thorn::seaorm::scope(thorn.clone(), async {
+        let mut ids = Vec::new();
+        for i in 0..N {
+            ids.push(draft(&format!("a{i}")).insert(&db).await.unwrap().id);
+        }
+        ids
+    }));
+    receiver.expect(N as usize, WAIT);
+    // Every other article is already published, behind Thorn's back.
+    let published_before: Vec<i32> = ids.iter().copied().step_by(2).collect();
+    rt.block_on(async {
+        fun_article::Entity::update_many()
+            .col_expr(fun_article::Column::State, Expr::value("PUBLISHED"))
+            .filter(fun_article::Column::Id.is_in(published_before.clone()))
+            .exec(&db)
+            .await
+            .unwrap();
+    });
+    // All articles are saved as PUBLISHED at once, each from its own task
+    // (on PostgreSQL each in its own transaction; SQLite, whose deferred
+    // transactions cannot upgrade to writing while others write, saves
+    // through the pool).
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let db = db.clone();
+            let thorn = thorn.clone();
+            rt.spawn(thorn::seaorm::scope(thorn, async move {
+                let mut a: fun_article::ActiveModel = fun_article::Entity::find_by_id(id)
+                    .one(&db)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .into();
+                a.state = Set("PUBLISHED".to_owned());
+                a.title = Set(format!("published {id}"));
+                tokio::task::yield_now().await;
+                if pg {
+                    let txn = db.begin().await.unwrap();
+                    a.update(&txn).await.unwrap();
+                    txn.commit().await.unwrap();
+                } else {
+                    a.update(&db).await.unwrap();
+                }
+            }))
+        })
+        .collect();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let got = receiver.expect(N as usize + (N as usize) / 2, WAIT);
+    let published: BTreeSet<i64> = got
+        .iter()
+        .filter(|r| r.header("hook-event") == "article.published")
+        .map(|r| r.json()["data"]["id"].as_i64().unwrap())
+        .collect();
+    let expected: BTreeSet<i64> = ids
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|&id| i64::from(id))
+        .collect();
+    assert_eq!(published, expected, "only the drafts became published");
+    receiver.expect_none(std::time::Duration::from_millis(200));
+});
+
+on_both!(bulk_helpers_send_one_event_per_row, |rt, db, _pg| {
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    rt.block_on(thorn::seaorm::scope(thorn, async {
+        let txn = db.begin().await.unwrap();
+        let rows = thorn::seaorm::insert_many(
+            &txn,
+            fun_article::Entity::insert_many((0..5).map(|i| draft(&format!("bulk {i}")))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 5);
+        txn.commit().await.unwrap();
+        assert_eq!(new_events(&db).await, 5);
+
+        // Change events with now_ filters need the old row: refused.
+        let err = thorn::seaorm::update_many(
+            &db,
+            fun_article::Entity::update_many()
+                .col_expr(fun_article::Column::Title, Expr::value("x")),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("now_ filters"), "{err}");
+
+        let deleted = thorn::seaorm::delete_many(
+            &db,
+            fun_article::Entity::delete_many().filter(fun_article::Column::Title.ne("bulk 0")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(deleted.len(), 4);
+        assert_eq!(new_events(&db).await, 9);
+    }));
+});
+
+on_both!(old_row_loaded_only_when_a_filter_needs_it, |rt, db, pg| {
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::InProcess, &receiver.url);
+    let statements = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut db = db;
+    {
+        let statements = statements.clone();
+        db.set_metric_callback(move |info| {
+            statements.lock().unwrap().push(info.statement.sql.clone());
+        });
+    }
+    rt.block_on(thorn::seaorm::scope(thorn, async {
+        let a = draft("counted").insert(&db).await.unwrap();
+        let mut am: fun_article::ActiveModel = a.into();
+        statements.lock().unwrap().clear();
+        am.title = Set("counted again".into());
+        am.update(&db).await.unwrap();
+        let sql = statements.lock().unwrap().clone();
+        let selects: Vec<&String> = sql.iter().filter(|s| s.starts_with("SELECT")).collect();
+        assert_eq!(selects.len(), 1, "one prefetch of the old row: {sql:?}");
+        if pg {
+            assert!(selects[0].contains("FOR UPDATE"), "{}", selects[0]);
+        }
+    }));
+    // The tag model has no events: its saves add no statement.
+    rt.block_on(async {
+        statements.lock().unwrap().clear();
+        crate::seaorm_funtests::fun_article_tag::ActiveModel {
+            article_id: Set(1),
+            tag_id: Set(1),
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        let sql = statements.lock().unwrap().clone();
+        assert_eq!(sql.len(), 1, "{sql:?}");
+    });
+});
+
+#[test]
+fn a_model_with_events_and_no_thorn_is_an_error() {
+    let rt = runtime();
+    let (_guard, db) = database(&rt, false).unwrap();
+    rt.block_on(create_tables(&db, false));
+    let err = rt.block_on(draft("orphan").insert(&db)).unwrap_err();
+    assert!(
+        err.to_string().contains("thorn_seaorm::install"),
+        "names the fix: {err}"
+    );
+}
+
+#[test]
+fn an_undeclared_relation_is_refused() {
+    let rt = runtime();
+    let (_guard, db) = database(&rt, false).unwrap();
+    rt.block_on(create_tables(&db, false));
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::InProcess, &receiver.url);
+    let err = rt
+        .block_on(thorn::seaorm::scope(thorn, async {
+            let a = draft("x").insert(&db).await.unwrap();
+            thorn::seaorm::m2m_add(
+                &db,
+                &a,
+                "authors",
+                crate::seaorm_funtests::fun_article_tag::Column::TagId,
+                crate::seaorm_funtests::fun_article_tag::Entity::insert_many([
+                    crate::seaorm_funtests::fun_article_tag::ActiveModel {
+                        article_id: Set(a.id),
+                        tag_id: Set(1),
+                    },
+                ]),
+            )
+            .await
+        }))
+        .unwrap_err();
+    assert!(err.to_string().contains("`authors`"), "{err}");
+    assert!(err.to_string().contains("declared: tags"), "{err}");
+    // Refused before anything was written.
+    let n = rt.block_on(async {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM fun_article_tags",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+    });
+    assert_eq!(n, 0);
+}

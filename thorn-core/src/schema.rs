@@ -1,0 +1,95 @@
+//! Thorn's tables: the SQL shared by the ORM integrations.
+//!
+//! Each integration runs [`MIGRATIONS`] in order, each once and inside a
+//! transaction, recording the versions it applied in
+//! `thorn_schema_migrations` (see [`MIGRATIONS_TABLE`]). The SQL runs on
+//! SQLite and PostgreSQL alike; the third element of a step is for
+//! PostgreSQL only. Times in the outbox tables are microseconds since the
+//! Unix epoch; uuids and the subscribers' timestamps are text.
+
+/// The table recording which migrations ran.
+pub const MIGRATIONS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS thorn_schema_migrations (version BIGINT PRIMARY KEY NOT NULL)";
+
+/// Versioned SQL steps; each runs once, in order, inside a transaction:
+/// `(version, SQL for both databases, SQL for PostgreSQL only)`.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+    1,
+    "CREATE TABLE IF NOT EXISTS thorn_subscribers (
+        uuid TEXT PRIMARY KEY NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        owner TEXT NULL,
+        hmac_secret TEXT NOT NULL,
+        hmac_digest TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        previous_secrets TEXT NOT NULL DEFAULT '[]',
+        standard_webhooks BOOLEAN NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS thorn_subscribers_event ON thorn_subscribers (event);
+    CREATE INDEX IF NOT EXISTS thorn_subscribers_owner ON thorn_subscribers (owner, created_at);",
+    "",
+    ),
+    (
+        2,
+        // The outbox. Times are microseconds since the Unix epoch.
+        "ALTER TABLE thorn_subscribers ADD COLUMN failing_since BIGINT NULL;
+    ALTER TABLE thorn_subscribers ADD COLUMN disabled_at BIGINT NULL;
+    ALTER TABLE thorn_subscribers ADD COLUMN disabled_reason TEXT NULL;
+    CREATE TABLE IF NOT EXISTS thorn_events (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        message TEXT NOT NULL,
+        sender TEXT NULL,
+        options TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        fanned_out_at BIGINT NULL,
+        locked_until BIGINT NULL,
+        locked_by TEXT NULL
+    );
+    CREATE INDEX IF NOT EXISTS thorn_events_new ON thorn_events (created_at) WHERE fanned_out_at IS NULL;
+    CREATE TABLE IF NOT EXISTS thorn_deliveries (
+        id TEXT PRIMARY KEY NOT NULL,
+        event_id TEXT NOT NULL REFERENCES thorn_events (id) ON DELETE CASCADE,
+        subscriber_uuid TEXT NOT NULL,
+        subscriber TEXT NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        run_at BIGINT NOT NULL,
+        locked_until BIGINT NULL,
+        locked_by TEXT NULL,
+        last_status INTEGER NULL,
+        last_error TEXT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS thorn_deliveries_due ON thorn_deliveries (run_at) WHERE state = 'pending';
+    CREATE INDEX IF NOT EXISTS thorn_deliveries_event ON thorn_deliveries (event_id);
+    CREATE INDEX IF NOT EXISTS thorn_deliveries_subscriber ON thorn_deliveries (subscriber_uuid, state);
+    CREATE TABLE IF NOT EXISTS thorn_attempts (
+        delivery_id TEXT NOT NULL REFERENCES thorn_deliveries (id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        started_at BIGINT NOT NULL,
+        status INTEGER NULL,
+        latency_us BIGINT NOT NULL,
+        error TEXT NULL,
+        response TEXT NULL,
+        worker TEXT NOT NULL,
+        PRIMARY KEY (delivery_id, attempt)
+    );",
+        // Listeners wake when an outbox write commits (one notification
+        // per transaction: PostgreSQL folds identical ones).
+        "CREATE OR REPLACE FUNCTION thorn_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_notify('thorn_outbox', ''); RETURN NULL; END $$;
+    DROP TRIGGER IF EXISTS thorn_events_notify ON thorn_events;
+    CREATE TRIGGER thorn_events_notify AFTER INSERT ON thorn_events
+        FOR EACH STATEMENT EXECUTE FUNCTION thorn_outbox_notify();",
+    ),
+];
+
+/// The newest migration this version of Thorn knows.
+pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -1,0 +1,381 @@
+//! Subscriptions stored in the application's database, through SeaORM:
+//! the `thorn_subscribers` table (created by [`crate::migrate`]).
+//!
+//! [`SeaOrmStore`] implements both [`SubscriberStore`] (finding who gets an
+//! event, with the four pattern lookups on an indexed column) and
+//! [`SubscriptionStore`] (the REST API's create/read/update/delete), on
+//! SQLite and PostgreSQL alike.
+//!
+//! The table is the one `thorn-diesel` uses, with the same encodings: text
+//! uuids, RFC 3339 timestamps with microseconds, the owner as its JSON
+//! text and earlier secrets as a JSON array. Either integration reads the
+//! rows the other wrote.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement, TryGetable, Value};
+use thorn_core::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
+use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
+use uuid::Uuid;
+
+/// The columns a [`Subscriber`] is read from and written to, in the order
+/// of [`subscriber_values`].
+const COLUMNS: &str = "uuid, event, url, owner, hmac_secret, hmac_digest, content_type, \
+                       previous_secrets, standard_webhooks, created_at, updated_at";
+
+/// How many values [`subscriber_values`] gives.
+const COLUMN_COUNT: usize = 11;
+
+/// Wraps a database error (or any other) as Thorn's store error.
+pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Store(Box::new(e))
+}
+
+/// `n` placeholders numbered from `from`, comma-separated (`$3, $4, $5`):
+/// an `IN (...)` list or one row of `VALUES`.
+///
+/// PostgreSQL numbers its parameters this way, and SQLite reads `$N` as
+/// parameter number `N` too (sqlx binds SQLite's `$N`/`?N` parameters by
+/// their number), so one SQL text serves both databases.
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    let mut sql = String::with_capacity(n * 5);
+    for i in from..from + n {
+        if i > from {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${i}");
+    }
+    sql
+}
+
+/// `rows` tuples of `cols` placeholders each, numbered from `$1`:
+/// `($1, $2), ($3, $4)`.
+pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * (cols * 5 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&placeholders(r * cols + 1, cols));
+        sql.push(')');
+    }
+    sql
+}
+
+/// Runs a statement; returns how many rows it changed.
+pub(crate) async fn execute<C: ConnectionTrait>(
+    db: &C,
+    sql: impl Into<String>,
+    values: Vec<Value>,
+) -> Result<u64> {
+    let statement = Statement::from_sql_and_values(db.get_database_backend(), sql, values);
+    db.execute_raw(statement)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(store_err)
+}
+
+/// Runs a query (or a statement with `RETURNING`); returns its rows.
+pub(crate) async fn query<C: ConnectionTrait>(
+    db: &C,
+    sql: impl Into<String>,
+    values: Vec<Value>,
+) -> Result<Vec<QueryResult>> {
+    let statement = Statement::from_sql_and_values(db.get_database_backend(), sql, values);
+    db.query_all_raw(statement).await.map_err(store_err)
+}
+
+/// Reads column `col` of `row`.
+pub(crate) fn column<T: TryGetable>(row: &QueryResult, col: &str) -> Result<T> {
+    row.try_get::<T>("", col).map_err(store_err)
+}
+
+/// Timestamps as stored: RFC 3339, microseconds, `Z`.
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// An owner as stored: its JSON text (`7`, `"alice"`).
+fn owner_key(owner: &SenderId) -> String {
+    serde_json::to_string(owner).expect("sender ids are JSON")
+}
+
+/// The values of [`COLUMNS`] for `s`.
+fn subscriber_values(s: &Subscriber) -> Vec<Value> {
+    vec![
+        s.uuid.to_string().into(),
+        s.event.clone().into(),
+        s.url.to_string().into(),
+        s.owner.as_ref().map(owner_key).into(),
+        s.hmac_secret.clone().into(),
+        s.hmac_digest.as_str().into(),
+        s.content_type.as_str().into(),
+        serde_json::to_string(&s.previous_secrets)
+            .expect("strings are JSON")
+            .into(),
+        s.standard_webhooks.into(),
+        time(s.created_at).into(),
+        time(s.updated_at).into(),
+    ]
+}
+
+fn corrupt(row: &str, what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Store(format!("thorn_subscribers row {row}: invalid {what}: {detail}").into())
+}
+
+/// The subscriber in a row holding [`COLUMNS`].
+fn subscriber_from_row(row: &QueryResult) -> Result<Subscriber> {
+    let id: String = column(row, "uuid")?;
+    let parse_time = |col: &str| -> Result<DateTime<Utc>> {
+        let text: String = column(row, col)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| corrupt(&id, col, e))
+    };
+    let owner: Option<String> = column(row, "owner")?;
+    let previous_secrets: String = column(row, "previous_secrets")?;
+    Ok(Subscriber {
+        uuid: Uuid::parse_str(&id).map_err(|e| corrupt(&id, "uuid", e))?,
+        event: column(row, "event")?,
+        url: column::<String>(row, "url")?
+            .parse()
+            .map_err(|e| corrupt(&id, "url", e))?,
+        owner: owner
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(&id, "owner", e))?,
+        hmac_secret: column(row, "hmac_secret")?,
+        hmac_digest: column::<String>(row, "hmac_digest")?
+            .parse()
+            .map_err(|e| corrupt(&id, "hmac_digest", e))?,
+        content_type: column::<String>(row, "content_type")?
+            .parse()
+            .map_err(|e| corrupt(&id, "content_type", e))?,
+        previous_secrets: serde_json::from_str(&previous_secrets)
+            .map_err(|e| corrupt(&id, "previous_secrets", e))?,
+        standard_webhooks: column(row, "standard_webhooks")?,
+        created_at: parse_time("created_at")?,
+        updated_at: parse_time("updated_at")?,
+    })
+}
+
+fn subscribers_from_rows(rows: &[QueryResult]) -> Result<Vec<Subscriber>> {
+    rows.iter().map(subscriber_from_row).collect()
+}
+
+/// The health of a stored subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriberStatus {
+    /// Since when its deliveries have been failing (µs since the epoch).
+    pub failing_since: Option<i64>,
+    /// When it was disabled (µs since the epoch); `None` while active.
+    pub disabled_at: Option<i64>,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+}
+
+/// Subscriptions in a SeaORM database (SQLite or PostgreSQL).
+///
+/// Cheap to clone: the connection is a pool.
+#[derive(Debug, Clone)]
+pub struct SeaOrmStore {
+    db: DatabaseConnection,
+}
+
+impl SeaOrmStore {
+    /// A store over `db` (run [`crate::migrate`] once first).
+    pub fn new(db: DatabaseConnection) -> Self {
+        SeaOrmStore { db }
+    }
+
+    /// The connection.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Every subscription with its status, oldest first; only the
+    /// disabled ones with `disabled_only`.
+    pub async fn statuses(
+        &self,
+        disabled_only: bool,
+    ) -> Result<Vec<(Subscriber, SubscriberStatus)>> {
+        let filter = if disabled_only {
+            " WHERE disabled_at IS NOT NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {COLUMNS}, failing_since, disabled_at, disabled_reason \
+             FROM thorn_subscribers{filter} ORDER BY created_at ASC, uuid ASC"
+        );
+        let rows = query(&self.db, sql, Vec::new()).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    subscriber_from_row(row)?,
+                    SubscriberStatus {
+                        failing_since: column(row, "failing_since")?,
+                        disabled_at: column(row, "disabled_at")?,
+                        disabled_reason: column(row, "disabled_reason")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Re-enables a disabled subscription; `false` when there is no such
+    /// subscription.
+    pub async fn enable(&self, uuid: Uuid) -> Result<bool> {
+        let n = execute(
+            &self.db,
+            "UPDATE thorn_subscribers \
+             SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL \
+             WHERE uuid = $1",
+            vec![uuid.to_string().into()],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+}
+
+impl SeaOrmStore {
+    async fn matching(&self, event: &str, sender: Option<&SenderId>) -> Result<Vec<Subscriber>> {
+        let mut values: Vec<Value> = candidate_patterns(event).map(Value::from).collect();
+        let patterns = placeholders(1, values.len());
+        let owner = match sender {
+            Some(sender) => {
+                values.push(owner_key(sender).into());
+                format!("(owner IS NULL OR owner = ${})", values.len())
+            }
+            None => "owner IS NULL".to_owned(),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM thorn_subscribers \
+             WHERE event IN ({patterns}) AND disabled_at IS NULL AND {owner}"
+        );
+        subscribers_from_rows(&query(&self.db, sql, values).await?)
+    }
+
+    async fn disable_gone(&self, subscriber: Uuid) -> Result<()> {
+        execute(
+            &self.db,
+            "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
+             WHERE uuid = $3 AND disabled_at IS NULL",
+            vec![
+                thorn_core::outbox::now_micros().into(),
+                "the receiver answered 410 Gone".into(),
+                subscriber.to_string().into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn owned_by(&self, owner: String) -> Result<Vec<Subscriber>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM thorn_subscribers WHERE owner = $1 \
+             ORDER BY created_at ASC, uuid ASC"
+        );
+        subscribers_from_rows(&query(&self.db, sql, vec![owner.into()]).await?)
+    }
+
+    async fn one_owned_by(&self, owner: String, uuid: Uuid) -> Result<Option<Subscriber>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM thorn_subscribers WHERE uuid = $1 AND owner = $2 LIMIT 1"
+        );
+        let rows = query(&self.db, sql, vec![uuid.to_string().into(), owner.into()]).await?;
+        rows.first().map(subscriber_from_row).transpose()
+    }
+
+    async fn insert_row(&self, values: Vec<Value>) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO thorn_subscribers ({COLUMNS}) VALUES ({})",
+            placeholders(1, COLUMN_COUNT)
+        );
+        execute(&self.db, sql, values).await?;
+        Ok(())
+    }
+
+    /// `values`: every column but the key, then the key.
+    async fn update_row(&self, values: Vec<Value>) -> Result<bool> {
+        let n = execute(
+            &self.db,
+            "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
+             hmac_secret = $4, hmac_digest = $5, content_type = $6, \
+             previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
+             updated_at = $10 \
+             WHERE uuid = $11 AND owner = $3",
+            values,
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_row(&self, owner: String, uuid: Uuid) -> Result<bool> {
+        let n = execute(
+            &self.db,
+            "DELETE FROM thorn_subscribers WHERE uuid = $1 AND owner = $2",
+            vec![uuid.to_string().into(), owner.into()],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+}
+
+impl SubscriberStore for SeaOrmStore {
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
+        Box::pin(self.matching(event, sender))
+    }
+
+    /// Disables the subscription (it stays listed, with its reason, until
+    /// re-enabled or deleted).
+    fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.disable_gone(subscriber))
+    }
+}
+
+impl SubscriptionStore for SeaOrmStore {
+    fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>> {
+        Box::pin(self.owned_by(owner_key(owner)))
+    }
+
+    fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>> {
+        Box::pin(self.one_owned_by(owner_key(owner), uuid))
+    }
+
+    fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.insert_row(subscriber_values(&subscriber)))
+    }
+
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        // The key and the owner select the row (an ownerless subscription
+        // is never updated here).
+        let mut values = subscriber_values(&subscriber);
+        let uuid = values.remove(0);
+        values.push(uuid);
+        Box::pin(self.update_row(values))
+    }
+
+    fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.delete_row(owner_key(owner), uuid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 0), "");
+        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
+    }
+}
