@@ -12,7 +12,9 @@
 //! Modes as in `bench_diesel`: `disabled` (the event is prepared and
 //! dropped), `in-process` (one subscriber on a receiver in this process)
 //! and `outbox` (one more row per event in the transaction; no relay).
-//! Medians of interleaved rounds.
+//! Medians of interleaved rounds; each round ends with the plain inserts
+//! again, whose ratio to the first shows how much the machine's noise
+//! alone moves the figures.
 
 use std::time::{Duration, Instant};
 
@@ -153,6 +155,7 @@ async fn bench(db: &DatabaseConnection, label: &str) {
         ("outbox", thorn(DispatcherKind::Outbox, &url)),
     ];
     let mut plain = Vec::new();
+    let mut again = Vec::new();
     let mut with: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
     for round in 0..ROUNDS + 3 {
         let t = plain_round(db).await;
@@ -165,11 +168,21 @@ async fn bench(db: &DatabaseConnection, label: &str) {
                 with[m].push(t);
             }
         }
+        let t = plain_round(db).await;
+        if round >= 3 {
+            again.push(t);
+        }
     }
     let base = median(plain);
     println!(
         "{label}: plain SeaORM {:.2} ms per transaction of {ROWS} inserts",
         base.as_secs_f64() * 1e3
+    );
+    let control = median(again);
+    println!(
+        "{label}: plain again {:.2} ms  ratio {:.2}  (the same plain inserts, last in each round: the noise floor)",
+        control.as_secs_f64() * 1e3,
+        control.as_secs_f64() / base.as_secs_f64()
     );
     for ((mode, _), times) in modes.iter().zip(with) {
         let t = median(times);
