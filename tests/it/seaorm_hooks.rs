@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    Set, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ModelTrait,
+    QueryFilter, Set, TransactionTrait, sea_query::Expr,
 };
 use thorn::seaorm::SeaOrmOutbox;
 use thorn::subscriber::MemoryStore;
@@ -258,6 +258,34 @@ on_both!(old_row_loaded_only_when_a_filter_needs_it, |rt, db, pg| {
         assert_eq!(sql.len(), 1, "{sql:?}");
     });
 });
+
+on_both!(
+    delete_events_carry_the_stored_row_and_only_once,
+    |rt, db, _pg| {
+        let receiver = Receiver::start();
+        let thorn = thorn(DispatcherKind::InProcess, &receiver.url);
+        rt.block_on(thorn::seaorm::scope(thorn, async {
+            let a = draft("as the caller has it").insert(&db).await.unwrap();
+            assert_eq!(receiver.expect(1, WAIT).len(), 1);
+            // Changed behind the caller's copy.
+            fun_article::Entity::update_many()
+                .col_expr(fun_article::Column::Title, Expr::value("as stored"))
+                .filter(fun_article::Column::Id.eq(a.id))
+                .exec(&db)
+                .await
+                .unwrap();
+            let deleted = a.clone().delete(&db).await.unwrap();
+            assert_eq!(deleted.rows_affected, 1);
+            let got = receiver.expect(1, WAIT);
+            assert_eq!(got[0].header("hook-event"), "article.removed");
+            assert_eq!(got[0].json()["data"]["title"], "as stored");
+            // Deleting it again deletes nothing and sends nothing.
+            let again = a.delete(&db).await.unwrap();
+            assert_eq!(again.rows_affected, 0);
+        }));
+        receiver.expect_none(std::time::Duration::from_millis(300));
+    }
+);
 
 #[test]
 fn a_model_with_events_and_no_thorn_is_an_error() {

@@ -573,6 +573,48 @@ impl<M> Webhooks<M> {
             .collect()
     }
 
+    /// Raises the events of `on` for each `(row, old row)`, as an ORM
+    /// integration does after a write: events that honour the transaction
+    /// are returned for the caller to write to the outbox through its own
+    /// connection (when the outbox is on), the others go to the
+    /// dispatcher at once. An event that cannot be prepared (its payload
+    /// does not encode, say) is logged and skipped, unless it has
+    /// `propagate_errors`: then the error is returned, so the caller's
+    /// transaction can roll back.
+    pub fn raise<'r>(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
+        context: Option<Value>,
+    ) -> Result<Vec<crate::outbox::StoredEvent>>
+    where
+        M: 'r,
+    {
+        let mut stored = Vec::new();
+        for (row, old) in rows {
+            for prepared in self.prepare(thorn, on, row, old, context.clone()) {
+                let event = prepared.event;
+                let result = prepared.outgoing.and_then(|outgoing| {
+                    if thorn.uses_outbox() && event.honors_transaction(thorn) {
+                        stored.push(crate::outbox::StoredEvent::from_outgoing(&outgoing)?);
+                    } else {
+                        // Delivery runs in the background; its outcome is logged.
+                        drop(thorn.dispatch(outgoing));
+                    }
+                    Ok(())
+                });
+                if let Err(error) = result {
+                    if event.propagate_errors() {
+                        return Err(error);
+                    }
+                    tracing::error!(model = self.model, event = event.key(), %error, "webhook not sent");
+                }
+            }
+        }
+        Ok(stored)
+    }
+
     /// The context a many-to-many change gives subscriber callbacks:
     /// `{"relation": ..., "related": [...]}`.
     pub fn m2m_context(on: DispatchOn, related: &[Value]) -> Value {

@@ -93,3 +93,50 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// The newest migration this version of Thorn knows.
 pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by = $2
+    WHERE id IN (SELECT id FROM thorn_events
+        WHERE fanned_out_at IS NULL AND (locked_until IS NULL OR locked_until < $3)
+        ORDER BY created_at LIMIT $4 {lock})
+    RETURNING id, name, message, sender, options, created_at";
+
+const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
+    SET locked_until = $1, locked_by = $2, attempts = attempts + 1, updated_at = $3
+    WHERE id IN (SELECT id FROM thorn_deliveries
+        WHERE state = 'pending' AND run_at <= $3
+          AND (locked_until IS NULL OR locked_until < $3) AND {which}
+        ORDER BY run_at LIMIT $4 {lock})
+    RETURNING id, event_id, subscriber, attempts";
+
+fn lock(postgres: bool) -> &'static str {
+    // SQLite serializes writers: no row locks to take.
+    if postgres {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    }
+}
+
+/// The statement claiming up to `$4` events not yet fanned out, whose
+/// lease (if any) expired before `$3`: sets `locked_until = $1` and
+/// `locked_by = $2`, returns the events. On PostgreSQL the rows are taken
+/// with `FOR UPDATE SKIP LOCKED`, so concurrent workers claim disjoint
+/// sets. Placeholders are `$N`.
+pub fn claim_events_sql(postgres: bool) -> String {
+    CLAIM_EVENTS.replace("{lock}", lock(postgres))
+}
+
+/// The statement claiming up to `$4` pending deliveries due at `$3` —
+/// first attempts (`first`) or retries — whose lease (if any) expired:
+/// sets the lease (`$1`, `$2`), counts the attempt, returns the
+/// deliveries. Placeholders are `$N`.
+pub fn claim_deliveries_sql(postgres: bool, first: bool) -> String {
+    CLAIM_DELIVERIES.replace("{lock}", lock(postgres)).replace(
+        "{which}",
+        if first {
+            "attempts = 0"
+        } else {
+            "attempts > 0"
+        },
+    )
+}

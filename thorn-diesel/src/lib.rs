@@ -49,7 +49,6 @@ pub use store::DieselStore;
 
 use diesel::query_dsl::LoadQuery;
 use diesel::result::QueryResult;
-use thorn_core::outbox::StoredEvent;
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 /// Runs an `INSERT ... RETURNING` statement and sends the model's create
@@ -533,28 +532,9 @@ fn fire<'r, M: WebhookModel, C: OutboxConnection>(
     rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
     context: Option<serde_json::Value>,
 ) -> QueryResult<()> {
-    let webhooks = M::webhooks();
-    let mut stored = Vec::new();
-    for (row, old) in rows {
-        for prepared in webhooks.prepare(thorn, on, row, old, context.clone()) {
-            let event = prepared.event;
-            let result = prepared.outgoing.and_then(|outgoing| {
-                if thorn.uses_outbox() && event.honors_transaction(thorn) {
-                    stored.push(StoredEvent::from_outgoing(&outgoing)?);
-                } else {
-                    // Delivery runs in the background; its outcome is logged.
-                    drop(thorn.dispatch(outgoing));
-                }
-                Ok(())
-            });
-            if let Err(error) = result {
-                if event.propagate_errors() {
-                    return Err(diesel::result::Error::SerializationError(Box::new(error)));
-                }
-                tracing::error!(model = webhooks.model(), event = event.key(), %error, "webhook not sent");
-            }
-        }
-    }
+    let stored = M::webhooks()
+        .raise(thorn, on, rows, context)
+        .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
     if !stored.is_empty() {
         for chunk in stored.chunks(1000) {
             conn.thorn_write_events(chunk)?;

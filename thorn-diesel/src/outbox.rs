@@ -42,6 +42,7 @@ use thorn_core::outbox::{
     AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
     RelayOptions, RelayStats, StoredEvent, now_micros,
 };
+use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Error, Result, Subscriber, Thorn};
 use tokio::sync::Notify;
@@ -360,38 +361,8 @@ fn sqlite_placeholders(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by = $2
-    WHERE id IN (SELECT id FROM thorn_events
-        WHERE fanned_out_at IS NULL AND (locked_until IS NULL OR locked_until < $3)
-        ORDER BY created_at LIMIT $4 {lock})
-    RETURNING id, name, message, sender, options, created_at";
-
-const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
-    SET locked_until = $1, locked_by = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id IN (SELECT id FROM thorn_deliveries
-        WHERE state = 'pending' AND run_at <= $3
-          AND (locked_until IS NULL OR locked_until < $3) AND {which}
-        ORDER BY run_at LIMIT $4 {lock})
-    RETURNING id, event_id, subscriber, attempts";
-
-fn claim_sql(template: &str, postgres: bool, first: bool) -> String {
-    let sql = template
-        .replace(
-            "{lock}",
-            if postgres {
-                "FOR UPDATE SKIP LOCKED"
-            } else {
-                ""
-            },
-        )
-        .replace(
-            "{which}",
-            if first {
-                "attempts = 0"
-            } else {
-                "attempts > 0"
-            },
-        );
+/// A claim statement with SQLite's placeholders where needed.
+fn claim_sql(sql: String, postgres: bool) -> String {
     if postgres {
         sql
     } else {
@@ -653,7 +624,7 @@ macro_rules! outbox_for {
                 blocking(&self.pool, move |conn: &mut $conn| {
                     let now = now_micros();
                     let rows: Vec<ClaimedEventRow> =
-                        diesel::sql_query(claim_sql(CLAIM_EVENTS, $postgres, true))
+                        diesel::sql_query(claim_sql(schema::claim_events_sql($postgres), $postgres))
                             .bind::<BigInt, _>(now + lease.as_micros() as i64)
                             .bind::<Text, _>(worker)
                             .bind::<BigInt, _>(now)
@@ -739,7 +710,7 @@ macro_rules! outbox_for {
                 blocking(&self.pool, move |conn: &mut $conn| {
                     let now = now_micros();
                     let rows: Vec<ClaimedDeliveryRow> =
-                        diesel::sql_query(claim_sql(CLAIM_DELIVERIES, $postgres, first))
+                        diesel::sql_query(claim_sql(schema::claim_deliveries_sql($postgres, first), $postgres))
                             .bind::<BigInt, _>(now + lease.as_micros() as i64)
                             .bind::<Text, _>(worker)
                             .bind::<BigInt, _>(now)

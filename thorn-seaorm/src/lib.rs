@@ -52,14 +52,26 @@
 //! UPDATE` on PostgreSQL) only when a change event of the model has such a
 //! filter, and hands it to `after_save` of the same save, keyed by task,
 //! model and primary key, so concurrent saves never see each other's old
-//! rows. `before_delete` loads the full row when the caller deletes
-//! through a partially set `ActiveModel`, so delete events carry every
-//! field.
+//! rows. `before_delete` loads the row being deleted the same way, so a
+//! delete event carries the row as stored (every field, even when the
+//! caller set only the key) and none is sent when there was no row.
+//!
+//! The row lock lasts as long as the transaction: save inside
+//! `db.begin()` / `db.transaction(..)` when concurrent writers may change
+//! the same row, or two saves may both see the old state. On SQLite,
+//! whose deferred transactions cannot start writing after reading while
+//! another connection writes (`SQLITE_BUSY`), open such transactions with
+//! `begin_with_options(TransactionOptions { sqlite_transaction_mode:
+//! Some(SqliteTransactionMode::Immediate), .. })`. Saves of the same row
+//! joined within one task (`join!`) share a key: run them one after the
+//! other.
 //!
 //! SeaORM runs no hooks for `Entity::insert_many`, `update_many`,
-//! `delete_many` or `delete_by_id`: use [`insert_many`], [`update_many`]
-//! and [`delete_many`], which send one event per returned row, and
-//! [`m2m_add`], [`m2m_remove`] and [`m2m_clear`] for junction tables.
+//! `delete_many` or `delete_by_id`, and no `after_save` for
+//! `ActiveModel::update_without_returning`: nothing is sent for those. Use
+//! [`insert_many`], [`update_many`] and [`delete_many`], which send one
+//! event per returned row, and [`m2m_add`], [`m2m_remove`] and
+//! [`m2m_clear`] for junction tables.
 
 pub mod outbox;
 pub mod store;
@@ -84,8 +96,7 @@ use sea_orm::{
     EntityTrait, Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
     Value,
 };
-use sea_orm::{InsertMany, IntoActiveModel, TransactionTrait, TryIntoModel};
-use thorn_core::outbox::StoredEvent;
+use sea_orm::{InsertMany, IntoActiveModel, TransactionTrait};
 use thorn_core::schema::{MIGRATIONS, MIGRATIONS_TABLE};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
@@ -223,11 +234,22 @@ static OLD_ROWS: Mutex<Option<OldRows>> = Mutex::new(None);
 /// Old rows whose save failed between the hooks are dropped after this.
 const OLD_ROW_TTL: Duration = Duration::from_secs(300);
 
+/// A hard cap on old rows held at once (saves in flight between their
+/// hooks, plus those that failed in the last [`OLD_ROW_TTL`]).
+const OLD_ROWS_MAX: usize = 16_384;
+
 fn stash_old<M: Send + 'static>(key: String, old: M) {
     let mut rows = OLD_ROWS.lock().unwrap_or_else(|e| e.into_inner());
     let rows = rows.get_or_insert_with(HashMap::new);
     if rows.len() >= 1024 {
         rows.retain(|_, (at, _)| at.elapsed() < OLD_ROW_TTL);
+        if rows.len() >= OLD_ROWS_MAX {
+            tracing::warn!(
+                held = rows.len(),
+                "thorn_seaorm: too many old rows waiting for after_save; dropping them"
+            );
+            rows.clear();
+        }
     }
     rows.insert(
         (runner(), TypeId::of::<M>(), key),
@@ -324,36 +346,33 @@ where
     Ok(model)
 }
 
-/// Thorn's `before_delete` hook: when the model has delete events and the
-/// caller's `ActiveModel` is partly unset, loads the full row (so the
-/// event carries every field) and returns it in its place.
+/// Thorn's `before_delete` hook: when the model has delete events, loads
+/// the stored row by primary key (`FOR UPDATE` on PostgreSQL), so the
+/// event carries the row as stored — every field, even when the caller
+/// set only the key — and is sent only if there was a row to delete.
 pub async fn before_delete<A, C>(am: A, db: &C) -> Result<A, DbErr>
 where
     A: ActiveModelTrait + Send,
-    ModelOf<A>: WebhookModel + IntoActiveModel<A> + Send + 'static,
+    ModelOf<A>: WebhookModel + Send + 'static,
     C: ConnectionTrait,
 {
     if !ModelOf::<A>::webhooks().fires_on(DispatchOn::Delete) {
         return Ok(am);
     }
-    let complete = <A::Entity as EntityTrait>::Column::iter().all(|c| !am.is_not_set(c));
-    if complete {
-        return Ok(am);
+    // Without a key SeaORM refuses the delete itself.
+    if let Some(key) = key_of_active(&am)
+        && let Some(row) = fetch_row::<A::Entity, C>(db, &key).await?
+    {
+        stash_old(delete_key(&key), row);
     }
-    let Some(key) = key_of_active(&am) else {
-        return Ok(am); // SeaORM refuses a delete without a primary key
-    };
-    match fetch_row::<A::Entity, C>(db, &key).await? {
-        Some(row) => Ok(row.into_active_model()),
-        None => Ok(am),
-    }
+    Ok(am)
 }
 
 /// Thorn's `after_delete` hook: sends the model's delete events for the
-/// deleted row.
+/// row `before_delete` loaded (nothing when there was none).
 pub async fn after_delete<A, C>(am: A, db: &C) -> Result<A, DbErr>
 where
-    A: ActiveModelTrait + TryIntoModel<ModelOf<A>> + Send,
+    A: ActiveModelTrait + Send,
     ModelOf<A>: WebhookModel + Send + 'static,
     C: ConnectionTrait,
 {
@@ -361,14 +380,19 @@ where
     if !webhooks.fires_on(DispatchOn::Delete) {
         return Ok(am);
     }
-    let thorn = thorn_for(webhooks.model())?;
-    match am.clone().try_into_model() {
-        Ok(row) => fire(&thorn, db, DispatchOn::Delete, [(&row, None)], None).await?,
-        // Only when the row was gone before the delete ran (nothing to
-        // load): nothing was deleted, so nothing is sent.
-        Err(error) => tracing::debug!(model = webhooks.model(), %error, "delete event not sent"),
+    let Some(key) = key_of_active(&am) else {
+        return Ok(am);
+    };
+    if let Some(row) = take_old::<ModelOf<A>>(delete_key(&key)) {
+        let thorn = thorn_for(webhooks.model())?;
+        fire(&thorn, db, DispatchOn::Delete, [(&row, None)], None).await?;
     }
     Ok(am)
+}
+
+/// The stash key of a row being deleted (apart from rows being saved).
+fn delete_key(key: &[Value]) -> String {
+    format!("delete {}", key_string(key))
 }
 
 /// Raises the events of `on` for each `(row, old row)`: outbox rows
@@ -386,31 +410,9 @@ where
     C: ConnectionTrait,
 {
     let webhooks = M::webhooks();
-    let mut stored = Vec::new();
-    for (row, old) in rows {
-        for prepared in webhooks.prepare(thorn, on, row, old, context.clone()) {
-            let event = prepared.event;
-            let result = prepared.outgoing.and_then(|outgoing| {
-                if thorn.uses_outbox() && event.honors_transaction(thorn) {
-                    stored.push(StoredEvent::from_outgoing(&outgoing)?);
-                } else {
-                    // Delivery runs in the background; its outcome is logged.
-                    drop(thorn.dispatch(outgoing));
-                }
-                Ok(())
-            });
-            if let Err(error) = result {
-                if event.propagate_errors() {
-                    return Err(DbErr::Custom(format!(
-                        "thorn: {} {}: {error}",
-                        webhooks.model(),
-                        event.key()
-                    )));
-                }
-                tracing::error!(model = webhooks.model(), event = event.key(), %error, "webhook not sent");
-            }
-        }
-    }
+    let stored = webhooks
+        .raise(thorn, on, rows, context)
+        .map_err(|error| DbErr::Custom(format!("thorn: {}: {error}", webhooks.model())))?;
     if !stored.is_empty() {
         outbox::write_events(db, &stored).await?;
         thorn.outbox_signal().notify_one();
@@ -626,8 +628,14 @@ where
     db.execute_unprepared(MIGRATIONS_TABLE).await?;
     let postgres = db.get_database_backend() == DbBackend::Postgres;
     let mut applied = Vec::new();
+    // On SQLite take the write lock at BEGIN: another writer between the
+    // check and the DDL would otherwise fail the upgrade at once.
+    let options = sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
     for &(version, sql, pg_sql) in MIGRATIONS {
-        let txn = db.begin().await?;
+        let txn = db.begin_with_options(options).await?;
         let done = txn
             .query_one_raw(sea_orm::Statement::from_sql_and_values(
                 db.get_database_backend(),

@@ -43,6 +43,7 @@ use thorn_core::outbox::{
     AttemptRecord, CHANNEL, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
     RelayCounters, RelayOptions, RelayStats, StoredEvent, now_micros, run_relay,
 };
+use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Error, Result, Subscriber, Thorn};
 use tokio::sync::{Notify, watch};
@@ -200,44 +201,6 @@ fn corrupt(table: &str, id: &str, what: &str, e: impl std::fmt::Display) -> Erro
     Error::Store(format!("{table} row {id}: invalid {what}: {e}").into())
 }
 
-const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by = $2
-    WHERE id IN (SELECT id FROM thorn_events
-        WHERE fanned_out_at IS NULL AND (locked_until IS NULL OR locked_until < $3)
-        ORDER BY created_at LIMIT $4 {lock})
-    RETURNING id, name, message, sender, options, created_at";
-
-const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
-    SET locked_until = $1, locked_by = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id IN (SELECT id FROM thorn_deliveries
-        WHERE state = 'pending' AND run_at <= $3
-          AND (locked_until IS NULL OR locked_until < $3) AND {which}
-        ORDER BY run_at LIMIT $4 {lock})
-    RETURNING id, event_id, subscriber, attempts";
-
-/// A claim statement for PostgreSQL (rows locked with `SKIP LOCKED`) or
-/// SQLite (writers are serialized), for first attempts or retries. The
-/// `$N` placeholders serve both databases (see
-/// [`crate::store::placeholders`]).
-fn claim_sql(template: &str, postgres: bool, first: bool) -> String {
-    template
-        .replace(
-            "{lock}",
-            if postgres {
-                "FOR UPDATE SKIP LOCKED"
-            } else {
-                ""
-            },
-        )
-        .replace(
-            "{which}",
-            if first {
-                "attempts = 0"
-            } else {
-                "attempts > 0"
-            },
-        )
-}
-
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -385,7 +348,7 @@ impl SeaOrmOutbox {
         let now = now_micros();
         let rows = query(
             &self.db,
-            claim_sql(CLAIM_EVENTS, self.postgres(), true),
+            schema::claim_events_sql(self.postgres()),
             vec![
                 now.saturating_add(micros(lease)).into(),
                 worker.into(),
@@ -467,7 +430,7 @@ impl SeaOrmOutbox {
         let now = now_micros();
         let rows = query(
             &self.db,
-            claim_sql(CLAIM_DELIVERIES, self.postgres(), first),
+            schema::claim_deliveries_sql(self.postgres(), first),
             vec![
                 now.saturating_add(micros(lease)).into(),
                 worker.into(),
@@ -707,30 +670,39 @@ impl Relay {
         options: RelayOptions,
     ) -> Result<Self> {
         let wake = thorn.outbox_signal().clone();
-        let listener = if db.get_database_backend() == DbBackend::Postgres {
-            let pool = db.get_postgres_connection_pool().clone();
-            let first = match connect_listener(&pool).await {
-                Ok(listener) => Some(listener),
-                Err(error) => {
-                    tracing::warn!(%error, "outbox listener: LISTEN failed; polling only");
-                    None
-                }
+        let listener =
+            if db.get_database_backend() == DbBackend::Postgres && !db.is_mock_connection() {
+                let pool = db.get_postgres_connection_pool().clone();
+                let first = match connect_listener(&pool).await {
+                    Ok(listener) => Some(listener),
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox listener: LISTEN failed; polling only");
+                        None
+                    }
+                };
+                Some(tokio::spawn(listen(pool, wake.clone(), first)))
+            } else {
+                None
             };
-            Some(tokio::spawn(listen(pool, wake.clone(), first)))
-        } else {
-            None
-        };
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
         let store = SeaOrmOutbox::new(db).disable_failing_after(options.disable_after);
-        let relay = tokio::spawn(run_relay(
+        let run = run_relay(
             thorn.clone(),
             Arc::new(store),
             options,
             wake,
             stopped,
             counters.clone(),
-        ));
+        );
+        // Logged here too: a relay dropped without `stop` would lose it.
+        let relay = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(error) = &result {
+                tracing::error!(%error, "outbox relay stopped");
+            }
+            result
+        });
         Ok(Relay {
             stop,
             relay: Some(relay),
