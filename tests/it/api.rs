@@ -450,3 +450,168 @@ proptest! {
         prop_assert!(!status.is_server_error(), "{status}");
     }
 }
+
+/// Owners pause and resume their subscriptions over the API; a paused
+/// one receives nothing; one Thorn disabled (a `410 Gone` here) shows as
+/// inactive with the reason, and resumes the same way. Run over each
+/// store the API can use.
+///
+/// `rt` must be the runtime the store's pool lives on (sqlx hands
+/// connections back to the pool on the runtime that used them).
+fn owners_pause_and_resume<S: thorn::SubscriptionStore>(
+    rt: &tokio::runtime::Runtime,
+    store: Arc<S>,
+    disables_on_gone: bool,
+) {
+    // The first delivery after resuming answers 410.
+    let receiver = Receiver::scripted([crate::receiver::Reply::Status(410)]);
+    let app = Api::new(store.clone(), |parts: &axum::http::request::Parts| {
+        parts
+            .headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(SenderId::from)
+    })
+    .validators(Validators::new([ensure_protocol(["http"])]))
+    .router();
+    let thorn = Thorn::builder(local_config())
+        .shared_store(store)
+        .build()
+        .unwrap();
+    let send = || {
+        Event::new("user.created")
+            .send_with(
+                &thorn,
+                &json!({"id": 1}),
+                thorn::SendOptions::new().sender(7),
+            )
+            .unwrap()
+            .wait()
+            .unwrap()
+            .len()
+    };
+    let (s, created) = rt.block_on(call(
+        &app,
+        "POST",
+        "/hooks/",
+        Some(7),
+        Some(&json!({"event": "user.*", "url": receiver.url}).to_string()),
+    ));
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["active"], true);
+    assert_eq!(created["disabled_at"], Value::Null);
+    let item = format!("/hooks/{}/", created["id"].as_str().unwrap());
+
+    let (s, paused) = rt.block_on(call(
+        &app,
+        "PATCH",
+        &item,
+        Some(7),
+        Some(r#"{"active": false}"#),
+    ));
+    assert_eq!(s, StatusCode::OK, "{paused}");
+    assert_eq!(paused["active"], false);
+    assert_eq!(paused["disabled_reason"], "paused by its owner");
+    assert!(paused["disabled_at"].is_string());
+    assert_eq!(send(), 0, "a paused subscription receives nothing");
+    let (_, shown) = rt.block_on(call(&app, "GET", &item, Some(7), None));
+    assert_eq!(shown["active"], false);
+
+    let (s, bad) = rt.block_on(call(
+        &app,
+        "PATCH",
+        &item,
+        Some(7),
+        Some(r#"{"active": "yes"}"#),
+    ));
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(bad["active"].is_array(), "{bad}");
+
+    let (_, resumed) = rt.block_on(call(
+        &app,
+        "PATCH",
+        &item,
+        Some(7),
+        Some(r#"{"active": true}"#),
+    ));
+    assert_eq!(resumed["active"], true);
+    assert_eq!(resumed["disabled_reason"], Value::Null);
+    assert_eq!(send(), 1, "resumed: delivered (answered 410)");
+    receiver.expect(1, WAIT);
+
+    let (s, after_gone) = rt.block_on(call(&app, "GET", &item, Some(7), None));
+    if !disables_on_gone {
+        // The in-memory store forgets a gone subscription.
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        return;
+    }
+    assert_eq!(after_gone["active"], false, "{after_gone}");
+    assert!(
+        after_gone["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("410"),
+        "{after_gone}"
+    );
+    assert_eq!(send(), 0);
+    rt.block_on(call(
+        &app,
+        "PATCH",
+        &item,
+        Some(7),
+        Some(r#"{"active": true}"#),
+    ));
+    assert_eq!(send(), 1, "resumed after 410");
+    receiver.expect(1, WAIT);
+}
+
+#[test]
+fn owners_pause_and_resume_in_memory() {
+    owners_pause_and_resume(&runtime(), Arc::new(MemoryStore::new()), false);
+}
+
+#[test]
+fn owners_pause_and_resume_with_diesel() {
+    let (_dir, pool) = crate::db::sqlite_pool();
+    thorn::diesel::migrate(&mut *pool.get().unwrap()).unwrap();
+    owners_pause_and_resume(
+        &runtime(),
+        Arc::new(thorn::diesel::DieselStore::new(pool)),
+        true,
+    );
+}
+
+#[cfg(feature = "seaorm")]
+#[test]
+fn owners_pause_and_resume_with_seaorm() {
+    let rt = crate::seaorm_funtests::runtime();
+    let (_guard, db) = crate::seaorm_funtests::database(&rt, false).unwrap();
+    rt.block_on(thorn::seaorm::migrate(&db)).unwrap();
+    let store = Arc::new(thorn::seaorm::SeaOrmStore::new(db));
+    owners_pause_and_resume(&rt, store, true);
+}
+
+#[cfg(feature = "seaorm")]
+#[test]
+fn owners_pause_and_resume_with_seaorm_on_postgres() {
+    let rt = crate::seaorm_funtests::runtime();
+    let Some((_guard, db)) = crate::seaorm_funtests::database(&rt, true) else {
+        return;
+    };
+    rt.block_on(thorn::seaorm::migrate(&db)).unwrap();
+    let store = Arc::new(thorn::seaorm::SeaOrmStore::new(db));
+    owners_pause_and_resume(&rt, store, true);
+}
+
+#[test]
+fn owners_pause_and_resume_with_diesel_on_postgres() {
+    let Some((_schema, pool)) = crate::db::pg_pool() else {
+        return;
+    };
+    thorn::diesel::migrate(&mut *pool.get().unwrap()).unwrap();
+    owners_pause_and_resume(
+        &runtime(),
+        Arc::new(thorn::diesel::DieselStore::new(pool)),
+        true,
+    );
+}

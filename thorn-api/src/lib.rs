@@ -2,10 +2,10 @@
 //!
 //! | method and path | does |
 //! |---|---|
-//! | `POST {prefix}/` | subscribe: `event` and `url` required; `content_type`, `hmac_digest`, `hmac_secret` optional |
+//! | `POST {prefix}/` | subscribe: `event` and `url` required; `content_type`, `hmac_digest`, `hmac_secret`, `active` optional |
 //! | `GET {prefix}/` | the caller's subscriptions, oldest first |
 //! | `GET {prefix}/{uuid}/` | one subscription |
-//! | `PATCH` or `POST {prefix}/{uuid}/` | change fields of a subscription |
+//! | `PATCH` or `POST {prefix}/{uuid}/` | change fields of a subscription; `"active": false` pauses it, `true` resumes it (also after Thorn disabled it) |
 //! | `DELETE {prefix}/{uuid}/` | unsubscribe |
 //! | `GET {prefix}/openapi.json` | the OpenAPI document |
 //!
@@ -260,6 +260,9 @@ impl Api {
             "created_at": timestamp(s.created_at),
             "updated_at": timestamp(s.updated_at),
             "subscription": link,
+            "active": s.is_active(),
+            "disabled_at": s.disabled_at.map(timestamp),
+            "disabled_reason": s.disabled_reason,
         })
     }
 
@@ -358,6 +361,19 @@ impl Api {
             } else {
                 target.hmac_secret = secret;
             }
+        }
+        match body.get("active") {
+            None => {}
+            Some(Value::Bool(true)) => target.enable(),
+            // Already disabled: keeps its reason (410 Gone, failing).
+            Some(Value::Bool(false)) if target.is_active() => {
+                target.disable("paused by its owner");
+            }
+            Some(Value::Bool(false)) => {}
+            Some(_) => errors
+                .entry("active")
+                .or_default()
+                .push("Must be a valid boolean.".into()),
         }
         if errors.is_empty() {
             Ok(())

@@ -142,6 +142,15 @@ pub struct Subscriber {
     pub created_at: DateTime<Utc>,
     /// When the subscription last changed.
     pub updated_at: DateTime<Utc>,
+    /// When the subscription was disabled — its owner paused it, its
+    /// receiver answered `410 Gone`, or its deliveries kept failing —
+    /// or `None` while it is active. A disabled subscription receives
+    /// nothing.
+    #[serde(default)]
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Why it was disabled.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
 }
 
 impl Subscriber {
@@ -167,7 +176,26 @@ impl Subscriber {
             standard_webhooks: None,
             created_at: now,
             updated_at: now,
+            disabled_at: None,
+            disabled_reason: None,
         })
+    }
+
+    /// True unless the subscription is disabled.
+    pub fn is_active(&self) -> bool {
+        self.disabled_at.is_none()
+    }
+
+    /// Disables the subscription now, saying why (a store must save it).
+    pub fn disable(&mut self, reason: impl Into<String>) {
+        self.disabled_at = Some(now_micros());
+        self.disabled_reason = Some(reason.into());
+    }
+
+    /// Makes the subscription active again (a store must save it).
+    pub fn enable(&mut self) {
+        self.disabled_at = None;
+        self.disabled_reason = None;
     }
 
     /// Set `updated_at` to now. Timestamps keep microsecond precision, the
@@ -373,7 +401,7 @@ impl MemoryStore {
         candidate_patterns(event)
             .filter_map(|p| map.get(p.as_ref()))
             .flatten()
-            .filter(|s| s.accepts_sender(sender))
+            .filter(|s| s.is_active() && s.accepts_sender(sender))
             .cloned()
             .collect()
     }

@@ -271,7 +271,7 @@ impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselOutbox<C> {
 }
 
 impl<C: R2D2Connection + 'static> DieselOutbox<C> {
-    /// The outbox in the database of `pool` (run [`crate::migrate`] first).
+    /// The outbox in the database of `pool` (run [`crate::migrate()`] first).
     pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
         DieselOutbox {
             pool,

@@ -1,5 +1,5 @@
 //! Subscriptions stored in the application's database, through Diesel:
-//! the `thorn_subscribers` table (created by [`crate::migrate`]).
+//! the `thorn_subscribers` table (created by [`crate::migrate()`]).
 //!
 //! [`DieselStore`] implements both [`SubscriberStore`] (finding who gets an
 //! event, with the four pattern lookups on an indexed column) and
@@ -80,6 +80,10 @@ pub struct SubscriberRow {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// When it was disabled (µs since the epoch), or NULL while active.
+    pub disabled_at: Option<i64>,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -104,6 +108,8 @@ impl From<&Subscriber> for SubscriberRow {
             standard_webhooks: s.standard_webhooks,
             created_at: time(s.created_at),
             updated_at: time(s.updated_at),
+            disabled_at: s.disabled_at.map(|t| t.timestamp_micros()),
+            disabled_reason: s.disabled_reason.clone(),
         }
     }
 }
@@ -146,6 +152,14 @@ impl TryFrom<SubscriberRow> for Subscriber {
             standard_webhooks: r.standard_webhooks,
             created_at: parse_time(&r.created_at, "created_at")?,
             updated_at: parse_time(&r.updated_at, "updated_at")?,
+            disabled_at: r
+                .disabled_at
+                .map(|us| {
+                    DateTime::from_timestamp_micros(us)
+                        .ok_or_else(|| corrupt(&id, "disabled_at", us))
+                })
+                .transpose()?,
+            disabled_reason: r.disabled_reason,
         })
     }
 }
@@ -187,7 +201,7 @@ impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselStore<C> {
 }
 
 impl<C: R2D2Connection + 'static> DieselStore<C> {
-    /// A store over `pool` (run [`crate::migrate`] once first).
+    /// A store over `pool` (run [`crate::migrate()`] once first).
     pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
         DieselStore { pool }
     }
@@ -377,6 +391,18 @@ macro_rules! diesel_store_for {
                 use thorn_subscribers::dsl as t;
                 let row = SubscriberRow::from(&subscriber);
                 self.blocking(move |conn| {
+                    let this = t::thorn_subscribers.filter(
+                        t::uuid
+                            .eq(row.uuid.clone())
+                            .and(t::owner.eq(row.owner.clone())),
+                    );
+                    if row.disabled_at.is_none() {
+                        // Re-enabled: its failures so far are forgiven.
+                        diesel::update(this.filter(t::disabled_at.is_not_null()))
+                            .set(t::failing_since.eq(None::<i64>))
+                            .execute(conn)
+                            .map_err(store_err)?;
+                    }
                     let n = diesel::update(
                         t::thorn_subscribers.filter(
                             t::uuid

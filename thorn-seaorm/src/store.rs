@@ -22,10 +22,11 @@ use uuid::Uuid;
 /// The columns a [`Subscriber`] is read from and written to, in the order
 /// of [`subscriber_values`].
 const COLUMNS: &str = "uuid, event, url, owner, hmac_secret, hmac_digest, content_type, \
-                       previous_secrets, standard_webhooks, created_at, updated_at";
+                       previous_secrets, standard_webhooks, created_at, updated_at, \
+                       disabled_at, disabled_reason";
 
 /// How many values [`subscriber_values`] gives.
-const COLUMN_COUNT: usize = 11;
+const COLUMN_COUNT: usize = 13;
 
 /// Wraps a database error (or any other) as Thorn's store error.
 pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -118,6 +119,8 @@ fn subscriber_values(s: &Subscriber) -> Vec<Value> {
         s.standard_webhooks.into(),
         time(s.created_at).into(),
         time(s.updated_at).into(),
+        s.disabled_at.map(|t| t.timestamp_micros()).into(),
+        s.disabled_reason.clone().into(),
     ]
 }
 
@@ -159,6 +162,12 @@ fn subscriber_from_row(row: &QueryResult) -> Result<Subscriber> {
         standard_webhooks: column(row, "standard_webhooks")?,
         created_at: parse_time("created_at")?,
         updated_at: parse_time("updated_at")?,
+        disabled_at: column::<Option<i64>>(row, "disabled_at")?
+            .map(|us| {
+                DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(&id, "disabled_at", us))
+            })
+            .transpose()?,
+        disabled_reason: column(row, "disabled_reason")?,
     })
 }
 
@@ -208,7 +217,7 @@ impl SeaOrmStore {
             ""
         };
         let sql = format!(
-            "SELECT {COLUMNS}, failing_since, disabled_at, disabled_reason \
+            "SELECT {COLUMNS}, failing_since \
              FROM thorn_subscribers{filter} ORDER BY created_at ASC, uuid ASC"
         );
         let rows = query(&self.db, sql, Vec::new()).await?;
@@ -303,11 +312,15 @@ impl SeaOrmStore {
     async fn update_row(&self, values: Vec<Value>) -> Result<bool> {
         let n = execute(
             &self.db,
+            // Re-enabling forgives the failures so far (`failing_since`).
             "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
              hmac_secret = $4, hmac_digest = $5, content_type = $6, \
              previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
-             updated_at = $10 \
-             WHERE uuid = $11 AND owner = $3",
+             updated_at = $10, \
+             failing_since = CASE WHEN $11 IS NULL AND disabled_at IS NOT NULL \
+                 THEN NULL ELSE failing_since END, \
+             disabled_at = $11, disabled_reason = $12 \
+             WHERE uuid = $13 AND owner = $3",
             values,
         )
         .await?;
