@@ -287,6 +287,53 @@ on_both!(
     }
 );
 
+on_both!(delivery_history_reads_through_entities, |rt, db, _pg| {
+    use thorn::seaorm::entity::{attempt, delivery, event};
+    let receiver = Receiver::start();
+    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    let relay = rt
+        .block_on(thorn::seaorm::Relay::start_with(
+            &thorn,
+            db.clone(),
+            thorn::outbox::RelayOptions {
+                poll: std::time::Duration::from_millis(50),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    rt.block_on(thorn::seaorm::scope(thorn, draft("tracked").insert(&db)))
+        .unwrap();
+    receiver.expect(1, WAIT);
+    // The attempt is recorded just after the answer: wait for it, boundedly.
+    let mut history = Vec::new();
+    for _ in 0..200 {
+        history = rt
+            .block_on(
+                delivery::Entity::find()
+                    .filter(delivery::Column::State.eq("delivered"))
+                    .find_with_related(attempt::Entity)
+                    .all(&db),
+            )
+            .unwrap();
+        if !history.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert_eq!(history.len(), 1, "one delivery, delivered");
+    let (d, attempts) = &history[0];
+    assert_eq!(d.url, receiver.url);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, Some(200));
+    let e = rt
+        .block_on(d.find_related(event::Entity).one(&db))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.name, "article.created");
+    assert!(e.fanned_out_at.is_some());
+    rt.block_on(relay.stop()).unwrap();
+});
+
 #[test]
 fn a_model_with_events_and_no_thorn_is_an_error() {
     let rt = runtime();

@@ -73,6 +73,7 @@
 //! event per returned row, and [`m2m_add`], [`m2m_remove`] and
 //! [`m2m_clear`] for junction tables.
 
+pub mod entity;
 pub mod outbox;
 pub mod store;
 
