@@ -475,7 +475,7 @@ fn owners_pause_and_resume<S: thorn::SubscriptionStore>(
     .validators(Validators::new([ensure_protocol(["http"])]))
     .router();
     let thorn = Thorn::builder(local_config())
-        .shared_store(store)
+        .shared_store(store.clone())
         .build()
         .unwrap();
     let send = || {
@@ -536,6 +536,11 @@ fn owners_pause_and_resume<S: thorn::SubscriptionStore>(
     ));
     assert_eq!(resumed["active"], true);
     assert_eq!(resumed["disabled_reason"], Value::Null);
+    let id: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let copy_before_410 = rt
+        .block_on(store.get(&SenderId::from(7), id))
+        .unwrap()
+        .unwrap();
     assert_eq!(send(), 1, "resumed: delivered (answered 410)");
     receiver.expect(1, WAIT);
 
@@ -554,6 +559,11 @@ fn owners_pause_and_resume<S: thorn::SubscriptionStore>(
         "{after_gone}"
     );
     assert_eq!(send(), 0);
+    // An owner's change made from a copy read before Thorn disabled it
+    // does not re-enable it.
+    assert!(rt.block_on(store.update(copy_before_410)).unwrap());
+    let (_, still) = rt.block_on(call(&app, "GET", &item, Some(7), None));
+    assert_eq!(still["active"], false, "{still}");
     rt.block_on(call(
         &app,
         "PATCH",

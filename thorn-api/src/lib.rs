@@ -266,13 +266,14 @@ impl Api {
         })
     }
 
-    /// Validates the fields present in `body` onto `target`.
+    /// Validates the fields present in `body` onto `target`; returns the
+    /// `active` requested, if any (the caller applies it).
     fn apply(
         &self,
         body: &Map<String, Value>,
         target: &mut Subscriber,
         creating: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<bool>, ApiError> {
         let mut errors: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
         let text =
             |name: &'static str,
@@ -362,21 +363,19 @@ impl Api {
                 target.hmac_secret = secret;
             }
         }
-        match body.get("active") {
-            None => {}
-            Some(Value::Bool(true)) => target.enable(),
-            // Already disabled: keeps its reason (410 Gone, failing).
-            Some(Value::Bool(false)) if target.is_active() => {
-                target.disable("paused by its owner");
+        let active = match body.get("active") {
+            None => None,
+            Some(Value::Bool(active)) => Some(*active),
+            Some(_) => {
+                errors
+                    .entry("active")
+                    .or_default()
+                    .push("Must be a valid boolean.".into());
+                None
             }
-            Some(Value::Bool(false)) => {}
-            Some(_) => errors
-                .entry("active")
-                .or_default()
-                .push("Must be a valid boolean.".into()),
-        }
+        };
         if errors.is_empty() {
-            Ok(())
+            Ok(active)
         } else {
             Err(ApiError::fields(errors))
         }
@@ -441,7 +440,9 @@ async fn create(
     let mut sub = Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
     sub.hmac_secret = generate_secret();
     sub.owner = Some(owner);
-    api.apply(&body, &mut sub, true)?;
+    if api.apply(&body, &mut sub, true)? == Some(false) {
+        sub.disable(PAUSED);
+    }
     api.inner
         .store
         .insert(sub.clone())
@@ -486,19 +487,27 @@ async fn update(
         return Err(ApiError::not_found());
     };
     let body = json_object(&headers, body)?;
-    api.apply(&body, &mut sub, false)?;
+    let active = api.apply(&body, &mut sub, false)?;
     sub.touch();
-    if !api
-        .inner
-        .store
-        .update(sub.clone())
-        .await
-        .map_err(ApiError::store)?
-    {
+    let store = &api.inner.store;
+    if !store.update(sub.clone()).await.map_err(ApiError::store)? {
         return Err(ApiError::not_found());
     }
-    Ok(json_response(StatusCode::OK, &api.render(&sub)))
+    if let Some(active) = active {
+        store
+            .set_active(&owner, id, active, PAUSED)
+            .await
+            .map_err(ApiError::store)?;
+    }
+    // As stored now (a worker may have disabled it meanwhile).
+    match store.get(&owner, id).await.map_err(ApiError::store)? {
+        Some(sub) => Ok(json_response(StatusCode::OK, &api.render(&sub))),
+        None => Err(ApiError::not_found()),
+    }
 }
+
+/// Why a subscription its owner paused is disabled.
+const PAUSED: &str = "paused by its owner";
 
 async fn remove(
     State(api): State<Api>,

@@ -291,11 +291,24 @@ pub trait SubscriptionStore: SubscriberStore {
     fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>>;
     /// Stores a new subscription.
     fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>>;
-    /// Replaces the owner's subscription with the same uuid; `false` when
-    /// there is none.
+    /// Replaces the settings of the owner's subscription with the same
+    /// uuid; `false` when there is none. Its disabled state is left as
+    /// stored (a worker may have just disabled it): change that with
+    /// [`set_active`](Self::set_active).
     fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>>;
     /// Deletes one of the owner's subscriptions; `false` when there is none.
     fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>>;
+    /// Pauses (`active == false`, saying `reason`) or resumes one of the
+    /// owner's subscriptions; `false` when there is none. Pausing a
+    /// disabled subscription keeps its reason; resuming forgives its
+    /// failures so far.
+    fn set_active<'a>(
+        &'a self,
+        owner: &'a SenderId,
+        uuid: Uuid,
+        active: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
 }
 
 /// Checks an event pattern's shape: dot-separated words of letters,
@@ -453,14 +466,39 @@ impl SubscriptionStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
-        let exists = subscriber
-            .owner
-            .as_ref()
-            .is_some_and(|o| self.owned_by(o).iter().any(|s| s.uuid == subscriber.uuid));
-        if exists {
+    fn update(&self, mut subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        let stored = subscriber.owner.as_ref().and_then(|o| {
+            self.owned_by(o)
+                .into_iter()
+                .find(|s| s.uuid == subscriber.uuid)
+        });
+        let exists = stored.is_some();
+        if let Some(stored) = stored {
+            subscriber.disabled_at = stored.disabled_at;
+            subscriber.disabled_reason = stored.disabled_reason;
             self.remove(subscriber.uuid);
             self.add(subscriber);
+        }
+        Box::pin(async move { Ok(exists) })
+    }
+
+    fn set_active<'a>(
+        &'a self,
+        owner: &'a SenderId,
+        uuid: Uuid,
+        active: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let stored = self.owned_by(owner).into_iter().find(|s| s.uuid == uuid);
+        let exists = stored.is_some();
+        if let Some(mut s) = stored {
+            if active {
+                s.enable();
+            } else if s.is_active() {
+                s.disable(reason);
+            }
+            self.remove(uuid);
+            self.add(s);
         }
         Box::pin(async move { Ok(exists) })
     }

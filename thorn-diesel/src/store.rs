@@ -81,8 +81,11 @@ pub struct SubscriberRow {
     /// Last change.
     pub updated_at: String,
     /// When it was disabled (µs since the epoch), or NULL while active.
+    /// Changed only by `set_active` and the workers, never by `update`.
+    #[diesel(skip_update)]
     pub disabled_at: Option<i64>,
     /// Why it was disabled.
+    #[diesel(skip_update)]
     pub disabled_reason: Option<String>,
 }
 
@@ -391,18 +394,6 @@ macro_rules! diesel_store_for {
                 use thorn_subscribers::dsl as t;
                 let row = SubscriberRow::from(&subscriber);
                 self.blocking(move |conn| {
-                    let this = t::thorn_subscribers.filter(
-                        t::uuid
-                            .eq(row.uuid.clone())
-                            .and(t::owner.eq(row.owner.clone())),
-                    );
-                    if row.disabled_at.is_none() {
-                        // Re-enabled: its failures so far are forgiven.
-                        diesel::update(this.filter(t::disabled_at.is_not_null()))
-                            .set(t::failing_since.eq(None::<i64>))
-                            .execute(conn)
-                            .map_err(store_err)?;
-                    }
                     let n = diesel::update(
                         t::thorn_subscribers.filter(
                             t::uuid
@@ -426,6 +417,55 @@ macro_rules! diesel_store_for {
                             .filter(t::uuid.eq(uuid.to_string()).and(t::owner.eq(owner))),
                     )
                     .execute(conn)
+                    .map_err(store_err)?;
+                    Ok(n == 1)
+                })
+            }
+
+            fn set_active<'a>(
+                &'a self,
+                owner: &'a SenderId,
+                uuid: Uuid,
+                active: bool,
+                reason: &'a str,
+            ) -> BoxFuture<'a, Result<bool>> {
+                use thorn_subscribers::dsl as t;
+                let (owner, reason) = (owner_key(owner), reason.to_owned());
+                self.blocking(move |conn| {
+                    let this = t::thorn_subscribers
+                        .filter(t::uuid.eq(uuid.to_string()).and(t::owner.eq(owner)));
+                    let n = if active {
+                        // Resumed: its failures so far are forgiven.
+                        diesel::update(this)
+                            .set((
+                                t::disabled_at.eq(None::<i64>),
+                                t::disabled_reason.eq(None::<String>),
+                                t::failing_since.eq(None::<i64>),
+                            ))
+                            .execute(conn)
+                    } else {
+                        // An already disabled one keeps its reason.
+                        diesel::update(this)
+                            .set((
+                                t::disabled_at.eq(diesel::dsl::sql::<
+                                    diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
+                                >(
+                                    "COALESCE(disabled_at, "
+                                )
+                                .bind::<diesel::sql_types::BigInt, _>(
+                                    thorn_core::outbox::now_micros(),
+                                )
+                                .sql(")")),
+                                t::disabled_reason.eq(diesel::dsl::sql::<
+                                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+                                >(
+                                    "COALESCE(disabled_reason, "
+                                )
+                                .bind::<diesel::sql_types::Text, _>(reason)
+                                .sql(")")),
+                            ))
+                            .execute(conn)
+                    }
                     .map_err(store_err)?;
                     Ok(n == 1)
                 })

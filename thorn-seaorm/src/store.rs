@@ -312,15 +312,11 @@ impl SeaOrmStore {
     async fn update_row(&self, values: Vec<Value>) -> Result<bool> {
         let n = execute(
             &self.db,
-            // Re-enabling forgives the failures so far (`failing_since`).
             "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
              hmac_secret = $4, hmac_digest = $5, content_type = $6, \
              previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
-             updated_at = $10, \
-             failing_since = CASE WHEN $11 IS NULL AND disabled_at IS NOT NULL \
-                 THEN NULL ELSE failing_since END, \
-             disabled_at = $11, disabled_reason = $12 \
-             WHERE uuid = $13 AND owner = $3",
+             updated_at = $10 \
+             WHERE uuid = $11 AND owner = $3",
             values,
         )
         .await?;
@@ -370,14 +366,55 @@ impl SubscriptionStore for SeaOrmStore {
     fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
         // The key and the owner select the row (an ownerless subscription
         // is never updated here).
+        // The settings only: the disabled state (the last two values) is
+        // left as stored, changed by `set_active` and the workers.
         let mut values = subscriber_values(&subscriber);
         let uuid = values.remove(0);
+        values.truncate(COLUMN_COUNT - 3);
         values.push(uuid);
         Box::pin(self.update_row(values))
     }
 
     fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.delete_row(owner_key(owner), uuid))
+    }
+
+    fn set_active<'a>(
+        &'a self,
+        owner: &'a SenderId,
+        uuid: Uuid,
+        active: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let key = vec![uuid.to_string().into(), owner_key(owner).into()];
+        Box::pin(async move {
+            let n = if active {
+                // Resumed: its failures so far are forgiven.
+                execute(
+                    &self.db,
+                    "UPDATE thorn_subscribers SET disabled_at = NULL, \
+                     disabled_reason = NULL, failing_since = NULL \
+                     WHERE uuid = $1 AND owner = $2",
+                    key,
+                )
+                .await?
+            } else {
+                // An already disabled one keeps its reason.
+                let mut values = key;
+                values.push(thorn_core::outbox::now_micros().into());
+                values.push(reason.into());
+                execute(
+                    &self.db,
+                    "UPDATE thorn_subscribers SET \
+                     disabled_at = COALESCE(disabled_at, $3), \
+                     disabled_reason = COALESCE(disabled_reason, $4) \
+                     WHERE uuid = $1 AND owner = $2",
+                    values,
+                )
+                .await?
+            };
+            Ok(n == 1)
+        })
     }
 }
 
