@@ -62,8 +62,65 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-fn micros(d: Duration) -> i64 {
+/// `d` in microseconds, saturating.
+pub fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What a batch of finished attempts says about the stored subscriptions'
+/// health, as the outbox stores keep it (`failing_since`, disabling after
+/// a window): the subscriptions that succeeded and those that failed, each
+/// uuid once. Static subscribers have no row; a `410 Gone` is handled by
+/// `mark_gone`, not here.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Delivered at least once: failing no more.
+    pub recovered: Vec<String>,
+    /// Failed (will retry, or dead): failing since now if not already.
+    pub failing: Vec<String>,
+}
+
+impl Health {
+    /// Sorts the attempts' subscribers by outcome.
+    pub fn of(attempts: &[(AttemptRecord, Next)]) -> Self {
+        let mut health = Health::default();
+        for (a, next) in attempts {
+            match next {
+                Next::Delivered => health.recovered.push(a.subscriber.to_string()),
+                Next::Retry { .. } | Next::Dead => health.failing.push(a.subscriber.to_string()),
+                Next::Gone => {}
+            }
+        }
+        for list in [&mut health.recovered, &mut health.failing] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        health
+    }
+
+    /// The reason stored for a subscription disabled after `window` of
+    /// failures.
+    pub fn disabled_reason(window: Duration) -> String {
+        format!("deliveries failed for longer than {}", humanize(window))
+    }
+
+    /// Logs that a subscription was disabled after `window` of failures.
+    pub fn log_disabled(uuid: &str, url: &str, window: Duration) {
+        tracing::warn!(subscriber = %uuid, %url, window = %humanize(window),
+            "subscriber disabled: its deliveries have failed for longer than the window");
+    }
+}
+
+/// `90s`, `15m`, `3h`, `2d`: the largest whole unit.
+pub fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// An event as the outbox stores it: everything needed to deliver it in

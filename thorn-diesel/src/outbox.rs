@@ -39,8 +39,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use thorn_core::outbox::{
-    AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
-    RelayOptions, RelayStats, StoredEvent, now_micros,
+    AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Health, Next,
+    OutboxStore, RelayOptions, RelayStats, StoredEvent, micros, now_micros,
 };
 use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
@@ -430,15 +430,10 @@ macro_rules! outbox_for {
             ) -> QueryResult<()> {
                 use crate::store::thorn_subscribers::dsl as t;
                 use thorn_deliveries::dsl as d;
-                let mut ok = Vec::new();
-                let mut failed = Vec::new();
-                for (a, next) in attempts {
-                    match next {
-                        Next::Delivered => ok.push(a.subscriber.to_string()),
-                        Next::Retry { .. } | Next::Dead => failed.push(a.subscriber.to_string()),
-                        Next::Gone => {}
-                    }
-                }
+                let Health {
+                    recovered: ok,
+                    failing: failed,
+                } = Health::of(attempts);
                 if !ok.is_empty() {
                     diesel::update(
                         t::thorn_subscribers
@@ -459,7 +454,7 @@ macro_rules! outbox_for {
                 .set(t::failing_since.eq(now))
                 .execute(conn)?;
                 let Some(window) = window else { return Ok(()) };
-                let since = now - window.as_micros() as i64;
+                let since = now.saturating_sub(micros(window));
                 let disabled: Vec<(String, String)> = diesel::update(
                     t::thorn_subscribers
                         .filter(t::uuid.eq_any(&failed))
@@ -468,16 +463,12 @@ macro_rules! outbox_for {
                 )
                 .set((
                     t::disabled_at.eq(now),
-                    t::disabled_reason.eq(format!(
-                        "deliveries failed for longer than {}",
-                        humanize(window)
-                    )),
+                    t::disabled_reason.eq(Health::disabled_reason(window)),
                 ))
                 .returning((t::uuid, t::url))
                 .get_results(conn)?;
                 for (uuid, url) in &disabled {
-                    tracing::warn!(subscriber = %uuid, %url, window = %humanize(window),
-                        "subscriber disabled: its deliveries have failed for longer than the window");
+                    Health::log_disabled(uuid, url, window);
                 }
                 // Nothing more is attempted for a disabled subscription.
                 let off: Vec<String> = t::thorn_subscribers
@@ -623,14 +614,16 @@ macro_rules! outbox_for {
                 let worker = worker.to_owned();
                 blocking(&self.pool, move |conn: &mut $conn| {
                     let now = now_micros();
-                    let rows: Vec<ClaimedEventRow> =
-                        diesel::sql_query(claim_sql(schema::claim_events_sql($postgres), $postgres))
-                            .bind::<BigInt, _>(now + lease.as_micros() as i64)
-                            .bind::<Text, _>(worker)
-                            .bind::<BigInt, _>(now)
-                            .bind::<BigInt, _>(limit(limit_to))
-                            .load(conn)
-                            .map_err(store_err)?;
+                    let rows: Vec<ClaimedEventRow> = diesel::sql_query(claim_sql(
+                        schema::claim_events_sql($postgres),
+                        $postgres,
+                    ))
+                    .bind::<BigInt, _>(now.saturating_add(micros(lease)))
+                    .bind::<Text, _>(worker)
+                    .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(limit(limit_to))
+                    .load(conn)
+                    .map_err(store_err)?;
                     rows.into_iter().map(ClaimedEventRow::into_event).collect()
                 })
             }
@@ -645,7 +638,7 @@ macro_rules! outbox_for {
                 let worker = worker.to_owned();
                 blocking(&self.pool, move |conn: &mut $conn| {
                     let now = now_micros();
-                    let locked_until = now + lease.as_micros() as i64;
+                    let locked_until = now.saturating_add(micros(lease));
                     conn.transaction::<_, diesel::result::Error, _>(|conn| {
                         let ids: Vec<String> = events.iter().map(|p| p.event.to_string()).collect();
                         let held: Vec<String> = diesel::update(
@@ -709,14 +702,16 @@ macro_rules! outbox_for {
                 let worker = worker.to_owned();
                 blocking(&self.pool, move |conn: &mut $conn| {
                     let now = now_micros();
-                    let rows: Vec<ClaimedDeliveryRow> =
-                        diesel::sql_query(claim_sql(schema::claim_deliveries_sql($postgres, first), $postgres))
-                            .bind::<BigInt, _>(now + lease.as_micros() as i64)
-                            .bind::<Text, _>(worker)
-                            .bind::<BigInt, _>(now)
-                            .bind::<BigInt, _>(limit(limit_to))
-                            .load(conn)
-                            .map_err(store_err)?;
+                    let rows: Vec<ClaimedDeliveryRow> = diesel::sql_query(claim_sql(
+                        schema::claim_deliveries_sql($postgres, first),
+                        $postgres,
+                    ))
+                    .bind::<BigInt, _>(now.saturating_add(micros(lease)))
+                    .bind::<Text, _>(worker)
+                    .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(limit(limit_to))
+                    .load(conn)
+                    .map_err(store_err)?;
                     if rows.is_empty() {
                         return Ok(Vec::new());
                     }
@@ -834,18 +829,6 @@ macro_rules! outbox_for {
             }
         }
     };
-}
-
-/// `90s`, `15m`, `3h`, `2d`: the largest whole unit.
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{}ms", d.as_millis()),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// SQLite cannot batch an insert with `ON CONFLICT`; row by row is cheap

@@ -40,8 +40,8 @@ use sea_orm::{
 };
 use sqlx::postgres::PgListener;
 use thorn_core::outbox::{
-    AttemptRecord, CHANNEL, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
-    RelayCounters, RelayOptions, RelayStats, StoredEvent, now_micros, run_relay,
+    AttemptRecord, CHANNEL, ClaimedDelivery, DeliveryState, FanOut, Health, Next, OutboxStore,
+    RelayCounters, RelayOptions, RelayStats, StoredEvent, micros, now_micros, run_relay,
 };
 use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
@@ -205,10 +205,6 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
 /// The event in a row holding [`EVENT_COLUMNS`].
 fn event_from_row(row: &QueryResult) -> Result<StoredEvent> {
     let id: String = column(row, "id")?;
@@ -223,18 +219,6 @@ fn event_from_row(row: &QueryResult) -> Result<StoredEvent> {
         &options,
         column(row, "created_at")?,
     )
-}
-
-/// `90s`, `15m`, `3h`, `2d`: the largest whole unit.
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{}ms", d.as_millis()),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// `head` followed by each of `list`, as statement values.
@@ -252,19 +236,10 @@ async fn track_health<C: ConnectionTrait>(
     now: i64,
     window: Option<Duration>,
 ) -> Result<()> {
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
-    for (a, next) in attempts {
-        match next {
-            Next::Delivered => ok.push(a.subscriber.to_string()),
-            Next::Retry { .. } | Next::Dead => failed.push(a.subscriber.to_string()),
-            Next::Gone => {}
-        }
-    }
-    for list in [&mut ok, &mut failed] {
-        list.sort_unstable();
-        list.dedup();
-    }
+    let Health {
+        recovered: ok,
+        failing: failed,
+    } = Health::of(attempts);
     if !ok.is_empty() {
         let sql = format!(
             "UPDATE thorn_subscribers SET failing_since = NULL \
@@ -292,7 +267,7 @@ async fn track_health<C: ConnectionTrait>(
          RETURNING uuid, url",
         placeholders(4, failed.len())
     );
-    let reason = format!("deliveries failed for longer than {}", humanize(window));
+    let reason = Health::disabled_reason(window);
     let disabled = query(
         db,
         sql,
@@ -302,8 +277,7 @@ async fn track_health<C: ConnectionTrait>(
     for row in &disabled {
         let uuid: String = column(row, "uuid")?;
         let url: String = column(row, "url")?;
-        tracing::warn!(subscriber = %uuid, %url, window = %humanize(window),
-            "subscriber disabled: its deliveries have failed for longer than the window");
+        Health::log_disabled(&uuid, &url, window);
     }
     // Nothing more is attempted for a disabled subscription.
     let sql = format!(
