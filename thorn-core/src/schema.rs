@@ -7,6 +7,11 @@
 //! PostgreSQL only. Times in the outbox tables are microseconds since the
 //! Unix epoch; uuids and the subscribers' timestamps are text.
 
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use crate::{Error, Result, SenderId, Subscriber};
+
 /// The table recording which migrations ran.
 pub const MIGRATIONS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS thorn_schema_migrations (version BIGINT PRIMARY KEY NOT NULL)";
@@ -139,4 +144,119 @@ pub fn claim_deliveries_sql(postgres: bool, first: bool) -> String {
             "attempts > 0"
         },
     )
+}
+
+/// A subscription as `thorn_subscribers` stores it, one field per column
+/// the stores write: text uuid and URL, the owner as its JSON text (`7`,
+/// `"alice"`, see [`owner_key`]), earlier secrets as a JSON array,
+/// RFC 3339 timestamps with microseconds, `disabled_at` in microseconds.
+/// Both ORM integrations encode and decode through it, so each reads the
+/// rows the other wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberRecord {
+    /// `uuid`.
+    pub uuid: String,
+    /// `event`: the pattern.
+    pub event: String,
+    /// `url`.
+    pub url: String,
+    /// `owner`.
+    pub owner: Option<String>,
+    /// `hmac_secret`.
+    pub hmac_secret: String,
+    /// `hmac_digest`.
+    pub hmac_digest: String,
+    /// `content_type`.
+    pub content_type: String,
+    /// `previous_secrets`.
+    pub previous_secrets: String,
+    /// `standard_webhooks`.
+    pub standard_webhooks: Option<bool>,
+    /// `created_at`.
+    pub created_at: String,
+    /// `updated_at`.
+    pub updated_at: String,
+    /// `disabled_at`.
+    pub disabled_at: Option<i64>,
+    /// `disabled_reason`.
+    pub disabled_reason: Option<String>,
+}
+
+/// An owner as the `owner` column stores it (and as queries match it).
+pub fn owner_key(owner: &SenderId) -> String {
+    serde_json::to_string(owner).expect("sender ids are JSON")
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl From<&Subscriber> for SubscriberRecord {
+    fn from(s: &Subscriber) -> Self {
+        SubscriberRecord {
+            uuid: s.uuid.to_string(),
+            event: s.event.clone(),
+            url: s.url.to_string(),
+            owner: s.owner.as_ref().map(owner_key),
+            hmac_secret: s.hmac_secret.clone(),
+            hmac_digest: s.hmac_digest.as_str().to_owned(),
+            content_type: s.content_type.as_str().to_owned(),
+            previous_secrets: serde_json::to_string(&s.previous_secrets).expect("strings are JSON"),
+            standard_webhooks: s.standard_webhooks,
+            created_at: timestamp(s.created_at),
+            updated_at: timestamp(s.updated_at),
+            disabled_at: s.disabled_at.map(|t| t.timestamp_micros()),
+            disabled_reason: s.disabled_reason.clone(),
+        }
+    }
+}
+
+impl TryFrom<SubscriberRecord> for Subscriber {
+    type Error = Error;
+
+    /// Fails with [`Error::Store`] naming the row and the column that does
+    /// not decode.
+    fn try_from(r: SubscriberRecord) -> Result<Self> {
+        let id = r.uuid.clone();
+        let corrupt = |what: &str, detail: &dyn std::fmt::Display| {
+            Error::Store(format!("thorn_subscribers row {id}: invalid {what}: {detail}").into())
+        };
+        let parse_time = |t: &str, what| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|e| corrupt(what, &e))
+        };
+        Ok(Subscriber {
+            uuid: Uuid::parse_str(&r.uuid).map_err(|e| corrupt("uuid", &e))?,
+            event: r.event,
+            url: r.url.parse().map_err(|e| corrupt("url", &e))?,
+            owner: r
+                .owner
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt("owner", &e))?,
+            hmac_secret: r.hmac_secret,
+            hmac_digest: r
+                .hmac_digest
+                .parse()
+                .map_err(|e| corrupt("hmac_digest", &e))?,
+            content_type: r
+                .content_type
+                .parse()
+                .map_err(|e| corrupt("content_type", &e))?,
+            previous_secrets: serde_json::from_str(&r.previous_secrets)
+                .map_err(|e| corrupt("previous_secrets", &e))?,
+            standard_webhooks: r.standard_webhooks,
+            created_at: parse_time(&r.created_at, "created_at")?,
+            updated_at: parse_time(&r.updated_at, "updated_at")?,
+            disabled_at: r
+                .disabled_at
+                .map(|us| {
+                    DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("disabled_at", &us))
+                })
+                .transpose()?,
+            disabled_reason: r.disabled_reason,
+        })
+    }
 }

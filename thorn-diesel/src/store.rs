@@ -11,9 +11,9 @@
 //! Columns are portable types (text uuids and RFC 3339 timestamps, the
 //! owner as its JSON text) so one schema serves both databases.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use thorn_core::schema::{SubscriberRecord, owner_key};
 use thorn_core::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
 use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
 use uuid::Uuid;
@@ -89,79 +89,44 @@ pub struct SubscriberRow {
     pub disabled_reason: Option<String>,
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn owner_key(owner: &SenderId) -> String {
-    serde_json::to_string(owner).expect("sender ids are JSON")
-}
-
 impl From<&Subscriber> for SubscriberRow {
     fn from(s: &Subscriber) -> Self {
+        let r = SubscriberRecord::from(s);
         SubscriberRow {
-            uuid: s.uuid.to_string(),
-            event: s.event.clone(),
-            url: s.url.to_string(),
-            owner: s.owner.as_ref().map(owner_key),
-            hmac_secret: s.hmac_secret.clone(),
-            hmac_digest: s.hmac_digest.as_str().to_owned(),
-            content_type: s.content_type.as_str().to_owned(),
-            previous_secrets: serde_json::to_string(&s.previous_secrets).expect("strings are JSON"),
-            standard_webhooks: s.standard_webhooks,
-            created_at: time(s.created_at),
-            updated_at: time(s.updated_at),
-            disabled_at: s.disabled_at.map(|t| t.timestamp_micros()),
-            disabled_reason: s.disabled_reason.clone(),
+            uuid: r.uuid,
+            event: r.event,
+            url: r.url,
+            owner: r.owner,
+            hmac_secret: r.hmac_secret,
+            hmac_digest: r.hmac_digest,
+            content_type: r.content_type,
+            previous_secrets: r.previous_secrets,
+            standard_webhooks: r.standard_webhooks,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            disabled_at: r.disabled_at,
+            disabled_reason: r.disabled_reason,
         }
     }
-}
-
-fn corrupt(row: &str, what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Store(format!("thorn_subscribers row {row}: invalid {what}: {detail}").into())
 }
 
 impl TryFrom<SubscriberRow> for Subscriber {
     type Error = Error;
 
     fn try_from(r: SubscriberRow) -> Result<Self> {
-        let id = r.uuid.clone();
-        let parse_time = |t: &str, what| {
-            DateTime::parse_from_rfc3339(t)
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|e| corrupt(&id, what, e))
-        };
-        Ok(Subscriber {
-            uuid: Uuid::parse_str(&r.uuid).map_err(|e| corrupt(&id, "uuid", e))?,
+        Subscriber::try_from(SubscriberRecord {
+            uuid: r.uuid,
             event: r.event,
-            url: r.url.parse().map_err(|e| corrupt(&id, "url", e))?,
-            owner: r
-                .owner
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| corrupt(&id, "owner", e))?,
+            url: r.url,
+            owner: r.owner,
             hmac_secret: r.hmac_secret,
-            hmac_digest: r
-                .hmac_digest
-                .parse()
-                .map_err(|e| corrupt(&id, "hmac_digest", e))?,
-            content_type: r
-                .content_type
-                .parse()
-                .map_err(|e| corrupt(&id, "content_type", e))?,
-            previous_secrets: serde_json::from_str(&r.previous_secrets)
-                .map_err(|e| corrupt(&id, "previous_secrets", e))?,
+            hmac_digest: r.hmac_digest,
+            content_type: r.content_type,
+            previous_secrets: r.previous_secrets,
             standard_webhooks: r.standard_webhooks,
-            created_at: parse_time(&r.created_at, "created_at")?,
-            updated_at: parse_time(&r.updated_at, "updated_at")?,
-            disabled_at: r
-                .disabled_at
-                .map(|us| {
-                    DateTime::from_timestamp_micros(us)
-                        .ok_or_else(|| corrupt(&id, "disabled_at", us))
-                })
-                .transpose()?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            disabled_at: r.disabled_at,
             disabled_reason: r.disabled_reason,
         })
     }

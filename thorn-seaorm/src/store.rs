@@ -13,8 +13,8 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement, TryGetable, Value};
+use thorn_core::schema::{SubscriberRecord, owner_key};
 use thorn_core::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
 use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
 use uuid::Uuid;
@@ -93,80 +93,41 @@ pub(crate) fn column<T: TryGetable>(row: &QueryResult, col: &str) -> Result<T> {
     row.try_get::<T>("", col).map_err(store_err)
 }
 
-/// Timestamps as stored: RFC 3339, microseconds, `Z`.
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// An owner as stored: its JSON text (`7`, `"alice"`).
-fn owner_key(owner: &SenderId) -> String {
-    serde_json::to_string(owner).expect("sender ids are JSON")
-}
-
 /// The values of [`COLUMNS`] for `s`.
 fn subscriber_values(s: &Subscriber) -> Vec<Value> {
+    let r = SubscriberRecord::from(s);
     vec![
-        s.uuid.to_string().into(),
-        s.event.clone().into(),
-        s.url.to_string().into(),
-        s.owner.as_ref().map(owner_key).into(),
-        s.hmac_secret.clone().into(),
-        s.hmac_digest.as_str().into(),
-        s.content_type.as_str().into(),
-        serde_json::to_string(&s.previous_secrets)
-            .expect("strings are JSON")
-            .into(),
-        s.standard_webhooks.into(),
-        time(s.created_at).into(),
-        time(s.updated_at).into(),
-        s.disabled_at.map(|t| t.timestamp_micros()).into(),
-        s.disabled_reason.clone().into(),
+        r.uuid.into(),
+        r.event.into(),
+        r.url.into(),
+        r.owner.into(),
+        r.hmac_secret.into(),
+        r.hmac_digest.into(),
+        r.content_type.into(),
+        r.previous_secrets.into(),
+        r.standard_webhooks.into(),
+        r.created_at.into(),
+        r.updated_at.into(),
+        r.disabled_at.into(),
+        r.disabled_reason.into(),
     ]
-}
-
-fn corrupt(row: &str, what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Store(format!("thorn_subscribers row {row}: invalid {what}: {detail}").into())
 }
 
 /// The subscriber in a row holding [`COLUMNS`].
 fn subscriber_from_row(row: &QueryResult) -> Result<Subscriber> {
-    let id: String = column(row, "uuid")?;
-    let parse_time = |col: &str| -> Result<DateTime<Utc>> {
-        let text: String = column(row, col)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|d| d.with_timezone(&Utc))
-            .map_err(|e| corrupt(&id, col, e))
-    };
-    let owner: Option<String> = column(row, "owner")?;
-    let previous_secrets: String = column(row, "previous_secrets")?;
-    Ok(Subscriber {
-        uuid: Uuid::parse_str(&id).map_err(|e| corrupt(&id, "uuid", e))?,
+    Subscriber::try_from(SubscriberRecord {
+        uuid: column(row, "uuid")?,
         event: column(row, "event")?,
-        url: column::<String>(row, "url")?
-            .parse()
-            .map_err(|e| corrupt(&id, "url", e))?,
-        owner: owner
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt(&id, "owner", e))?,
+        url: column(row, "url")?,
+        owner: column(row, "owner")?,
         hmac_secret: column(row, "hmac_secret")?,
-        hmac_digest: column::<String>(row, "hmac_digest")?
-            .parse()
-            .map_err(|e| corrupt(&id, "hmac_digest", e))?,
-        content_type: column::<String>(row, "content_type")?
-            .parse()
-            .map_err(|e| corrupt(&id, "content_type", e))?,
-        previous_secrets: serde_json::from_str(&previous_secrets)
-            .map_err(|e| corrupt(&id, "previous_secrets", e))?,
+        hmac_digest: column(row, "hmac_digest")?,
+        content_type: column(row, "content_type")?,
+        previous_secrets: column(row, "previous_secrets")?,
         standard_webhooks: column(row, "standard_webhooks")?,
-        created_at: parse_time("created_at")?,
-        updated_at: parse_time("updated_at")?,
-        disabled_at: column::<Option<i64>>(row, "disabled_at")?
-            .map(|us| {
-                DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(&id, "disabled_at", us))
-            })
-            .transpose()?,
+        created_at: column(row, "created_at")?,
+        updated_at: column(row, "updated_at")?,
+        disabled_at: column(row, "disabled_at")?,
         disabled_reason: column(row, "disabled_reason")?,
     })
 }
