@@ -38,7 +38,7 @@ use crate::{Error, Result};
 /// Who sent an event (a user id), and who owns a subscription.
 ///
 /// Serialized as a JSON number or string in the message's `sender` field.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum SenderId {
     /// A numeric user id.
@@ -80,6 +80,23 @@ impl From<String> for SenderId {
 impl From<&str> for SenderId {
     fn from(v: &str) -> Self {
         SenderId::from(v.to_owned())
+    }
+}
+
+/// A JSON number or string; strings are read as `From<String>` reads
+/// them, so `"42"` in configuration is the sender 42.
+impl<'de> Deserialize<'de> for SenderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Int(i) => SenderId::Int(i),
+            Raw::Text(s) => SenderId::from(s),
+        })
     }
 }
 impl From<Uuid> for SenderId {
@@ -712,6 +729,8 @@ mod tests {
                 "{text:?}"
             );
         }
+        let parsed: SenderId = serde_json::from_str(r#""42""#).unwrap();
+        assert_eq!(parsed, SenderId::Int(42));
         let mut sub = Subscriber::new("a.b", "https://example.com/").unwrap();
         sub.owner = Some(SenderId::from("42"));
         assert!(sub.accepts_sender(Some(&SenderId::from(42_i32))));
