@@ -34,6 +34,7 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -277,9 +278,8 @@ impl StoredEvent {
         options: &str,
         created_at: i64,
     ) -> Result<Self> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Store(format!("thorn_events row {id}: invalid {what}: {e}").into())
-        };
+        let bad =
+            |what, e: &dyn std::fmt::Display| crate::schema::corrupt("thorn_events", id, what, e);
         Ok(StoredEvent {
             id: Uuid::parse_str(id).map_err(|e| bad("id", &e))?,
             name,
@@ -335,6 +335,48 @@ pub struct ClaimedDelivery {
     pub subscriber: Subscriber,
     /// Attempts recorded before this claim.
     pub attempts: u32,
+}
+
+impl ClaimedDelivery {
+    /// Rebuilds a claimed delivery from its `thorn_deliveries` row: `id`,
+    /// its event (found in `events` by `event_id`), the subscriber's JSON
+    /// and the `attempts` column (which counts this claim). Errors name
+    /// the row and the column.
+    pub fn from_columns(
+        id: &str,
+        event_id: &str,
+        events: &HashMap<String, Arc<StoredEvent>>,
+        subscriber: &str,
+        attempts: i32,
+    ) -> Result<Self> {
+        let corrupt = |what, detail: &dyn std::fmt::Display| {
+            crate::schema::corrupt("thorn_deliveries", id, what, detail)
+        };
+        Ok(ClaimedDelivery {
+            id: Uuid::parse_str(id).map_err(|e| corrupt("id", &e))?,
+            event: events
+                .get(event_id)
+                .cloned()
+                .ok_or_else(|| corrupt("event_id", &"no such event"))?,
+            subscriber: serde_json::from_str(subscriber).map_err(|e| corrupt("subscriber", &e))?,
+            attempts: u32::try_from(attempts - 1).unwrap_or(0),
+        })
+    }
+}
+
+/// Counts of events and deliveries by state, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Events not yet fanned out.
+    pub new_events: i64,
+    /// Deliveries waiting for an attempt.
+    pub pending: i64,
+    /// Deliveries that got a 2xx.
+    pub delivered: i64,
+    /// Deliveries that failed for good.
+    pub dead: i64,
+    /// Pending deliveries claimed by a worker right now.
+    pub claimed: i64,
 }
 
 /// One attempt, as recorded in `thorn_attempts`.

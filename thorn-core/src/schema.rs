@@ -182,6 +182,24 @@ pub struct SubscriberRecord {
     pub disabled_reason: Option<String>,
 }
 
+/// The error for a stored row that does not decode: names the table, the
+/// row and the column.
+pub fn corrupt(table: &str, id: &str, what: &str, detail: &dyn std::fmt::Display) -> Error {
+    Error::Store(format!("{table} row {id}: invalid {what}: {detail}").into())
+}
+
+/// The health of a stored subscription, as `thorn subscribers list`
+/// shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriberStatus {
+    /// Since when its deliveries have been failing (µs since the epoch).
+    pub failing_since: Option<i64>,
+    /// When it was disabled (µs since the epoch); `None` while active.
+    pub disabled_at: Option<i64>,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+}
+
 /// An owner as the `owner` column stores it (and as queries match it).
 pub fn owner_key(owner: &SenderId) -> String {
     serde_json::to_string(owner).expect("sender ids are JSON")
@@ -219,7 +237,7 @@ impl TryFrom<SubscriberRecord> for Subscriber {
     fn try_from(r: SubscriberRecord) -> Result<Self> {
         let id = r.uuid.clone();
         let corrupt = |what: &str, detail: &dyn std::fmt::Display| {
-            Error::Store(format!("thorn_subscribers row {id}: invalid {what}: {detail}").into())
+            corrupt("thorn_subscribers", &id, what, detail)
         };
         let parse_time = |t: &str, what| {
             DateTime::parse_from_rfc3339(t)

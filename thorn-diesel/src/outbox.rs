@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -44,7 +45,7 @@ use thorn_core::outbox::{
 };
 use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
-use thorn_core::{Error, Result, Subscriber, Thorn};
+use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -293,20 +294,7 @@ impl<C: R2D2Connection + 'static> DieselOutbox<C> {
     }
 }
 
-/// Counts of deliveries by state, for operators and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxCounts {
-    /// Events not yet fanned out.
-    pub new_events: i64,
-    /// Deliveries waiting for an attempt.
-    pub pending: i64,
-    /// Deliveries that got a 2xx.
-    pub delivered: i64,
-    /// Deliveries that failed for good.
-    pub dead: i64,
-    /// Pending deliveries claimed by a worker right now.
-    pub claimed: i64,
-}
+pub use thorn_core::outbox::OutboxCounts;
 
 /// One delivery, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
@@ -350,10 +338,6 @@ pub struct AttemptInfo {
     pub response: Option<String>,
     /// Which worker.
     pub worker: String,
-}
-
-fn corrupt(table: &str, id: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{table} row {id}: invalid {what}: {e}").into())
 }
 
 /// `$1`-style placeholders (PostgreSQL) as SQLite's `?1`.
@@ -732,26 +716,17 @@ macro_rules! outbox_for {
                         .map_err(store_err)?;
                     let events = events
                         .into_iter()
-                        .map(|r| r.into_event().map(Arc::new))
-                        .collect::<Result<Vec<_>>>()?;
-                    rows.into_iter()
+                        .map(|r| Ok((r.id.clone(), Arc::new(r.into_event()?))))
+                        .collect::<Result<HashMap<_, _>>>()?;
+                    rows.iter()
                         .map(|r| {
-                            let event = events
-                                .iter()
-                                .find(|e| e.id.to_string() == r.event_id)
-                                .cloned()
-                                .ok_or_else(|| {
-                                    corrupt("thorn_deliveries", &r.id, "event_id", "no such event")
-                                })?;
-                            let subscriber: Subscriber = serde_json::from_str(&r.subscriber)
-                                .map_err(|e| corrupt("thorn_deliveries", &r.id, "subscriber", e))?;
-                            Ok(ClaimedDelivery {
-                                id: Uuid::parse_str(&r.id)
-                                    .map_err(|e| corrupt("thorn_deliveries", &r.id, "id", e))?,
-                                event,
-                                subscriber,
-                                attempts: u32::try_from(r.attempts - 1).unwrap_or(0),
-                            })
+                            ClaimedDelivery::from_columns(
+                                &r.id,
+                                &r.event_id,
+                                &events,
+                                &r.subscriber,
+                                r.attempts,
+                            )
                         })
                         .collect()
                 })

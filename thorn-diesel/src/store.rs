@@ -136,16 +136,7 @@ pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Er
     Error::Store(Box::new(e))
 }
 
-/// The health of a stored subscription.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscriberStatus {
-    /// Since when its deliveries have been failing (µs since the epoch).
-    pub failing_since: Option<i64>,
-    /// When it was disabled (µs since the epoch); `None` while active.
-    pub disabled_at: Option<i64>,
-    /// Why it was disabled.
-    pub disabled_reason: Option<String>,
-}
+pub use thorn_core::schema::SubscriberStatus;
 
 /// Subscriptions in a Diesel database, over an r2d2 pool.
 pub struct DieselStore<C: R2D2Connection + 'static> {

@@ -45,7 +45,7 @@ use thorn_core::outbox::{
 };
 use thorn_core::schema;
 use thorn_core::subscriber::BoxFuture;
-use thorn_core::{Error, Result, Subscriber, Thorn};
+use thorn_core::{Error, Result, Thorn};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -182,24 +182,7 @@ impl SeaOrmOutbox {
     }
 }
 
-/// Counts of deliveries by state, for operators and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxCounts {
-    /// Events not yet fanned out.
-    pub new_events: i64,
-    /// Deliveries waiting for an attempt.
-    pub pending: i64,
-    /// Deliveries that got a 2xx.
-    pub delivered: i64,
-    /// Deliveries that failed for good.
-    pub dead: i64,
-    /// Pending deliveries claimed by a worker right now.
-    pub claimed: i64,
-}
-
-fn corrupt(table: &str, id: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{table} row {id}: invalid {what}: {e}").into())
-}
+pub use thorn_core::outbox::OutboxCounts;
 
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -433,23 +416,13 @@ impl SeaOrmOutbox {
         }
         rows.iter()
             .map(|row| {
-                let id: String = column(row, "id")?;
-                let event_id: String = column(row, "event_id")?;
-                let subscriber: String = column(row, "subscriber")?;
-                let attempts: i32 = column(row, "attempts")?;
-                let event = events
-                    .get(&event_id)
-                    .cloned()
-                    .ok_or_else(|| corrupt("thorn_deliveries", &id, "event_id", "no such event"))?;
-                let subscriber: Subscriber = serde_json::from_str(&subscriber)
-                    .map_err(|e| corrupt("thorn_deliveries", &id, "subscriber", e))?;
-                Ok(ClaimedDelivery {
-                    id: Uuid::parse_str(&id)
-                        .map_err(|e| corrupt("thorn_deliveries", &id, "id", e))?,
-                    event,
-                    subscriber,
-                    attempts: u32::try_from(attempts - 1).unwrap_or(0),
-                })
+                ClaimedDelivery::from_columns(
+                    &column::<String>(row, "id")?,
+                    &column::<String>(row, "event_id")?,
+                    &events,
+                    &column::<String>(row, "subscriber")?,
+                    column(row, "attempts")?,
+                )
             })
             .collect()
     }

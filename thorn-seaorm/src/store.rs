@@ -136,16 +136,7 @@ fn subscribers_from_rows(rows: &[QueryResult]) -> Result<Vec<Subscriber>> {
     rows.iter().map(subscriber_from_row).collect()
 }
 
-/// The health of a stored subscription.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscriberStatus {
-    /// Since when its deliveries have been failing (µs since the epoch).
-    pub failing_since: Option<i64>,
-    /// When it was disabled (µs since the epoch); `None` while active.
-    pub disabled_at: Option<i64>,
-    /// Why it was disabled.
-    pub disabled_reason: Option<String>,
-}
+pub use thorn_core::schema::SubscriberStatus;
 
 /// Subscriptions in a SeaORM database (SQLite or PostgreSQL).
 ///
