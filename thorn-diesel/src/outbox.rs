@@ -480,9 +480,20 @@ macro_rules! outbox_for {
 
             /// Deliveries, newest first, optionally in one state.
             pub fn deliveries(&self, state: Option<&str>, max: i64) -> Result<Vec<DeliveryInfo>> {
+                let mut conn = self.pool.get().map_err(store_err)?;
+                Self::infos(&mut conn, None, state, max).map_err(store_err)
+            }
+
+            /// Deliveries with their event's name, newest first: one by
+            /// `id`, or those in `state`, or all; `max` at most.
+            fn infos(
+                conn: &mut $conn,
+                id: Option<&str>,
+                state: Option<&str>,
+                max: i64,
+            ) -> QueryResult<Vec<DeliveryInfo>> {
                 use thorn_deliveries::dsl as d;
                 use thorn_events::dsl as e;
-                let mut conn = self.pool.get().map_err(store_err)?;
                 let mut q = d::thorn_deliveries
                     .inner_join(e::thorn_events.on(e::id.eq(d::event_id)))
                     .select((
@@ -500,36 +511,22 @@ macro_rules! outbox_for {
                     .order(d::created_at.desc())
                     .limit(max)
                     .into_boxed();
+                if let Some(id) = id {
+                    q = q.filter(d::id.eq(id.to_owned()));
+                }
                 if let Some(state) = state {
                     q = q.filter(d::state.eq(state.to_owned()));
                 }
-                q.load(&mut *conn).map_err(store_err)
+                q.load(conn)
             }
 
             /// One delivery and its attempts.
             pub fn delivery(&self, id: &str) -> Result<Option<(DeliveryInfo, Vec<AttemptInfo>)>> {
                 use thorn_attempts::dsl as a;
-                use thorn_deliveries::dsl as d;
-                use thorn_events::dsl as e;
                 let mut conn = self.pool.get().map_err(store_err)?;
-                let info: Option<DeliveryInfo> = d::thorn_deliveries
-                    .inner_join(e::thorn_events.on(e::id.eq(d::event_id)))
-                    .filter(d::id.eq(id))
-                    .select((
-                        d::id,
-                        d::event_id,
-                        e::name,
-                        d::url,
-                        d::state,
-                        d::attempts,
-                        d::run_at,
-                        d::last_status,
-                        d::last_error,
-                        d::locked_by,
-                    ))
-                    .first(&mut *conn)
-                    .optional()
-                    .map_err(store_err)?;
+                let info = Self::infos(&mut conn, Some(id), None, 1)
+                    .map_err(store_err)?
+                    .pop();
                 let Some(info) = info else { return Ok(None) };
                 let attempts = a::thorn_attempts
                     .filter(a::delivery_id.eq(id))
