@@ -563,9 +563,7 @@ impl<M> Webhooks<M> {
         old: Option<&M>,
         context: Option<Value>,
     ) -> Vec<Prepared<'_, M>> {
-        self.events
-            .iter()
-            .filter(|e| e.dispatches_on == on && e.matches(new, old))
+        self.firing(on, new, old)
             .map(|e| Prepared {
                 event: e,
                 outgoing: e.outgoing(thorn, new, context.clone()),
@@ -625,6 +623,19 @@ impl<M> Webhooks<M> {
         serde_json::json!({ "relation": relation, "related": related })
     }
 
+    /// The events that fire on `on` and whose filters pass for `new`
+    /// (and `old`).
+    fn firing<'s, 'r>(
+        &'s self,
+        on: DispatchOn,
+        new: &'r M,
+        old: Option<&'r M>,
+    ) -> impl Iterator<Item = &'s ModelEvent<M>> + use<'s, 'r, M> {
+        self.events
+            .iter()
+            .filter(move |e| e.dispatches_on == on && e.matches(new, old))
+    }
+
     fn dispatch_with_context(
         &self,
         thorn: &Thorn,
@@ -633,9 +644,7 @@ impl<M> Webhooks<M> {
         old: Option<&M>,
         context: Option<Value>,
     ) -> Vec<Fired<'_, M>> {
-        self.events
-            .iter()
-            .filter(|e| e.dispatches_on == on && e.matches(new, old))
+        self.firing(on, new, old)
             .map(|e| Fired {
                 event: e,
                 result: e.send_with_context(thorn, new, context.clone()),
