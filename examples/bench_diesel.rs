@@ -69,10 +69,19 @@ fn receiver() -> String {
 }
 
 fn thorn(kind: DispatcherKind, url: &str) -> Thorn {
+    build_thorn(kind, false, url)
+}
+
+fn outbox_thorn(url: &str) -> Thorn {
+    build_thorn(DispatcherKind::InProcess, true, url)
+}
+
+fn build_thorn(kind: DispatcherKind, outbox: bool, url: &str) -> Thorn {
     let store = MemoryStore::new();
     store.add(Subscriber::new("row.*", url).unwrap());
     Thorn::builder(Config {
         dispatcher: kind,
+        outbox,
         recipient_validators: Validators::new([ensure_protocol(["http"])]),
         ..Config::default()
     })
@@ -93,7 +102,7 @@ macro_rules! bench_for {
             let modes = [
                 ("disabled", Some(thorn(DispatcherKind::Disabled, &url))),
                 ("in-process", Some(thorn(DispatcherKind::InProcess, &url))),
-                ("outbox", Some(thorn(DispatcherKind::Outbox, &url))),
+                ("outbox", Some(outbox_thorn(&url))),
             ];
             let mut plain = Vec::new();
             let mut with: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];

@@ -28,7 +28,7 @@ use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, Relay, migrate};
 use thorn::outbox::RelayOptions;
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, DispatcherKind, Subscriber, Thorn, WebhookModel};
+use thorn::{Config, Subscriber, Thorn, WebhookModel};
 
 diesel::table! {
     /// Rows whose inserts raise one event each.
@@ -152,7 +152,7 @@ impl Bench {
             .unwrap();
         let store = Arc::new(thorn::diesel::DieselStore::new(pool.clone()));
         let thorn = Thorn::builder(Config {
-            dispatcher: DispatcherKind::Outbox,
+            outbox: true,
             recipient_validators: Validators::new([ensure_protocol(["http"])]),
             ..Config::default()
         })

@@ -93,10 +93,19 @@ async fn receiver() -> String {
 }
 
 fn thorn(kind: DispatcherKind, url: &str) -> Thorn {
+    build_thorn(kind, false, url)
+}
+
+fn outbox_thorn(url: &str) -> Thorn {
+    build_thorn(DispatcherKind::InProcess, true, url)
+}
+
+fn build_thorn(kind: DispatcherKind, outbox: bool, url: &str) -> Thorn {
     let store = MemoryStore::new();
     store.add(Subscriber::new("row.*", url).unwrap());
     Thorn::builder(Config {
         dispatcher: kind,
+        outbox,
         recipient_validators: Validators::new([ensure_protocol(["http"])]),
         ..Config::default()
     })
@@ -152,7 +161,7 @@ async fn bench(db: &DatabaseConnection, label: &str) {
     let modes = [
         ("disabled", thorn(DispatcherKind::Disabled, &url)),
         ("in-process", thorn(DispatcherKind::InProcess, &url)),
-        ("outbox", thorn(DispatcherKind::Outbox, &url)),
+        ("outbox", outbox_thorn(&url)),
     ];
     let mut plain = Vec::new();
     let mut again = Vec::new();

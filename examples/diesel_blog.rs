@@ -27,7 +27,7 @@ use serde::Serialize;
 use thorn::WebhookModel;
 use thorn::diesel::{DieselStore, Relay, migrate};
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, DispatchOn, DispatcherKind, SenderId, Subscriber, SubscriptionStore, Thorn};
+use thorn::{Config, DispatchOn, SenderId, Subscriber, SubscriptionStore, Thorn};
 
 diesel::table! {
     blog_articles (id) {
@@ -137,7 +137,7 @@ macro_rules! blog {
             rt.block_on(store.insert(sub.clone()))?;
 
             let config = Config {
-                dispatcher: DispatcherKind::Outbox,
+                outbox: true,
                 base_url: Some("https://blog.example/".parse()?),
                 // The receiver is on 127.0.0.1: allow plain http to any
                 // address here. Keep the default validators in production.

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Set};
 use thorn::seaorm::{Relay, SeaOrmStore, migrate};
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, DispatcherKind, SenderId, Thorn};
+use thorn::{Config, SenderId, Thorn};
 
 /// The application's entity: SeaORM's derives plus `WebhookModel`.
 mod article {
@@ -144,7 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // validators refuse; never relax them for user-supplied URLs.
     let validators = Validators::new([ensure_protocol(["http"])]);
     let config = Config {
-        dispatcher: DispatcherKind::Outbox,
+        outbox: true,
         recipient_validators: validators.clone(),
         base_url: Some("https://blog.example.com/".parse()?),
         ..Config::from_env()?

@@ -36,16 +36,16 @@
 //! With the `diesel` feature (on by default), `thorn::diesel` runs Diesel
 //! statements and sends the model's events.
 
-pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Prepared, Q, RetryPatch, WebhookFields};
+pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Q, RetryPatch, WebhookFields};
 pub use thorn_core::{
     Backoff, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched,
-    Dispatcher, DispatcherKind, Error, Event, ModelEvent, Outgoing, Result, RetryPolicy,
-    SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore, SubscriptionStore, Thorn,
-    ThornBuilder, WebhookModel, Webhooks,
+    Dispatcher, DispatcherKind, Drained, Error, Event, InFlight, ModelEvent, Outgoing, Result,
+    RetryPolicy, Route, SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore,
+    SubscriptionStore, Thorn, ThornBuilder, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
     buffer, codec, config, deliver, dispatch, event, filter, model, outbox, retry, signing,
-    subscriber, validate,
+    subscriber, transaction, validate,
 };
 pub use thorn_derive::WebhookModel;
 
@@ -57,7 +57,7 @@ pub use thorn_diesel as diesel;
 #[cfg(feature = "api")]
 pub use thorn_api as api;
 
-/// SeaORM integration (placeholder: not built yet).
+/// SeaORM integration: `ActiveModelBehavior` hooks that send the model's webhooks.
 #[cfg(feature = "seaorm")]
 pub use thorn_seaorm as seaorm;
 

@@ -23,7 +23,7 @@ use thorn::diesel::outbox::RelayConnection;
 use thorn::diesel::{DieselOutbox, DieselStore};
 use thorn::outbox::{RelayCounters, RelayOptions, run_relay};
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, DispatcherKind, Thorn};
+use thorn::{Config, Thorn};
 use tokio::sync::{Notify, watch};
 
 #[derive(Parser)]
@@ -286,7 +286,7 @@ fn time(micros: i64) -> String {
 
 fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
     let mut config = Config::from_env()?;
-    config.dispatcher = DispatcherKind::Outbox;
+    config.outbox = true;
     if args.insecure_allow_any_recipient {
         tracing::warn!("--insecure-allow-any-recipient: recipient URLs are not checked");
         config.recipient_validators = Validators::new([ensure_protocol(["http", "https"])]);

@@ -10,7 +10,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
 use thorn::diesel::{DieselStore, Relay, migrate};
 use thorn::outbox::RelayOptions;
-use thorn::{Config, DispatcherKind, SubscriptionStore, Thorn, WebhookModel};
+use thorn::{Config, SubscriptionStore, Thorn, WebhookModel};
 
 use crate::funtests::{Blog, base_config};
 
@@ -62,7 +62,7 @@ struct DieselBlog<C: diesel::r2d2::R2D2Connection + 'static> {
 
 fn outbox() -> Config {
     Config {
-        dispatcher: DispatcherKind::Outbox,
+        outbox: true,
         ..base_config()
     }
 }
@@ -88,7 +88,7 @@ macro_rules! diesel_blog {
                 .execute(&mut *conn)
                 .unwrap();
                 let store = Arc::new(DieselStore::new(pool.clone()));
-                let outbox = config.dispatcher == DispatcherKind::Outbox;
+                let outbox = config.outbox;
                 let thorn = Thorn::builder(config)
                     .shared_store(store.clone())
                     .build()
@@ -150,17 +150,21 @@ macro_rules! diesel_blog {
             fn publish(&mut self, id: i32) {
                 let mut conn = self.pool.get().unwrap();
                 // Publishing in a transaction, as an application would.
-                conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                    let row: FunArticle = fun_articles::table.find(id).first(conn)?;
-                    thorn::diesel::update_row(
-                        &self.thorn,
-                        conn,
-                        &row,
-                        diesel::update(&row)
-                            .set(fun_articles::state.eq("PUBLISHED"))
-                            .returning(FunArticle::as_returning()),
-                    )
-                })
+                thorn::diesel::transaction::<_, _, diesel::result::Error, _>(
+                    &self.thorn,
+                    &mut *conn,
+                    |conn| {
+                        let row: FunArticle = fun_articles::table.find(id).first(conn)?;
+                        thorn::diesel::update_row(
+                            &self.thorn,
+                            conn,
+                            &row,
+                            diesel::update(&row)
+                                .set(fun_articles::state.eq("PUBLISHED"))
+                                .returning(FunArticle::as_returning()),
+                        )
+                    },
+                )
                 .unwrap();
             }
 

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
 use thorn::subscriber::MemoryStore;
-use thorn::{Config, DispatcherKind, Subscriber, Thorn, WebhookModel};
+use thorn::{Config, Subscriber, Thorn, WebhookModel};
 
 use crate::engine::{WAIT, local_config};
 use crate::receiver::{Received, Receiver};
@@ -491,7 +491,7 @@ fn postgres_bulk_inserts_write_one_outbox_event_per_row() {
     let thorn = thorn_for(
         &receiver,
         Config {
-            dispatcher: DispatcherKind::Outbox,
+            outbox: true,
             ..local_config()
         },
     );

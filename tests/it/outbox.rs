@@ -16,7 +16,7 @@ use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, DieselStore, Relay, migrate};
 use thorn::outbox::RelayOptions;
 use thorn::subscriber::MemoryStore;
-use thorn::{Config, DispatcherKind, RetryPolicy, Subscriber, Thorn, WebhookModel};
+use thorn::{Config, RetryPolicy, Subscriber, Thorn, WebhookModel};
 
 use crate::engine::{WAIT, local_config};
 use crate::receiver::{Receiver, Reply};
@@ -64,7 +64,7 @@ fn outbox_thorn(url: &str, retry: RetryPolicy) -> Thorn {
     let store = MemoryStore::new();
     store.add(Subscriber::new("post.*", url).unwrap());
     let config = Config {
-        dispatcher: DispatcherKind::Outbox,
+        outbox: true,
         retry,
         ..local_config()
     };
@@ -306,7 +306,7 @@ macro_rules! outbox_suite {
                         .unwrap();
                 }
                 let config = Config {
-                    dispatcher: DispatcherKind::Outbox,
+                    outbox: true,
                     retry: RetryPolicy {
                         max_retries: 100,
                         retry_delay: Duration::from_millis(50),

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
-    QueryFilter, Set, TransactionTrait,
+    QueryFilter, Set,
 };
 use thorn::outbox::RelayOptions;
 use thorn::seaorm::{Relay, SeaOrmStore, migrate};
-use thorn::{Config, DispatcherKind, SubscriptionStore, Thorn};
+use thorn::{Config, SubscriptionStore, Thorn};
 
 use crate::funtests::{Blog, base_config};
 
@@ -159,7 +159,7 @@ impl<const POSTGRES: bool> SeaBlog<POSTGRES> {
 
 fn outbox() -> Config {
     Config {
-        dispatcher: DispatcherKind::Outbox,
+        outbox: true,
         ..base_config()
     }
 }
@@ -170,7 +170,7 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
         let (guard, db) = database(&rt, POSTGRES)?;
         rt.block_on(create_tables(&db, POSTGRES));
         let store = Arc::new(SeaOrmStore::new(db.clone()));
-        let outbox = config.dispatcher == DispatcherKind::Outbox;
+        let outbox = config.outbox;
         let thorn = Thorn::builder(config)
             .shared_store(store.clone())
             .build()
@@ -201,16 +201,20 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
     }
 
     fn create(&mut self, title: &str, author: i32) -> i32 {
+        let (title, db) = (title.to_owned(), self.db.clone());
         let article = self
-            .run(
-                fun_article::ActiveModel {
-                    title: Set(title.to_owned()),
-                    state: Set("DRAFT".to_owned()),
-                    author_id: Set(author),
-                    ..Default::default()
-                }
-                .insert(&self.db),
-            )
+            .run(thorn::seaorm::transaction(&db, |txn| {
+                Box::pin(async move {
+                    fun_article::ActiveModel {
+                        title: Set(title),
+                        state: Set("DRAFT".to_owned()),
+                        author_id: Set(author),
+                        ..Default::default()
+                    }
+                    .insert(txn)
+                    .await
+                })
+            }))
             .unwrap();
         article.id
     }
@@ -218,21 +222,25 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
     fn retitle(&mut self, id: i32, title: &str) {
         let mut article: fun_article::ActiveModel = self.article(id).into();
         article.title = Set(title.to_owned());
-        self.run(article.update(&self.db)).unwrap();
+        let db = self.db.clone();
+        self.run(thorn::seaorm::transaction(&db, |txn| {
+            Box::pin(async move { article.update(txn).await })
+        }))
+        .unwrap();
     }
 
     fn publish(&mut self, id: i32) {
-        // Inside a transaction: the old row is loaded (and locked) in it.
+        // begin()-style: the old row is loaded (and locked) in the transaction.
         let db = self.db.clone();
         self.run(async move {
-            let txn = db.begin().await?;
+            let txn = thorn::seaorm::begin(&db).await?;
             let mut article: fun_article::ActiveModel = fun_article::Entity::find_by_id(id)
-                .one(&txn)
+                .one(&*txn)
                 .await?
                 .expect("article exists")
                 .into();
             article.state = Set("PUBLISHED".to_owned());
-            article.update(&txn).await?;
+            article.update(&*txn).await?;
             txn.commit().await
         })
         .unwrap();
@@ -244,7 +252,11 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
             id: Set(id),
             ..Default::default()
         };
-        self.run(article.delete(&self.db)).unwrap();
+        let db = self.db.clone();
+        self.run(thorn::seaorm::transaction(&db, |txn| {
+            Box::pin(async move { article.delete(txn).await })
+        }))
+        .unwrap();
     }
 
     fn tag(&mut self, id: i32, tags: &[i32]) {
@@ -255,42 +267,60 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
                 tag_id: Set(tag),
             }
         }));
+        let db = self.db.clone();
         let rows = self
-            .run(thorn::seaorm::m2m_add(
-                &self.db,
-                &article,
-                "tags",
-                fun_article_tag::Column::TagId,
-                links,
-            ))
+            .run(thorn::seaorm::transaction(&db, |txn| {
+                Box::pin(async move {
+                    thorn::seaorm::m2m_add(
+                        txn,
+                        &article,
+                        "tags",
+                        fun_article_tag::Column::TagId,
+                        links,
+                    )
+                    .await
+                })
+            }))
             .unwrap();
         assert_eq!(rows.len(), tags.len());
     }
 
     fn untag(&mut self, id: i32, tags: &[i32]) {
         let article = self.article(id);
-        self.run(thorn::seaorm::m2m_remove(
-            &self.db,
-            &article,
-            "tags",
-            fun_article_tag::Column::TagId,
-            fun_article_tag::Entity::delete_many()
-                .filter(fun_article_tag::Column::ArticleId.eq(id))
-                .filter(fun_article_tag::Column::TagId.is_in(tags.iter().copied())),
-        ))
+        let (db, tags) = (self.db.clone(), tags.to_vec());
+        self.run(thorn::seaorm::transaction(&db, |txn| {
+            Box::pin(async move {
+                thorn::seaorm::m2m_remove(
+                    txn,
+                    &article,
+                    "tags",
+                    fun_article_tag::Column::TagId,
+                    fun_article_tag::Entity::delete_many()
+                        .filter(fun_article_tag::Column::ArticleId.eq(id))
+                        .filter(fun_article_tag::Column::TagId.is_in(tags)),
+                )
+                .await
+            })
+        }))
         .unwrap();
     }
 
     fn clear_tags(&mut self, id: i32) {
         let article = self.article(id);
-        self.run(thorn::seaorm::m2m_clear(
-            &self.db,
-            &article,
-            "tags",
-            fun_article_tag::Column::TagId,
-            fun_article_tag::Entity::delete_many()
-                .filter(fun_article_tag::Column::ArticleId.eq(id)),
-        ))
+        let db = self.db.clone();
+        self.run(thorn::seaorm::transaction(&db, |txn| {
+            Box::pin(async move {
+                thorn::seaorm::m2m_clear(
+                    txn,
+                    &article,
+                    "tags",
+                    fun_article_tag::Column::TagId,
+                    fun_article_tag::Entity::delete_many()
+                        .filter(fun_article_tag::Column::ArticleId.eq(id)),
+                )
+                .await
+            })
+        }))
         .unwrap();
     }
 }

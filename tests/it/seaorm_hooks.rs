@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ModelTrait,
-    QueryFilter, Set, TransactionTrait, sea_query::Expr,
+    PaginatorTrait, QueryFilter, Set, TransactionTrait, sea_query::Expr,
 };
 use thorn::seaorm::SeaOrmOutbox;
 use thorn::subscriber::MemoryStore;
@@ -20,10 +20,19 @@ use crate::receiver::Receiver;
 use crate::seaorm_funtests::{create_tables, database, fun_article, runtime};
 
 fn thorn(kind: DispatcherKind, url: &str) -> Thorn {
+    build_thorn(kind, false, url)
+}
+
+fn outbox_thorn(url: &str) -> Thorn {
+    build_thorn(DispatcherKind::InProcess, true, url)
+}
+
+fn build_thorn(kind: DispatcherKind, outbox: bool, url: &str) -> Thorn {
     let store = MemoryStore::new();
     store.add(Subscriber::new("article.*", url).unwrap());
     Thorn::builder(Config {
         dispatcher: kind,
+        outbox,
         ..local_config()
     })
     .store(store)
@@ -79,7 +88,7 @@ macro_rules! on_both {
 
 on_both!(outbox_follows_transactions_and_savepoints, |rt, db, _pg| {
     let receiver = Receiver::start();
-    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    let thorn = outbox_thorn(&receiver.url);
     rt.block_on(thorn::seaorm::scope(thorn, async {
         // Rolled back: nothing in the outbox.
         let txn = db.begin().await.unwrap();
@@ -154,8 +163,8 @@ on_both!(concurrent_saves_keep_their_own_old_rows, |rt, db, pg| {
                 a.title = Set(format!("published {id}"));
                 tokio::task::yield_now().await;
                 if pg {
-                    let txn = db.begin().await.unwrap();
-                    a.update(&txn).await.unwrap();
+                    let txn = thorn::seaorm::begin(&db).await.unwrap();
+                    a.update(&*txn).await.unwrap();
                     txn.commit().await.unwrap();
                 } else {
                     a.update(&db).await.unwrap();
@@ -186,7 +195,7 @@ on_both!(concurrent_saves_keep_their_own_old_rows, |rt, db, pg| {
 
 on_both!(bulk_helpers_send_one_event_per_row, |rt, db, _pg| {
     let receiver = Receiver::start();
-    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    let thorn = outbox_thorn(&receiver.url);
     rt.block_on(thorn::seaorm::scope(thorn, async {
         let txn = db.begin().await.unwrap();
         let rows = thorn::seaorm::insert_many(
@@ -209,12 +218,28 @@ on_both!(bulk_helpers_send_one_event_per_row, |rt, db, _pg| {
         .unwrap_err();
         assert!(err.to_string().contains("now_ filters"), "{err}");
 
-        let deleted = thorn::seaorm::delete_many(
+        // On a bare connection the rows would commit before their outbox
+        // events are written: refused before anything is deleted.
+        let err = thorn::seaorm::delete_many(
             &db,
             fun_article::Entity::delete_many().filter(fun_article::Column::Title.ne("bulk 0")),
         )
         .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("thorn::seaorm::transaction"),
+            "{err}"
+        );
+        assert_eq!(fun_article::Entity::find().count(&db).await.unwrap(), 5);
+
+        let txn = db.begin().await.unwrap();
+        let deleted = thorn::seaorm::delete_many(
+            &txn,
+            fun_article::Entity::delete_many().filter(fun_article::Column::Title.ne("bulk 0")),
+        )
+        .await
         .unwrap();
+        txn.commit().await.unwrap();
         assert_eq!(deleted.len(), 4);
         assert_eq!(new_events(&db).await, 9);
     }));
@@ -290,7 +315,7 @@ on_both!(
 on_both!(delivery_history_reads_through_entities, |rt, db, _pg| {
     use thorn::seaorm::entity::{attempt, delivery, event};
     let receiver = Receiver::start();
-    let thorn = thorn(DispatcherKind::Outbox, &receiver.url);
+    let thorn = outbox_thorn(&receiver.url);
     let relay = rt
         .block_on(thorn::seaorm::Relay::start_with(
             &thorn,
@@ -301,8 +326,11 @@ on_both!(delivery_history_reads_through_entities, |rt, db, _pg| {
             },
         ))
         .unwrap();
-    rt.block_on(thorn::seaorm::scope(thorn, draft("tracked").insert(&db)))
-        .unwrap();
+    rt.block_on(thorn::seaorm::scope(
+        thorn,
+        thorn::seaorm::transaction(&db, |txn| Box::pin(draft("tracked").insert(txn))),
+    ))
+    .unwrap();
     receiver.expect(1, WAIT);
     // The attempt is recorded just after the answer: wait for it, boundedly.
     let mut history = Vec::new();

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use thorn::diesel::outbox::{OutboxCounts, thorn_attempts, thorn_deliveries};
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, migrate};
-use thorn::{Config, DispatcherKind, Subscriber, Thorn, WebhookModel};
+use thorn::{Config, Subscriber, Thorn, WebhookModel};
 
 use crate::db::{PgSchema, pg_pool};
 use crate::receiver::{Receiver, Reply};
@@ -50,7 +50,7 @@ fn setup(url: &str) -> Option<(PgSchema, PgPool, Thorn)> {
         .unwrap();
     // The application only writes the outbox; the workers deliver.
     let thorn = Thorn::new(Config {
-        dispatcher: DispatcherKind::Outbox,
+        outbox: true,
         ..Config::default()
     })
     .unwrap();

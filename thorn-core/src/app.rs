@@ -3,10 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::Result;
 use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{DisabledDispatcher, Dispatched, Dispatcher, InProcessDispatcher, Outgoing};
 use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
+use crate::transaction::{FrameKey, Frames, ManagedFrame, Parent, Route};
 
 /// The application's webhook sender: its [`Config`], where subscribers are
 /// stored, and the [`Dispatcher`] that delivers. Cheap to clone; build one
@@ -18,9 +21,17 @@ use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
 /// let thorn = Thorn::builder(Config::default()).store(MemoryStore::new()).build().unwrap();
 /// assert_eq!(thorn.config().retry.max_retries, 10);
 /// ```
+///
+/// Deliveries run in the background. Before a program exits, call
+/// [`Thorn::drain`] (or [`Thorn::drain_async`]) so queued and in-flight
+/// deliveries finish; dropping the last handle with deliveries left logs
+/// how many.
 #[derive(Clone)]
 pub struct Thorn {
     inner: Arc<Inner>,
+    /// Present in the application's handles, absent in the dispatcher's
+    /// own clones: dropped with the application's last handle.
+    _handle: Option<Arc<Handle>>,
 }
 
 struct Inner {
@@ -28,6 +39,41 @@ struct Inner {
     store: Option<Arc<dyn SubscriberStore>>,
     dispatcher: Arc<dyn Dispatcher>,
     outbox_written: Arc<tokio::sync::Notify>,
+    frames: Frames,
+}
+
+/// Reports deliveries left behind when the application's last handle goes.
+struct Handle {
+    dispatcher: Arc<dyn Dispatcher>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let left = self.dispatcher.in_flight().map_or(0, |f| f.count());
+        if left > 0 {
+            tracing::warn!(
+                events = left,
+                "the last Thorn was dropped without drain(): {left} webhook event(s) still queued or \
+                 being delivered are lost if the process exits now"
+            );
+        }
+    }
+}
+
+/// What [`Thorn::drain`] left unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a drain that timed out leaves deliveries unfinished"]
+pub struct Drained {
+    /// Events still queued, being delivered or waiting to retry when the
+    /// deadline passed (0: everything finished).
+    pub unfinished: usize,
+}
+
+impl Drained {
+    /// True when every delivery finished.
+    pub fn is_complete(&self) -> bool {
+        self.unfinished == 0
+    }
 }
 
 impl fmt::Debug for Thorn {
@@ -98,10 +144,67 @@ impl Thorn {
         }
     }
 
-    /// True when model events that honour the transaction go to the
-    /// outbox table (`THORN_DISPATCHER=outbox`).
-    pub fn uses_outbox(&self) -> bool {
-        self.inner.config.dispatcher == DispatcherKind::Outbox
+    /// Where a model event goes when raised: [`Route::Immediate`] unless
+    /// it `honors_transaction`, then [`Route::Outbox`] with
+    /// [`Config::outbox`] and [`Route::OnCommit`] without.
+    pub fn route(&self, honors_transaction: bool) -> Route {
+        match (honors_transaction, self.inner.config.outbox) {
+            (false, _) => Route::Immediate,
+            (true, true) => Route::Outbox,
+            (true, false) => Route::OnCommit,
+        }
+    }
+
+    /// Opens the frame of a managed transaction or savepoint `key`: model
+    /// events raised in it with [`crate::Scope::Managed`] wait there until
+    /// it commits. For ORM integrations; see [`crate::transaction`].
+    pub fn begin_frame(&self, key: FrameKey, parent: Parent) -> ManagedFrame {
+        self.inner.frames.begin(key, parent);
+        ManagedFrame::new(self.background(), key)
+    }
+
+    /// True when `key` is an open managed transaction or savepoint.
+    pub fn is_managed(&self, key: FrameKey) -> bool {
+        self.inner.frames.detached(key).is_some()
+    }
+
+    pub(crate) fn frames(&self) -> &Frames {
+        &self.inner.frames
+    }
+
+    /// A clone for the dispatcher's own use, which does not keep the
+    /// application's handle alive.
+    pub(crate) fn background(&self) -> Thorn {
+        Thorn {
+            inner: self.inner.clone(),
+            _handle: None,
+        }
+    }
+
+    /// Waits, blocking the thread, until every event handed to the
+    /// dispatcher has finished — delivered, failed, or out of retries — or
+    /// `timeout` passed. Call it before a program exits; in async code use
+    /// [`Thorn::drain_async`].
+    ///
+    /// Events still held by an open transaction or buffer are not counted:
+    /// they have not reached the dispatcher.
+    pub fn drain(&self, timeout: Duration) -> Drained {
+        Drained {
+            unfinished: self
+                .inner
+                .dispatcher
+                .in_flight()
+                .map_or(0, |f| f.wait(timeout)),
+        }
+    }
+
+    /// [`Thorn::drain`] for async code.
+    pub async fn drain_async(&self, timeout: Duration) -> Drained {
+        let unfinished = match self.inner.dispatcher.in_flight() {
+            Some(f) => f.wait_async(timeout).await,
+            None => 0,
+        };
+        Drained { unfinished }
     }
 
     /// Signalled each time this process writes an event to the outbox, so
@@ -158,16 +261,18 @@ impl ThornBuilder {
         let dispatcher: Arc<dyn Dispatcher> = match (self.dispatcher, self.config.dispatcher) {
             (Some(d), _) => d,
             (None, DispatcherKind::Disabled) => Arc::new(DisabledDispatcher),
-            (None, DispatcherKind::InProcess | DispatcherKind::Outbox) => {
-                Arc::new(InProcessDispatcher::new(&self.config)?)
-            }
+            (None, DispatcherKind::InProcess) => Arc::new(InProcessDispatcher::new(&self.config)?),
         };
         Ok(Thorn {
+            _handle: Some(Arc::new(Handle {
+                dispatcher: dispatcher.clone(),
+            })),
             inner: Arc::new(Inner {
                 config: self.config,
                 store: self.store,
                 dispatcher,
                 outbox_written: Arc::new(tokio::sync::Notify::new()),
+                frames: Frames::default(),
             }),
         })
     }

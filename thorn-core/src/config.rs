@@ -10,7 +10,8 @@
 //! | `THORN_RETRY_MAX` | retries before giving up | `10` |
 //! | `THORN_RETRY_DELAY` | seconds between retries | `60` |
 //! | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
-//! | `THORN_DISPATCHER` | `default` (in-process), `disabled` or `outbox` | `default` |
+//! | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
+//! | `THORN_OUTBOX` | write model events to the outbox table instead of holding them in memory until COMMIT | `false` |
 //! | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
 //! | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
 //! | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
@@ -52,10 +53,6 @@ pub enum DispatcherKind {
     InProcess,
     /// Send nothing (development).
     Disabled,
-    /// Model events that honour the transaction are written to the outbox
-    /// table through the caller's connection and delivered after commit by
-    /// a relay or `thorn worker`; other sends go out from this process.
-    Outbox,
 }
 
 /// Everything configurable, with the manual's defaults.
@@ -70,6 +67,12 @@ pub struct Config {
     pub subscribers: StaticSubscribers,
     /// The dispatcher (`THORN_DISPATCHER`).
     pub dispatcher: DispatcherKind,
+    /// Where model events that honour the transaction wait for COMMIT
+    /// (`THORN_OUTBOX`, off): `false` holds them in memory and hands them
+    /// to the dispatcher after COMMIT; `true` writes them to the outbox
+    /// table in the caller's transaction, for a relay or `thorn worker` to
+    /// deliver. See [`crate::transaction`].
+    pub outbox: bool,
     /// The `Hook-HMAC` signer (`THORN_HMAC_SIGNER`).
     pub hmac_signer: Signer,
     /// Event patterns subscriptions may use (`THORN_EVENT_CHOICES`); `None`
@@ -106,6 +109,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             subscribers: StaticSubscribers::default(),
             dispatcher: DispatcherKind::default(),
+            outbox: false,
             hmac_signer: Signer::default(),
             event_choices: None,
             recipient_validators: Validators::default(),
@@ -194,14 +198,24 @@ impl Config {
             c.dispatcher = match v.trim() {
                 "default" => DispatcherKind::InProcess,
                 "disabled" => DispatcherKind::Disabled,
-                "outbox" => DispatcherKind::Outbox,
+                "outbox" => {
+                    return Err(invalid(
+                        "THORN_DISPATCHER",
+                        "`outbox` is no longer a dispatcher: set THORN_OUTBOX=true \
+                         (and THORN_DISPATCHER=default) to write model events to the outbox"
+                            .to_owned(),
+                    ));
+                }
                 other => {
                     return Err(invalid(
                         "THORN_DISPATCHER",
-                        format!("`{other}` is not one of default, disabled, outbox"),
+                        format!("`{other}` is not one of default, disabled"),
                     ));
                 }
             };
+        }
+        if let Some(v) = get("THORN_OUTBOX") {
+            c.outbox = parse_bool("THORN_OUTBOX", &v)?;
         }
         if let Some(v) = get("THORN_HMAC_SIGNER") {
             c.hmac_signer = match v.trim().rsplit(':').next().unwrap_or_default() {
@@ -306,8 +320,10 @@ mod tests {
             ("THORN_MAX_CONCURRENCY", "8"),
             ("THORN_MAX_PER_HOST", "2"),
             ("THORN_STANDARD_WEBHOOKS", "yes"),
+            ("THORN_OUTBOX", "true"),
         ])
         .unwrap();
+        assert!(c.outbox);
         assert_eq!(c.event_timeout, Duration::from_millis(250));
         assert!(!c.retry.enabled);
         assert_eq!(c.retry.max_retries, 3);
@@ -331,6 +347,8 @@ mod tests {
             ("THORN_EVENT_TIMEOUT", "-1"),
             ("THORN_RETRY", "maybe"),
             ("THORN_DISPATCHER", "celery"),
+            ("THORN_DISPATCHER", "outbox"),
+            ("THORN_OUTBOX", "sometimes"),
             ("THORN_HMAC_SIGNER", "md5"),
             ("THORN_BASE_URL", "not a url"),
             ("THORN_MAX_CONCURRENCY", "0"),

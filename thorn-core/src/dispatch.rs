@@ -74,6 +74,91 @@ impl Outgoing {
 pub trait Dispatcher: Send + Sync + 'static {
     /// Starts delivering `outgoing`; returns at once.
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched;
+
+    /// The events this dispatcher has accepted and not finished, for
+    /// [`Thorn::drain`]; `None` when it keeps no work of its own in the
+    /// background.
+    fn in_flight(&self) -> Option<&InFlight> {
+        None
+    }
+}
+
+/// Counts the events a dispatcher has accepted and not yet finished
+/// (queued, being delivered, or waiting to retry), so a program can wait
+/// for them before it exits ([`Thorn::drain`]). Dispatchers of your own
+/// can use it too.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    lock: Mutex<()>,
+    idle: std::sync::Condvar,
+    idle_async: tokio::sync::Notify,
+}
+
+/// One event counted by an [`InFlight`] until dropped.
+#[derive(Debug)]
+pub struct InFlightEntry(Arc<InFlight>);
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Taking the lock orders this wake-up after a waiter's check.
+            drop(self.0.lock.lock().unwrap_or_else(|e| e.into_inner()));
+            self.0.idle.notify_all();
+            self.0.idle_async.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts one more event until the returned entry is dropped.
+    pub fn enter(self: &Arc<Self>) -> InFlightEntry {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightEntry(self.clone())
+    }
+
+    /// Events accepted and not finished.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Blocks until no event is left or `timeout` passed; returns how many
+    /// are left.
+    pub fn wait(&self, timeout: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let left = self.count();
+            let now = std::time::Instant::now();
+            if left == 0 || now >= deadline {
+                return left;
+            }
+            guard = self
+                .idle
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until no event is left or `timeout` passed; returns how many
+    /// are left.
+    pub async fn wait_async(&self, timeout: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let left = self.count();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count();
+            }
+        }
+    }
 }
 
 type OutcomesRx = oneshot::Receiver<Result<Vec<DeliveryOutcome>>>;
@@ -224,6 +309,7 @@ struct InProcess {
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_host: usize,
     queue: mpsc::UnboundedSender<Job>,
+    in_flight: Arc<InFlight>,
 }
 
 /// An event waiting for the feeder.
@@ -232,6 +318,8 @@ struct Job {
     thorn: Thorn,
     outgoing: Outgoing,
     reply: oneshot::Sender<Result<Vec<DeliveryOutcome>>>,
+    /// Counted from `dispatch` until every delivery finished.
+    _counted: InFlightEntry,
 }
 
 impl InProcessDispatcher {
@@ -258,6 +346,7 @@ impl InProcessDispatcher {
             per_host: Mutex::new(HashMap::new()),
             max_per_host: config.max_per_host.max(1),
             queue,
+            in_flight: Arc::default(),
         });
         let events = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         inner
@@ -276,14 +365,19 @@ impl Dispatcher for InProcessDispatcher {
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            thorn: thorn.clone(),
+            thorn: thorn.background(),
             outgoing,
             reply,
+            _counted: self.inner.in_flight.enter(),
         };
         if let Err(mpsc::error::SendError(job)) = self.inner.queue.send(job) {
             let _ = job.reply.send(Err(Error::DispatcherClosed));
         }
         Dispatched::from_receiver(rx)
+    }
+
+    fn in_flight(&self) -> Option<&InFlight> {
+        Some(&self.inner.in_flight)
     }
 }
 
@@ -303,8 +397,15 @@ async fn feed(
             return;
         };
         tokio::spawn(async move {
-            let result = inner.deliver_all(&job.thorn, job.outgoing, permit).await;
-            let _ = job.reply.send(result);
+            let Job {
+                thorn,
+                outgoing,
+                reply,
+                _counted: counted,
+            } = job;
+            let result = inner.deliver_all(&thorn, outgoing, permit).await;
+            let _ = reply.send(result);
+            drop(counted);
         });
     }
 }

@@ -86,6 +86,53 @@ pub enum Error {
         pending: usize,
     },
 
+    /// A model event that follows the database transaction was raised
+    /// inside a transaction (or savepoint) Thorn does not manage, so Thorn
+    /// could not know whether it commits. Returned before the write runs.
+    #[error(
+        "{model}: event `{event}` is sent after its transaction commits, but the write runs inside a \
+         database transaction Thorn does not manage, so Thorn cannot know whether it commits: run the \
+         transaction (and any savepoint in it) through `thorn::diesel::transaction` or \
+         `thorn::seaorm::transaction`, turn on the outbox (`Config::outbox`, THORN_OUTBOX=true), or \
+         declare the event with `honors_transaction = false` to send it at once"
+    )]
+    UnmanagedTransaction {
+        /// The model.
+        model: &'static str,
+        /// The event.
+        event: String,
+    },
+
+    /// A model event that is written to the outbox, or that propagates its
+    /// errors, was raised by a write on a bare connection, where the row
+    /// commits before Thorn can write or check the event. Returned before
+    /// the write runs.
+    #[error(
+        "{model}: event `{event}` is written to the outbox or propagates its errors, but the write \
+         runs on a bare connection, where the row commits on its own before Thorn can write or check \
+         the event: run the write inside `thorn::seaorm::transaction` (or `thorn::seaorm::begin`)"
+    )]
+    Autocommit {
+        /// The model.
+        model: &'static str,
+        /// The event.
+        event: String,
+    },
+
+    /// Thorn's outbox table does not exist in the database written to: the
+    /// migrations have not run.
+    #[error(
+        "the outbox table thorn_events does not exist in this database: run Thorn's migrations \
+         first ({migrate}, or `thorn migrate`): {source}"
+    )]
+    OutboxMissing {
+        /// The call that creates the tables, e.g. `thorn::diesel::migrate(conn)`.
+        migrate: &'static str,
+        /// What the database reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The dispatcher was shut down before the delivery finished.
     #[error("the dispatcher shut down before the delivery finished")]
     DispatcherClosed,

@@ -20,19 +20,21 @@ pub mod retry;
 pub mod schema;
 pub mod signing;
 pub mod subscriber;
+pub mod transaction;
 pub mod validate;
 
 mod app;
 
-pub use app::{Thorn, ThornBuilder};
+pub use app::{Drained, Thorn, ThornBuilder};
 pub use codec::ContentType;
 pub use config::{Config, DispatcherKind};
 pub use deliver::DeliveryOutcome;
-pub use dispatch::{Dispatched, Dispatcher, Outgoing};
+pub use dispatch::{Dispatched, Dispatcher, InFlight, Outgoing};
 pub use error::{Error, Result, SecurityError};
 pub use event::{Callbacks, Event, RetryPatch, SendOptions};
 pub use filter::{FieldValue, Q, WebhookFields};
-pub use model::{AbsoluteUrl, DispatchOn, Fired, ModelEvent, Prepared, WebhookModel, Webhooks};
+pub use model::{AbsoluteUrl, DispatchOn, Fired, ModelEvent, WebhookModel, Webhooks};
 pub use retry::{Backoff, RetryPolicy};
 pub use signing::Digest;
 pub use subscriber::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
+pub use transaction::{Route, Scope};

@@ -29,6 +29,7 @@ use crate::dispatch::{Dispatched, Outgoing};
 use crate::event::{Event, RetryPatch, SendOptions};
 use crate::filter::{Q, WebhookFields};
 use crate::subscriber::SenderId;
+use crate::transaction::{Raised, Route, Scope};
 use crate::{Error, Result, Thorn};
 
 /// The write that makes a model event fire.
@@ -280,6 +281,12 @@ impl<M> ModelEvent<M> {
             .unwrap_or(thorn.config().signal_honors_transaction)
     }
 
+    /// Where this event goes when a write raises it under `thorn`'s
+    /// configuration ([`crate::transaction`]).
+    pub fn route(&self, thorn: &Thorn) -> Route {
+        thorn.route(self.honors_transaction(thorn))
+    }
+
     /// True when the filter (if any) passes for `new` and, on change, `old`.
     pub fn matches(&self, new: &M, old: Option<&M>) -> bool {
         self.filter.as_ref().is_none_or(|f| f(new, old))
@@ -433,16 +440,6 @@ pub struct Fired<'a, M> {
     pub result: Result<Dispatched>,
 }
 
-/// An event a write sets off, not yet sent: see [`Webhooks::prepare`].
-#[derive(Debug)]
-pub struct Prepared<'a, M> {
-    /// The event.
-    pub event: &'a ModelEvent<M>,
-    /// What to send, or why it cannot be sent (a payload that does not
-    /// encode, a header callback that failed).
-    pub outgoing: Result<Outgoing>,
-}
-
 /// All events of model `M`, as declared by `#[webhook_model(...)]`.
 pub struct Webhooks<M> {
     model: &'static str,
@@ -552,65 +549,82 @@ impl<M> Webhooks<M> {
         self.dispatch_with_context(thorn, on, instance, None, Some(context))
     }
 
-    /// The events that fire on `on` for `new` (and `old`), each with the
-    /// [`Outgoing`] it would send, without sending anything: integrations
-    /// decide per event whether it goes to the outbox or out at once.
-    pub fn prepare(
-        &self,
-        thorn: &Thorn,
-        on: DispatchOn,
-        new: &M,
-        old: Option<&M>,
-        context: Option<Value>,
-    ) -> Vec<Prepared<'_, M>> {
-        self.firing(on, new, old)
-            .map(|e| Prepared {
-                event: e,
-                outgoing: e.outgoing(thorn, new, context.clone()),
-            })
-            .collect()
+    /// Refuses, before the write runs, a write whose `on` events could not
+    /// follow `scope` (see [`crate::transaction`]): an event held until
+    /// commit inside a transaction Thorn does not manage, or an outbox or
+    /// `propagate_errors` event on a connection that commits on its own.
+    /// ORM integrations call it before running the statement, so an `Err`
+    /// never leaves a row written without its events.
+    pub fn admit(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> Result<()> {
+        for event in self.events.iter().filter(|e| e.dispatches_on == on) {
+            crate::transaction::admit(
+                thorn,
+                self.model,
+                event.name(),
+                event.route(thorn),
+                event.propagate_errors,
+                scope,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// True when an `on` event could make a write fail after its statement
+    /// ran — it is written to the outbox, or it propagates its errors — so
+    /// a write outside any transaction must run in one of its own
+    /// ([`Scope::Own`]) for an `Err` to leave nothing behind. Without such
+    /// events the statement may commit on its own and its events follow.
+    pub fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn) -> bool {
+        self.events.iter().any(|e| {
+            e.dispatches_on == on && (e.propagate_errors || e.route(thorn) == Route::Outbox)
+        })
     }
 
     /// Raises the events of `on` for each `(row, old row)`, as an ORM
-    /// integration does after a write: events that honour the transaction
-    /// are returned for the caller to write to the outbox through its own
-    /// connection (when the outbox is on), the others go to the
-    /// dispatcher at once. An event that cannot be prepared (its payload
-    /// does not encode, say) is logged and skipped, unless it has
-    /// `propagate_errors`: then the error is returned, so the caller's
-    /// transaction can roll back.
+    /// integration does after a write that runs in `scope`: each event that
+    /// fires goes where its [`Route`] and the scope say
+    /// ([`crate::transaction`]) — to the dispatcher now, into the managed
+    /// transaction's frame, or into the returned [`Raised`] (outbox rows to
+    /// write through the connection now, events to hand over once the write
+    /// committed).
+    ///
+    /// An event that cannot be prepared (its payload does not encode, say)
+    /// is logged and skipped, unless it has `propagate_errors`: then the
+    /// error is returned, so the caller's transaction can roll back. An
+    /// event the scope cannot carry is always an error.
     pub fn raise<'r>(
         &self,
         thorn: &Thorn,
         on: DispatchOn,
         rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
         context: Option<Value>,
-    ) -> Result<Vec<crate::outbox::StoredEvent>>
+        scope: Scope,
+    ) -> Result<Raised>
     where
         M: 'r,
     {
-        let mut stored = Vec::new();
+        let mut raised = Raised::default();
         for (row, old) in rows {
-            for prepared in self.prepare(thorn, on, row, old, context.clone()) {
-                let event = prepared.event;
-                let result = prepared.outgoing.and_then(|outgoing| {
-                    if thorn.uses_outbox() && event.honors_transaction(thorn) {
-                        stored.push(crate::outbox::StoredEvent::from_outgoing(&outgoing)?);
-                    } else {
-                        // Delivery runs in the background; its outcome is logged.
-                        drop(thorn.dispatch(outgoing));
-                    }
-                    Ok(())
+            for event in self.firing(on, row, old) {
+                let route = event.route(thorn);
+                let placed = event.outgoing(thorn, row, context.clone()).and_then(|o| {
+                    crate::transaction::place(thorn, self.model, route, scope, o, &mut raised)
                 });
-                if let Err(error) = result {
-                    if event.propagate_errors() {
+                match placed {
+                    Ok(()) => {}
+                    Err(
+                        error @ (Error::UnmanagedTransaction { .. } | Error::Autocommit { .. }),
+                    ) => {
                         return Err(error);
                     }
-                    tracing::error!(model = self.model, event = event.key(), %error, "webhook not sent");
+                    Err(error) if event.propagate_errors() => return Err(error),
+                    Err(error) => {
+                        tracing::error!(model = self.model, event = event.key(), %error, "webhook not sent");
+                    }
                 }
             }
         }
-        Ok(stored)
+        Ok(raised)
     }
 
     /// The context a many-to-many change gives subscriber callbacks:

@@ -124,6 +124,14 @@ pub fn humanize(d: Duration) -> String {
     }
 }
 
+/// True when a database error `message` says the outbox table does not
+/// exist (SQLite's `no such table`, PostgreSQL's `relation ... does not
+/// exist`), so integrations can answer with [`Error::OutboxMissing`].
+pub fn is_missing_table(message: &str) -> bool {
+    message.contains("thorn_events")
+        && (message.contains("no such table") || message.contains("does not exist"))
+}
+
 /// An event as the outbox stores it: everything needed to deliver it in
 /// another process. Subscriber callbacks of `send` and per-event
 /// validators are code and stay behind: workers use the configured

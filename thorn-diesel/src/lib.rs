@@ -49,6 +49,8 @@ pub use store::DieselStore;
 
 use diesel::query_dsl::LoadQuery;
 use diesel::result::QueryResult;
+use thorn_core::outbox::StoredEvent;
+use thorn_core::transaction::{FrameKey, Parent, Raised, Scope};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 /// Runs an `INSERT ... RETURNING` statement and sends the model's create
@@ -207,20 +209,24 @@ where
     C: OutboxConnection,
     Q: LoadQuery<'q, C, M>,
 {
-    if !M::webhooks().needs_old_row(DispatchOn::Change) {
-        return write(thorn, conn, statement, DispatchOn::Change, None);
-    }
-    conn.transaction(|conn| {
-        let old = row.fetch_old(conn)?;
+    let needs_old = M::webhooks().needs_old_row(DispatchOn::Change);
+    // The old row is locked until the update: one transaction for both.
+    write::<M, C, M>(thorn, conn, DispatchOn::Change, needs_old, |conn, scope| {
+        let old = if needs_old {
+            row.fetch_old(conn)?
+        } else {
+            None
+        };
         let new = diesel::RunQueryDsl::get_result(statement, conn)?;
-        fire(
+        let raised = fire(
             thorn,
             conn,
             DispatchOn::Change,
             [(&new, old.as_ref())],
             None,
+            scope,
         )?;
-        Ok(new)
+        Ok((new, raised))
     })
 }
 
@@ -237,7 +243,7 @@ where
     C: OutboxConnection,
     Q: LoadQuery<'q, C, M>,
 {
-    write(thorn, conn, statement, DispatchOn::Change, Some(old))
+    write_one(thorn, conn, statement, DispatchOn::Change, Some(old))
 }
 
 /// Runs a `DELETE ... RETURNING` statement (for one row) and sends the
@@ -257,12 +263,10 @@ where
     C: OutboxConnection,
     Q: LoadQuery<'q, C, M>,
 {
-    write(thorn, conn, statement, on, None)
+    write_one(thorn, conn, statement, on, None)
 }
 
-/// Runs the statement and raises the events; with the outbox, both in one
-/// transaction (a savepoint when the caller has one open).
-fn write<'q, M, C, Q>(
+fn write_one<'q, M, C, Q>(
     thorn: &Thorn,
     conn: &mut C,
     statement: Q,
@@ -274,46 +278,153 @@ where
     C: OutboxConnection,
     Q: LoadQuery<'q, C, M>,
 {
-    atomically(thorn, conn, M::webhooks().fires_on(on), |conn| {
+    write::<M, C, M>(thorn, conn, on, false, |conn, scope| {
         let row = diesel::RunQueryDsl::get_result(statement, conn)?;
-        fire(thorn, conn, on, [(&row, old)], None)?;
-        Ok(row)
+        let raised = fire(thorn, conn, on, [(&row, old)], None, scope)?;
+        Ok((row, raised))
     })
 }
 
-/// `f` inside a transaction when its events go to the outbox and the
-/// caller has none open (statement and events commit together), as is
-/// otherwise.
-///
-/// Inside the caller's transaction no savepoint is added (it would cost two
-/// round trips per write): an error from the statement or the outbox write
-/// is returned, and returning it from the caller's `transaction` closure
-/// rolls back the row together with its events, as for any other failed
-/// statement.
-fn atomically<C, T>(
+/// Every write's frame: finds the scope the connection is in, refuses
+/// events that could not follow it (before `body` runs the statement),
+/// runs `body` — outside any caller transaction, in one of its own when
+/// `body` needs one (`atomic`) or an event could fail after the statement
+/// (outbox, `propagate_errors`), so the row and its events commit together
+/// — and hands over what `body` raised once it committed.
+fn write<M, C, T>(
     thorn: &Thorn,
     conn: &mut C,
-    fires: bool,
-    f: impl FnOnce(&mut C) -> QueryResult<T>,
+    on: DispatchOn,
+    atomic: bool,
+    body: impl FnOnce(&mut C, Scope) -> QueryResult<(T, Raised)>,
 ) -> QueryResult<T>
 where
+    M: WebhookModel,
     C: OutboxConnection,
 {
-    if thorn.uses_outbox() && fires && !in_transaction(conn) {
-        conn.transaction(f)
+    let webhooks = M::webhooks();
+    let scope = if webhooks.fires_on(on) {
+        scope_of(thorn, conn)?
     } else {
-        f(conn)
+        Scope::Own
+    };
+    webhooks.admit(thorn, on, scope).map_err(thorn_error)?;
+    let own = scope == Scope::Own && (atomic || webhooks.needs_transaction(thorn, on));
+    let (value, raised) = if own && !in_transaction(conn)? {
+        conn.transaction(|conn| body(conn, scope))?
+    } else {
+        body(conn, scope)?
+    };
+    raised.committed(thorn);
+    Ok(value)
+}
+
+fn in_transaction<C: diesel::Connection>(conn: &mut C) -> QueryResult<bool> {
+    Ok(transaction_state(conn)?.1 > 0)
+}
+
+/// Where `conn` stands: outside any transaction, in one Thorn manages (at
+/// its innermost savepoint), or in one it does not.
+fn scope_of<C: diesel::Connection>(thorn: &Thorn, conn: &mut C) -> QueryResult<Scope> {
+    let (connection, depth) = transaction_state(conn)?;
+    Ok(match depth {
+        0 => Scope::Own,
+        depth => {
+            let key = FrameKey::new(connection, depth);
+            if thorn.is_managed(key) {
+                Scope::Managed(key)
+            } else {
+                Scope::Unmanaged
+            }
+        }
+    })
+}
+
+/// The identity of the connection under any wrapper (the address of its
+/// transaction manager's state, which pooled connections share with the
+/// connection they wrap) and its transaction depth (0: none).
+fn transaction_state<C: diesel::Connection>(conn: &mut C) -> QueryResult<(usize, usize)> {
+    use diesel::connection::TransactionManager;
+    let status = C::TransactionManager::transaction_manager_status_mut(conn);
+    let depth = status.transaction_depth()?.map_or(0, |d| d.get() as usize);
+    Ok((std::ptr::from_mut(status) as usize, depth))
+}
+
+/// Runs `f` in a database transaction that Thorn manages, as
+/// [`diesel::Connection::transaction`] does — `BEGIN`, then `COMMIT` when
+/// `f` returns `Ok`, `ROLLBACK` when it returns `Err` or panics — and
+/// sends the model events raised inside only after the `COMMIT`
+/// succeeded.
+///
+/// Nested calls are savepoints: the events raised inside one that rolls
+/// back are discarded, the others kept. With the outbox
+/// ([`Config::outbox`](thorn_core::Config::outbox)), the events of the
+/// whole transaction are written as one multi-row `INSERT` just before
+/// `COMMIT`, and this process's relay is woken after it.
+///
+/// Works on SQLite and PostgreSQL connections, r2d2-pooled ones included.
+/// Writes through `thorn::diesel` inside a `conn.transaction(..)` that
+/// Thorn does not manage are refused (with the in-memory default) or
+/// written through at once (with the outbox): see
+/// [`thorn_core::transaction`].
+///
+/// ```ignore
+/// let article = thorn::diesel::transaction(&thorn, conn, |conn| {
+///     let article: Article = thorn::diesel::insert(&thorn, conn, /* INSERT ... RETURNING */)?;
+///     // ... more writes; an Err here sends nothing
+///     Ok::<_, diesel::result::Error>(article)
+/// })?; // "article.created" leaves now, after COMMIT
+/// ```
+pub fn transaction<C, T, E, F>(thorn: &Thorn, conn: &mut C, f: F) -> Result<T, E>
+where
+    C: OutboxConnection,
+    F: FnOnce(&mut C) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    let (connection, depth) = transaction_state(conn)?;
+    let here = FrameKey::new(connection, depth);
+    let parent = match depth {
+        0 => Parent::Root,
+        _ if thorn.is_managed(here) => Parent::Managed(here),
+        _ => Parent::Unmanaged,
+    };
+    let mut frame = thorn.begin_frame(FrameKey::new(connection, depth + 1), parent);
+    let value = conn.transaction::<T, E, _>(|conn| {
+        let value = f(conn)?;
+        write_rows(conn, &frame.take_rows())?;
+        Ok(value)
+    })?;
+    frame.committed();
+    Ok(value)
+}
+
+/// A core error as Diesel's: encode errors as serialization errors, the
+/// rest (refused before the statement ran) as query-builder errors.
+fn thorn_error(error: thorn_core::Error) -> diesel::result::Error {
+    match error {
+        thorn_core::Error::Encode { .. } => {
+            diesel::result::Error::SerializationError(Box::new(error))
+        }
+        other => diesel::result::Error::QueryBuilderError(Box::new(other)),
     }
 }
 
-/// Whether `conn` has a transaction open (a broken transaction manager
-/// counts as none, so Diesel reports the problem on `transaction`).
-fn in_transaction<C: diesel::Connection>(conn: &mut C) -> bool {
-    use diesel::connection::TransactionManager;
-    matches!(
-        C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
-        Ok(Some(_))
-    )
+/// Writes outbox rows through `conn`, a multi-row `INSERT` per 1,000; a
+/// missing table names the migration.
+fn write_rows<C: OutboxConnection>(conn: &mut C, rows: &[StoredEvent]) -> QueryResult<()> {
+    for chunk in rows.chunks(1000) {
+        conn.thorn_write_events(chunk).map_err(|error| {
+            if thorn_core::outbox::is_missing_table(&error.to_string()) {
+                thorn_error(thorn_core::Error::OutboxMissing {
+                    migrate: "thorn::diesel::migrate(conn)",
+                    source: Box::new(error),
+                })
+            } else {
+                error
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs an `INSERT ... RETURNING` statement for any number of rows
@@ -378,10 +489,10 @@ where
     C: OutboxConnection,
     Q: LoadQuery<'q, C, M>,
 {
-    atomically(thorn, conn, M::webhooks().fires_on(on), |conn| {
+    write::<M, C, Vec<M>>(thorn, conn, on, false, |conn, scope| {
         let rows: Vec<M> = diesel::RunQueryDsl::get_results(statement, conn)?;
-        fire(thorn, conn, on, rows.iter().map(|r| (r, None)), None)?;
-        Ok(rows)
+        let raised = fire(thorn, conn, on, rows.iter().map(|r| (r, None)), None, scope)?;
+        Ok((rows, raised))
     })
 }
 
@@ -508,38 +619,34 @@ where
     webhooks
         .check_m2m(on)
         .map_err(|message| diesel::result::Error::QueryBuilderError(message.into()))?;
-    atomically(thorn, conn, webhooks.fires_on(on), |conn| {
+    write::<M, C, Vec<R>>(thorn, conn, on, false, |conn, scope| {
         let related: Vec<R> = change(conn)?;
+        let mut raised = Raised::default();
         if !related.is_empty() {
             let keys: Vec<serde_json::Value> = related
                 .iter()
                 .map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
                 .collect();
             let context = thorn_core::Webhooks::<M>::m2m_context(on, &keys);
-            fire(thorn, conn, on, [(instance, None)], Some(context))?;
+            raised = fire(thorn, conn, on, [(instance, None)], Some(context), scope)?;
         }
-        Ok(related)
+        Ok((related, raised))
     })
 }
 
-/// Raises the events of `on` for each `(row, old row)`: outbox rows
-/// through `conn` for those that honour the transaction (with the outbox
-/// on, all in one insert), the dispatcher for the rest.
+/// Raises the events of `on` for each `(row, old row)` in `scope` and
+/// writes the outbox rows left to write now through `conn`.
 fn fire<'r, M: WebhookModel, C: OutboxConnection>(
     thorn: &Thorn,
     conn: &mut C,
     on: DispatchOn,
     rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
     context: Option<serde_json::Value>,
-) -> QueryResult<()> {
-    let stored = M::webhooks()
-        .raise(thorn, on, rows, context)
-        .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
-    if !stored.is_empty() {
-        for chunk in stored.chunks(1000) {
-            conn.thorn_write_events(chunk)?;
-        }
-        thorn.outbox_signal().notify_one();
-    }
-    Ok(())
+    scope: Scope,
+) -> QueryResult<Raised> {
+    let raised = M::webhooks()
+        .raise(thorn, on, rows, context, scope)
+        .map_err(thorn_error)?;
+    write_rows(conn, raised.rows())?;
+    Ok(raised)
 }

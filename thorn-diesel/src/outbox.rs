@@ -1,12 +1,15 @@
 //! The transactional outbox in Diesel: events written through the caller's
 //! connection, and the relay that delivers them once committed.
 //!
-//! With `THORN_DISPATCHER=outbox` (or [`thorn_core::DispatcherKind::Outbox`]),
-//! [`crate::insert`], [`crate::update`] and [`crate::delete`] write each
-//! model event that honours the transaction to `thorn_events` on the same
-//! connection, right after the statement. Inside `conn.transaction(...)`
-//! the event commits or rolls back with the row — savepoints included;
-//! outside one, statement and event run in a transaction of their own.
+//! With the outbox on (`THORN_OUTBOX=true`, [`Config::outbox`](thorn_core::Config::outbox)),
+//! each model event that honours the transaction is written to
+//! `thorn_events` on the caller's connection, in its transaction. Inside
+//! [`crate::transaction`] the events of the whole transaction are written
+//! as one multi-row `INSERT` just before `COMMIT` (a rolled-back savepoint
+//! drops its own); inside a `conn.transaction(...)` Thorn does not manage,
+//! each write's events are written right after its statement, so the
+//! database keeps their rollback semantics; outside any transaction,
+//! statement and events run in a transaction of their own.
 //!
 //! A [`Relay`] delivers committed events from this process: on
 //! PostgreSQL a `LISTEN thorn_outbox` connection wakes it at commit, on
@@ -17,15 +20,15 @@
 //!
 //! ```no_run
 //! use diesel::r2d2::{ConnectionManager, Pool};
-//! use thorn_core::{Config, DispatcherKind, Thorn};
+//! use thorn_core::{Config, Thorn};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = Pool::new(ConnectionManager::<diesel::SqliteConnection>::new("app.sqlite3"))?;
 //! thorn_diesel::migrate(&mut *pool.get()?)?;
-//! let config = Config { dispatcher: DispatcherKind::Outbox, ..Config::from_env()? };
+//! let config = Config { outbox: true, ..Config::from_env()? };
 //! let thorn = Thorn::new(config)?;
 //! let relay = thorn_diesel::Relay::start(&thorn, pool.clone())?;
-//! // ... thorn_diesel::insert(&thorn, &mut conn, ...) inside transactions ...
+//! // ... thorn_diesel::insert(&thorn, conn, ...) inside thorn_diesel::transaction ...
 //! relay.stop()?; // finishes deliveries in flight
 //! # Ok(())
 //! # }

@@ -97,8 +97,13 @@ use sea_orm::{
     EntityTrait, Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
     Value,
 };
-use sea_orm::{InsertMany, IntoActiveModel, TransactionTrait};
+use sea_orm::{
+    InsertMany, IntoActiveModel, TransactionError, TransactionSession, TransactionTrait,
+};
+use std::pin::Pin;
+use thorn_core::outbox::StoredEvent;
 use thorn_core::schema::{MIGRATIONS, MIGRATIONS_TABLE};
+use thorn_core::transaction::{FrameKey, ManagedFrame, Parent, Scope};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 static INSTALLED: RwLock<Option<Thorn>> = RwLock::new(None);
@@ -309,6 +314,12 @@ where
     ModelOf<A>: WebhookModel + Send + 'static,
     C: ConnectionTrait,
 {
+    let on = if insert {
+        DispatchOn::Create
+    } else {
+        DispatchOn::Change
+    };
+    admit::<ModelOf<A>, C>(db, on)?;
     if insert || !ModelOf::<A>::webhooks().needs_old_row(DispatchOn::Change) {
         return Ok(am);
     }
@@ -360,6 +371,7 @@ where
     if !ModelOf::<A>::webhooks().fires_on(DispatchOn::Delete) {
         return Ok(am);
     }
+    admit::<ModelOf<A>, C>(db, DispatchOn::Delete)?;
     // Without a key SeaORM refuses the delete itself.
     if let Some(key) = key_of_active(&am)
         && let Some(row) = fetch_row::<A::Entity, C>(db, &key).await?
@@ -396,9 +408,52 @@ fn delete_key(key: &[Value]) -> String {
     format!("delete {}", key_string(key))
 }
 
-/// Raises the events of `on` for each `(row, old row)`: outbox rows
-/// through `db` for those that honour the transaction, the dispatcher for
-/// the rest.
+/// Where a hook's `db` stands: a transaction Thorn manages
+/// ([`transaction`], [`begin`]), a bare `DatabaseConnection` (each
+/// statement commits on its own), or anything else — a transaction from
+/// SeaORM's own `begin` or `transaction`, which a hook cannot tell from
+/// one that will commit.
+fn scope_of<C: ConnectionTrait>(thorn: &Thorn, db: &C) -> Scope {
+    let key = frame_key(db);
+    if thorn.is_managed(key) {
+        Scope::Managed(key)
+    } else if std::any::type_name::<C>() == std::any::type_name::<sea_orm::DatabaseConnection>() {
+        Scope::Autocommit
+    } else {
+        Scope::Unmanaged
+    }
+}
+
+/// A transaction's frame key: its address, stable while it is borrowed.
+fn frame_key<C>(db: &C) -> FrameKey {
+    FrameKey::new(std::ptr::from_ref(db) as usize, 0)
+}
+
+fn core_error(model: &str, error: thorn_core::Error) -> DbErr {
+    match error {
+        thorn_core::Error::UnmanagedTransaction { .. }
+        | thorn_core::Error::Autocommit { .. }
+        | thorn_core::Error::OutboxMissing { .. } => DbErr::Custom(error.to_string()),
+        other => DbErr::Custom(format!("thorn: {model}: {other}")),
+    }
+}
+
+/// Refuses, before the statement runs, a write whose `on` events could
+/// not follow the transaction `db` is in (see [`thorn_core::transaction`]).
+fn admit<M: WebhookModel, C: ConnectionTrait>(db: &C, on: DispatchOn) -> Result<(), DbErr> {
+    let webhooks = M::webhooks();
+    if !webhooks.fires_on(on) {
+        return Ok(());
+    }
+    let thorn = thorn_for(webhooks.model())?;
+    webhooks
+        .admit(&thorn, on, scope_of(&thorn, db))
+        .map_err(|e| core_error(webhooks.model(), e))
+}
+
+/// Raises the events of `on` for each `(row, old row)` in the scope `db`
+/// is in: held by a managed transaction, outbox rows written through `db`,
+/// or sent now when the statement has committed already.
 async fn fire<'r, M, C>(
     thorn: &Thorn,
     db: &C,
@@ -411,14 +466,154 @@ where
     C: ConnectionTrait,
 {
     let webhooks = M::webhooks();
-    let stored = webhooks
-        .raise(thorn, on, rows, context)
-        .map_err(|error| DbErr::Custom(format!("thorn: {}: {error}", webhooks.model())))?;
-    if !stored.is_empty() {
-        outbox::write_events(db, &stored).await?;
-        thorn.outbox_signal().notify_one();
-    }
+    let raised = webhooks
+        .raise(thorn, on, rows, context, scope_of(thorn, db))
+        .map_err(|e| core_error(webhooks.model(), e))?;
+    write_rows(db, raised.rows()).await?;
+    raised.committed(thorn);
     Ok(())
+}
+
+/// Writes outbox rows through `db`; a missing table names the migration.
+async fn write_rows<C: ConnectionTrait>(db: &C, rows: &[StoredEvent]) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    outbox::write_events(db, rows).await.map_err(|error| {
+        if thorn_core::outbox::is_missing_table(&error.to_string()) {
+            DbErr::Custom(
+                thorn_core::Error::OutboxMissing {
+                    migrate: "thorn::seaorm::migrate(&db)",
+                    source: Box::new(error),
+                }
+                .to_string(),
+            )
+        } else {
+            error
+        }
+    })
+}
+
+/// A database transaction that Thorn manages, from [`begin`]: the model
+/// events raised by writes through it are sent after [`Transaction::commit`]
+/// succeeded, and discarded by [`Transaction::rollback`] or by dropping it.
+///
+/// It dereferences to SeaORM's transaction: pass `&*txn` (or
+/// [`Transaction::conn`]) where SeaORM wants a connection.
+///
+/// ```ignore
+/// let txn = thorn::seaorm::begin(&db).await?;
+/// article.insert(&*txn).await?;
+/// txn.commit().await?; // "article.created" leaves now
+/// ```
+pub struct Transaction<T = sea_orm::DatabaseTransaction> {
+    // Boxed so its address, the frame's key, never moves.
+    txn: Box<T>,
+    frame: ManagedFrame,
+}
+
+impl<T> std::fmt::Debug for Transaction<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("frame", &self.frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> std::ops::Deref for Transaction<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.txn
+    }
+}
+
+impl<T: ConnectionTrait + TransactionSession> Transaction<T> {
+    /// SeaORM's transaction, to pass where a connection is wanted.
+    pub fn conn(&self) -> &T {
+        &self.txn
+    }
+
+    /// Writes the transaction's outbox events (one multi-row `INSERT`),
+    /// commits, then sends the events held in memory and wakes this
+    /// process's relay. When the commit fails, nothing is sent.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let rows = self.frame.take_rows();
+        write_rows(&*self.txn, &rows).await?;
+        let Transaction { txn, frame } = self;
+        txn.commit().await?;
+        frame.committed();
+        Ok(())
+    }
+
+    /// Rolls back; the events raised inside are discarded.
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        let Transaction { txn, frame } = self;
+        drop(frame);
+        txn.rollback().await
+    }
+}
+
+/// Begins a database transaction on `db` (a savepoint when `db` is a
+/// transaction already) that Thorn manages: see [`Transaction`]. The
+/// `begin()`-style form of [`transaction`].
+pub async fn begin<C>(db: &C) -> Result<Transaction<C::Transaction>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let thorn = thorn_for("thorn_seaorm::begin")?;
+    let parent = match scope_of(&thorn, db) {
+        Scope::Managed(key) => Parent::Managed(key),
+        Scope::Autocommit | Scope::Own => Parent::Root,
+        Scope::Unmanaged => Parent::Unmanaged,
+    };
+    let txn = Box::new(db.begin().await?);
+    let frame = thorn.begin_frame(frame_key(&*txn), parent);
+    Ok(Transaction { txn, frame })
+}
+
+/// Runs `callback` in a database transaction that Thorn manages, as
+/// SeaORM's `TransactionTrait::transaction` does — `COMMIT` when it returns
+/// `Ok`, `ROLLBACK` when it returns `Err` — and sends the model events
+/// raised through the transaction only after the `COMMIT` succeeded.
+///
+/// Called on a transaction Thorn manages, it opens a savepoint: events
+/// raised inside one that rolls back are discarded, the rest kept. With the
+/// outbox, the transaction's events are written as one multi-row `INSERT`
+/// just before `COMMIT`.
+///
+/// ```ignore
+/// let article = thorn::seaorm::transaction(&db, |txn| {
+///     Box::pin(async move {
+///         let article = article::ActiveModel { title: Set("Hello".into()), ..Default::default() }
+///             .insert(txn)
+///             .await?;
+///         Ok::<_, DbErr>(article)
+///     })
+/// })
+/// .await?; // "article.created" leaves now, after COMMIT
+/// ```
+pub async fn transaction<C, F, T, E>(db: &C, callback: F) -> Result<T, TransactionError<E>>
+where
+    C: ConnectionTrait + TransactionTrait,
+    F: for<'c> FnOnce(
+            &'c C::Transaction,
+        ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
+        + Send,
+    T: Send,
+    E: std::fmt::Display + std::fmt::Debug + Send,
+{
+    let txn = begin(db).await.map_err(TransactionError::Connection)?;
+    match callback(&txn).await {
+        Ok(value) => {
+            txn.commit().await.map_err(TransactionError::Connection)?;
+            Ok(value)
+        }
+        Err(error) => {
+            txn.rollback().await.map_err(TransactionError::Connection)?;
+            Err(TransactionError::Transaction(error))
+        }
+    }
 }
 
 fn refuse_transitions<M: WebhookModel>() -> Result<(), DbErr> {
@@ -454,6 +649,7 @@ where
     ModelOf<A>: WebhookModel + IntoActiveModel<A>,
     C: ConnectionTrait,
 {
+    admit::<ModelOf<A>, C>(db, DispatchOn::Create)?;
     let rows = insert.exec_with_returning(db).await?;
     fire_all(db, DispatchOn::Create, &rows).await?;
     Ok(rows)
@@ -469,6 +665,7 @@ where
     C: ConnectionTrait,
 {
     refuse_transitions::<E::Model>()?;
+    admit::<E::Model, C>(db, DispatchOn::Change)?;
     let rows = update.exec_with_returning(db).await?;
     fire_all(db, DispatchOn::Change, &rows).await?;
     Ok(rows)
@@ -482,6 +679,7 @@ where
     E::Model: WebhookModel,
     C: ConnectionTrait,
 {
+    admit::<E::Model, C>(db, DispatchOn::Delete)?;
     let rows = delete.exec_with_returning(db).await?;
     fire_all(db, DispatchOn::Delete, &rows).await?;
     Ok(rows)
@@ -546,6 +744,7 @@ where
 {
     let on = DispatchOn::M2mAdd(relation);
     check_relation::<M>(on)?;
+    admit::<M, C>(db, on)?;
     let rows = links.exec_with_returning(db).await?;
     m2m_fire::<M, A::Entity, C>(db, instance, on, related, &rows).await?;
     Ok(rows)
@@ -614,6 +813,7 @@ where
     C: ConnectionTrait,
 {
     check_relation::<M>(on)?;
+    admit::<M, C>(db, on)?;
     let rows = delete.exec_with_returning(db).await?;
     m2m_fire::<M, J, C>(db, instance, on, related, &rows).await?;
     Ok(rows)

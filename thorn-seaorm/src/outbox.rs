@@ -2,10 +2,14 @@
 //! connection or transaction, and the relay that delivers them once
 //! committed.
 //!
-//! With `THORN_DISPATCHER=outbox` (or [`thorn_core::DispatcherKind::Outbox`]),
-//! the hooks write each model event that honours the transaction to
-//! `thorn_events` through the `db` they were given ([`write_events`]):
-//! inside `db.begin()` the event commits or rolls back with the row.
+//! With the outbox on (`THORN_OUTBOX=true`, [`Config::outbox`](thorn_core::Config::outbox)),
+//! each model event that honours the transaction is written to
+//! `thorn_events` through the transaction the hook was given
+//! ([`write_events`]): inside [`crate::transaction`] / [`crate::begin`]
+//! as one multi-row `INSERT` just before `COMMIT`, inside a transaction
+//! of SeaORM's own right after the statement. A save on a bare
+//! `DatabaseConnection` is refused: its row would commit before its event
+//! is written.
 //!
 //! A [`Relay`] delivers committed events from this process, on the
 //! caller's tokio runtime: on PostgreSQL a `LISTEN thorn_outbox`
@@ -16,15 +20,15 @@
 //! claims use `FOR UPDATE SKIP LOCKED` and leases.
 //!
 //! ```no_run
-//! use thorn_core::{Config, DispatcherKind, Thorn};
+//! use thorn_core::{Config, Thorn};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = sea_orm::Database::connect("sqlite://app.sqlite3?mode=rwc").await?;
 //! thorn_seaorm::migrate(&db).await?;
-//! let config = Config { dispatcher: DispatcherKind::Outbox, ..Config::from_env()? };
+//! let config = Config { outbox: true, ..Config::from_env()? };
 //! let thorn = Thorn::new(config)?;
 //! let relay = thorn_seaorm::outbox::Relay::start(&thorn, db.clone()).await?;
-//! // ... saves through ActiveModels, inside transactions ...
+//! // ... saves through ActiveModels, inside thorn_seaorm::transaction ...
 //! relay.stop().await?; // finishes deliveries in flight
 //! # Ok(())
 //! # }

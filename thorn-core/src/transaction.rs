@@ -1,0 +1,372 @@
+//! When a raised model event leaves: at once, after its transaction
+//! commits, or through the outbox.
+//!
+//! A model event that honours transactions (the default;
+//! `honors_transaction = false` opts out, `THORN_SIGNAL_HONORS_TRANSACTION`
+//! sets the default) leaves only after the database transaction it was
+//! raised in has committed, and never when it rolls back. Where it waits is
+//! its [`Route`]:
+//!
+//! | route | chosen by | what happens |
+//! |---|---|---|
+//! | [`Route::Immediate`] | `honors_transaction = false` | handed to the dispatcher as it is raised |
+//! | [`Route::OnCommit`] | the default | held in memory with its transaction, handed to the dispatcher after COMMIT; a rollback discards it, a rolled-back savepoint discards what was raised inside it (Django's `transaction.on_commit`) |
+//! | [`Route::Outbox`] | [`Config::outbox`](crate::Config::outbox) (`THORN_OUTBOX`) | a row of `thorn_events`, written through the caller's connection in its transaction, delivered by a relay or `thorn worker` once committed |
+//!
+//! Neither Diesel nor SeaORM tells anyone when a transaction commits, so
+//! Thorn learns it from its own managed-transaction calls
+//! (`thorn::diesel::transaction`, `thorn::seaorm::transaction`). Each opens
+//! a frame ([`Thorn::begin_frame`]) that collects the events raised inside
+//! it. A frame that ends in a rollback is discarded; a savepoint's frame
+//! that is released joins its parent; the outermost frame writes its
+//! outbox rows as one multi-row `INSERT` just before COMMIT and hands its
+//! held events to the dispatcher after COMMIT succeeded.
+//!
+//! The ORM integrations say where a write runs with a [`Scope`], and
+//! [`Webhooks::admit`](crate::Webhooks::admit) and
+//! [`Webhooks::raise`](crate::Webhooks::raise) decide, in this one place,
+//! what happens to each event:
+//!
+//! | scope | immediate | on commit | outbox |
+//! |---|---|---|---|
+//! | [`Scope::Own`]: no transaction, the integration wraps the write in one of its own | sent now | after that COMMIT | written in it |
+//! | [`Scope::Autocommit`]: no transaction, the statement has committed already | sent now | sent now (it committed) | refused before the write |
+//! | [`Scope::Managed`]: a transaction or savepoint Thorn manages | sent now | held in its frame | held in its frame, written before COMMIT |
+//! | [`Scope::Unmanaged`]: a transaction Thorn does not manage | sent now | refused before the write | written through at once |
+//!
+//! "Refused before the write" is an error returned before the statement
+//! runs, so an `Err` never leaves a row committed without its event. An
+//! event with `propagate_errors = true` is refused under
+//! [`Scope::Autocommit`] too: its errors could only arrive after the row
+//! committed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::dispatch::Outgoing;
+use crate::outbox::StoredEvent;
+use crate::{Error, Result, Thorn};
+
+/// Where a raised model event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the dispatcher as it is raised (`honors_transaction = false`).
+    Immediate,
+    /// Held in memory until its transaction commits, then to the
+    /// dispatcher; discarded on rollback.
+    OnCommit,
+    /// Written to the outbox table in the caller's transaction.
+    Outbox,
+}
+
+/// One managed transaction or savepoint. The ORM integration chooses it:
+/// the identity of the connection (or transaction object) and a level
+/// within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameKey {
+    connection: usize,
+    level: usize,
+}
+
+impl FrameKey {
+    /// The frame of `connection` (an address that stays the same while the
+    /// transaction runs) at nesting `level`.
+    pub fn new(connection: usize, level: usize) -> Self {
+        FrameKey { connection, level }
+    }
+}
+
+/// Where a write runs, as the ORM integration sees it when it raises the
+/// write's events (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Outside any transaction; the integration runs the write in a short
+    /// transaction of its own and calls [`Raised::committed`] after its
+    /// COMMIT.
+    Own,
+    /// Outside any transaction, on a connection that has committed the
+    /// statement by the time its events are raised.
+    Autocommit,
+    /// Inside the managed transaction or savepoint `FrameKey`.
+    Managed(FrameKey),
+    /// Inside a transaction or savepoint Thorn does not manage.
+    Unmanaged,
+}
+
+/// Where a managed transaction sits, given to [`Thorn::begin_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// None: its COMMIT is the real one.
+    Root,
+    /// A savepoint of this managed frame: on release, its events join it.
+    Managed(FrameKey),
+    /// A savepoint inside a transaction Thorn does not manage: its outbox
+    /// rows are written at release (the database keeps their rollback
+    /// semantics), and events held in memory are refused.
+    Unmanaged,
+}
+
+struct Frame {
+    parent: Parent,
+    /// Some ancestor is a transaction Thorn does not manage.
+    detached: bool,
+    held: Vec<Outgoing>,
+    rows: Vec<StoredEvent>,
+}
+
+/// The open frames of one [`Thorn`].
+#[derive(Default)]
+pub(crate) struct Frames {
+    map: Mutex<HashMap<FrameKey, Frame>>,
+}
+
+impl fmt::Debug for Frames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frames")
+            .field("open", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Frames {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FrameKey, Frame>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn begin(&self, key: FrameKey, parent: Parent) {
+        let mut map = self.lock();
+        let detached = match parent {
+            Parent::Root => false,
+            Parent::Unmanaged => true,
+            Parent::Managed(p) => map.get(&p).is_none_or(|f| f.detached),
+        };
+        let frame = Frame {
+            parent,
+            detached,
+            held: Vec::new(),
+            rows: Vec::new(),
+        };
+        if map.insert(key, frame).is_some() {
+            tracing::error!(
+                ?key,
+                "a managed transaction frame was opened twice; the older one's events are discarded"
+            );
+        }
+    }
+
+    /// `Some(detached)` when `key` is open.
+    pub(crate) fn detached(&self, key: FrameKey) -> Option<bool> {
+        self.lock().get(&key).map(|f| f.detached)
+    }
+}
+
+/// An open managed transaction or savepoint, from [`Thorn::begin_frame`].
+///
+/// The integration runs the transaction, then: just before COMMIT (or
+/// RELEASE SAVEPOINT), writes [`ManagedFrame::take_rows`] through the
+/// transaction's connection; after COMMIT succeeded, calls
+/// [`ManagedFrame::committed`]. Dropping the frame without that — a
+/// rollback, an error, a panic — discards every event raised inside it.
+#[must_use = "dropping a frame discards its events, as a rollback does"]
+pub struct ManagedFrame {
+    thorn: Thorn,
+    key: FrameKey,
+    wrote_rows: bool,
+    finished: bool,
+}
+
+impl fmt::Debug for ManagedFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagedFrame")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagedFrame {
+    pub(crate) fn new(thorn: Thorn, key: FrameKey) -> Self {
+        ManagedFrame {
+            thorn,
+            key,
+            wrote_rows: false,
+            finished: false,
+        }
+    }
+
+    /// The frame's key, for [`Scope::Managed`].
+    pub fn key(&self) -> FrameKey {
+        self.key
+    }
+
+    /// The outbox rows to write now, through the transaction's connection,
+    /// just before its COMMIT (or RELEASE SAVEPOINT): every row of the
+    /// frame when its parent is not a managed frame, none otherwise (the
+    /// parent writes them at its own commit).
+    pub fn take_rows(&mut self) -> Vec<StoredEvent> {
+        let mut map = self.thorn.frames().lock();
+        let Some(frame) = map.get_mut(&self.key) else {
+            return Vec::new();
+        };
+        if matches!(frame.parent, Parent::Managed(_)) {
+            return Vec::new();
+        }
+        let rows = std::mem::take(&mut frame.rows);
+        self.wrote_rows |= !rows.is_empty();
+        rows
+    }
+
+    /// The transaction committed (or the savepoint was released): the
+    /// outermost frame hands its held events to the dispatcher and wakes
+    /// this process's relay; a savepoint's frame joins its parent.
+    pub fn committed(mut self) {
+        self.finished = true;
+        let frames = self.thorn.frames();
+        let mut map = frames.lock();
+        let Some(frame) = map.remove(&self.key) else {
+            return;
+        };
+        if let Parent::Managed(parent) = frame.parent
+            && let Some(p) = map.get_mut(&parent)
+        {
+            p.held.extend(frame.held);
+            p.rows.extend(frame.rows);
+            return;
+        }
+        drop(map);
+        if !frame.rows.is_empty() {
+            // take_rows was not called: nothing wrote these rows.
+            tracing::error!(
+                events = frame.rows.len(),
+                "outbox events of a committed transaction were never written"
+            );
+        }
+        release(&self.thorn, frame.held, self.wrote_rows);
+    }
+}
+
+impl Drop for ManagedFrame {
+    fn drop(&mut self) {
+        if !self.finished {
+            let discarded = self.thorn.frames().lock().remove(&self.key);
+            if let Some(f) = discarded
+                && !(f.held.is_empty() && f.rows.is_empty())
+            {
+                tracing::debug!(
+                    held = f.held.len(),
+                    rows = f.rows.len(),
+                    "transaction rolled back: its webhook events are discarded"
+                );
+            }
+        }
+    }
+}
+
+/// Hands committed events to the dispatcher and wakes the relay.
+fn release(thorn: &Thorn, held: Vec<Outgoing>, wrote_rows: bool) {
+    for outgoing in held {
+        // Delivery runs in the background; its outcome is logged.
+        drop(thorn.dispatch(outgoing));
+    }
+    if wrote_rows {
+        thorn.outbox_signal().notify_one();
+    }
+}
+
+/// What [`Webhooks::raise`](crate::Webhooks::raise) left for the
+/// integration: outbox rows to write through the connection now, and
+/// events to hand over once the write committed. Under
+/// [`Scope::Managed`] both stay in the frame and this is empty.
+#[derive(Debug, Default)]
+#[must_use = "call `committed` once the write has committed, or the events are lost"]
+pub struct Raised {
+    rows: Vec<StoredEvent>,
+    held: Vec<Outgoing>,
+}
+
+impl Raised {
+    /// Outbox rows to write through the write's connection, in its
+    /// transaction, before it commits.
+    pub fn rows(&self) -> &[StoredEvent] {
+        &self.rows
+    }
+
+    /// True when nothing is left to write or send.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.held.is_empty()
+    }
+
+    /// The write committed: hands the held events to the dispatcher and
+    /// wakes the relay when rows were written.
+    pub fn committed(self, thorn: &Thorn) {
+        release(thorn, self.held, !self.rows.is_empty());
+    }
+}
+
+/// Refuses, before the write, an event that could not follow `scope`.
+pub(crate) fn admit(
+    thorn: &Thorn,
+    model: &'static str,
+    event: &str,
+    route: Route,
+    propagates: bool,
+    scope: Scope,
+) -> Result<()> {
+    let unmanaged = || Error::UnmanagedTransaction {
+        model,
+        event: event.to_owned(),
+    };
+    match scope {
+        Scope::Own => Ok(()),
+        Scope::Autocommit if route == Route::Outbox || propagates => Err(Error::Autocommit {
+            model,
+            event: event.to_owned(),
+        }),
+        Scope::Autocommit => Ok(()),
+        Scope::Unmanaged if route == Route::OnCommit => Err(unmanaged()),
+        Scope::Unmanaged => Ok(()),
+        Scope::Managed(key) => match thorn.frames().detached(key) {
+            None => Err(unmanaged()),
+            Some(true) if route == Route::OnCommit => Err(unmanaged()),
+            Some(_) => Ok(()),
+        },
+    }
+}
+
+/// Puts one prepared event where its route and scope say.
+pub(crate) fn place(
+    thorn: &Thorn,
+    model: &'static str,
+    route: Route,
+    scope: Scope,
+    outgoing: Outgoing,
+    raised: &mut Raised,
+) -> Result<()> {
+    if route == Route::Immediate {
+        drop(thorn.dispatch(outgoing));
+        return Ok(());
+    }
+    let unmanaged = |outgoing: &Outgoing| Error::UnmanagedTransaction {
+        model,
+        event: outgoing.event.to_string(),
+    };
+    match scope {
+        Scope::Managed(key) => {
+            let mut map = thorn.frames().lock();
+            let Some(frame) = map.get_mut(&key) else {
+                return Err(unmanaged(&outgoing));
+            };
+            if route == Route::Outbox {
+                frame.rows.push(StoredEvent::from_outgoing(&outgoing)?);
+            } else if frame.detached {
+                return Err(unmanaged(&outgoing));
+            } else {
+                frame.held.push(outgoing);
+            }
+        }
+        _ if route == Route::Outbox => raised.rows.push(StoredEvent::from_outgoing(&outgoing)?),
+        Scope::Unmanaged => return Err(unmanaged(&outgoing)),
+        Scope::Own | Scope::Autocommit => raised.held.push(outgoing),
+    }
+    Ok(())
+}
