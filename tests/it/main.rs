@@ -20,8 +20,11 @@ mod receiver;
 mod seaorm_funtests;
 #[cfg(feature = "seaorm")]
 mod seaorm_hooks;
+#[cfg(feature = "seaorm")]
+mod seaorm_transactions;
 mod security;
 mod signatures;
 mod signing;
+mod transactions;
 #[cfg(feature = "cli")]
 mod worker;

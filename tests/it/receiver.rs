@@ -19,7 +19,13 @@ pub(crate) enum Reply {
     StatusWith(u16, Vec<(&'static str, String)>),
     Hang(Duration),
     Reset,
+    /// 200, after a pause.
+    Slow(Duration),
 }
+
+/// Runs on each request's body as it arrives, before the answer; what it
+/// returns is kept in [`Received::probe`].
+pub(crate) type Probe = Box<dyn Fn(&[u8]) -> String + Send + Sync>;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -28,6 +34,8 @@ pub(crate) struct Received {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
     pub(crate) at: Instant,
+    /// What the receiver's probe saw when the request arrived.
+    pub(crate) probe: Option<String>,
 }
 
 impl Received {
@@ -48,6 +56,9 @@ struct Shared {
     tx: Mutex<mpsc::Sender<Received>>,
     script: Mutex<VecDeque<Reply>>,
     connections: AtomicUsize,
+    probe: Option<Probe>,
+    /// Used for every request once the script is spent.
+    default: Reply,
 }
 
 pub(crate) struct Receiver {
@@ -110,15 +121,21 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
             .lock()
             .unwrap()
             .pop_front()
-            .unwrap_or(Reply::Status(200));
+            .unwrap_or_else(|| shared.default.clone());
+        let probe = shared.probe.as_ref().map(|p| p(&body));
         let _ = shared.tx.lock().unwrap().send(Received {
             path,
             headers,
             body,
             at: Instant::now(),
+            probe,
         });
         let (status, extra) = match reply {
             Reply::Status(s) => (s, Vec::new()),
+            Reply::Slow(d) => {
+                tokio::time::sleep(d).await;
+                (200, Vec::new())
+            }
             Reply::StatusWith(s, h) => (s, h),
             Reply::Hang(d) => {
                 tokio::time::sleep(d).await;
@@ -150,11 +167,29 @@ impl Receiver {
 
     /// Answers with `script` in order, then 200.
     pub(crate) fn scripted(script: impl IntoIterator<Item = Reply>) -> Receiver {
+        Self::build(script.into_iter().collect(), None, Reply::Status(200))
+    }
+
+    /// Answers 200 to everything, running `probe` on each body first.
+    #[allow(dead_code)]
+    pub(crate) fn probing(probe: impl Fn(&[u8]) -> String + Send + Sync + 'static) -> Receiver {
+        Self::build(VecDeque::new(), Some(Box::new(probe)), Reply::Status(200))
+    }
+
+    /// Answers every request with `reply`.
+    #[allow(dead_code)]
+    pub(crate) fn always(reply: Reply) -> Receiver {
+        Self::build(VecDeque::new(), None, reply)
+    }
+
+    fn build(script: VecDeque<Reply>, probe: Option<Probe>, default: Reply) -> Receiver {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             tx: Mutex::new(tx),
-            script: Mutex::new(script.into_iter().collect()),
+            script: Mutex::new(script),
             connections: AtomicUsize::new(0),
+            probe,
+            default,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = mpsc::channel();
