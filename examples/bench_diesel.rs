@@ -8,11 +8,14 @@
 //!     cargo run --release --features postgres --example bench_diesel      # and PostgreSQL
 //! ```
 //!
-//! Modes: `disabled` (the event is prepared and dropped: Thorn's own
-//! work), `in-process` (one subscriber on a receiver in this process; the
-//! deliveries run on background threads while the next transaction runs)
-//! and `outbox` (each event is one more row inserted in the transaction;
-//! no relay runs). Medians of interleaved rounds.
+//! Every Thorn mode runs its inserts in `thorn::diesel::transaction`.
+//! Modes: `disabled` (the event is prepared, held and dropped after
+//! COMMIT: Thorn's own work), `on commit` (held in memory and handed to
+//! the in-process dispatcher after COMMIT; one subscriber on a receiver in
+//! this process, deliveries run on background threads while the next
+//! transaction runs) and `outbox` (the transaction's events are written as
+//! one multi-row insert before COMMIT; no relay runs). Each round ends with
+//! the plain inserts again, as a control. Medians of interleaved rounds.
 
 // `diesel::table!` generates public items without doc comments.
 #![allow(missing_docs)]
@@ -101,12 +104,13 @@ macro_rules! bench_for {
             let url = receiver();
             let modes = [
                 ("disabled", Some(thorn(DispatcherKind::Disabled, &url))),
-                ("in-process", Some(thorn(DispatcherKind::InProcess, &url))),
+                ("on commit", Some(thorn(DispatcherKind::InProcess, &url))),
                 ("outbox", Some(outbox_thorn(&url))),
             ];
             let mut plain = Vec::new();
+            let mut control = Vec::new();
             let mut with: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
-            for round in 0..ROUNDS + 3 {
+            let plain_tx = |conn: &mut $conn| {
                 let started = Instant::now();
                 conn.transaction::<_, diesel::result::Error, _>(|conn| {
                     for i in 0..ROWS {
@@ -121,13 +125,18 @@ macro_rules! bench_for {
                     Ok(())
                 })
                 .unwrap();
+                started.elapsed()
+            };
+            for round in 0..ROUNDS + 3 {
+                let t = plain_tx(conn);
                 if round >= 3 {
-                    plain.push(started.elapsed());
+                    plain.push(t);
                 }
                 for (m, (_, thorn)) in modes.iter().enumerate() {
                     let thorn = thorn.as_ref().unwrap();
                     let started = Instant::now();
-                    conn.transaction::<_, diesel::result::Error, _>(|conn| {
+                    // A transaction Thorn manages: events leave after COMMIT.
+                    thorn::diesel::transaction(thorn, conn, |conn| {
                         for i in 0..ROWS {
                             let _: Row = thorn::diesel::insert(
                                 thorn,
@@ -140,18 +149,32 @@ macro_rules! bench_for {
                                     .returning(Row::as_returning()),
                             )?;
                         }
-                        Ok(())
+                        Ok::<_, diesel::result::Error>(())
                     })
                     .unwrap();
                     if round >= 3 {
                         with[m].push(started.elapsed());
                     }
                 }
+                // The plain inserts again, last in the round: the noise floor.
+                let t = plain_tx(conn);
+                if round >= 3 {
+                    control.push(t);
+                }
+            }
+            for (_, thorn) in &modes {
+                let _ = thorn.as_ref().unwrap().drain(Duration::from_secs(30));
             }
             let base = median(plain);
             println!(
                 "{label}: plain Diesel {:.2} ms per transaction of {ROWS} inserts",
                 base.as_secs_f64() * 1e3
+            );
+            let c = median(control);
+            println!(
+                "{label}: plain again   {:.2} ms  ratio {:.2} (noise floor)",
+                c.as_secs_f64() * 1e3,
+                c.as_secs_f64() / base.as_secs_f64()
             );
             for ((mode, _), times) in modes.iter().zip(with) {
                 let t = median(times);

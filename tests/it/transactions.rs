@@ -236,6 +236,23 @@ macro_rules! diesel_suite {
                 .unwrap_err();
                 assert!(err.to_string().contains("cannot be encoded"), "{err}");
                 assert_eq!(count(&mut conn), 0);
+                // A caller that carries on after the Err commits the rest,
+                // never the failed row (it ran in a savepoint of its own).
+                thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+                    insert(&thorn, conn, "fine")?;
+                    assert!(insert(&thorn, conn, "unencodable").is_err());
+                    Ok::<_, diesel::result::Error>(())
+                })
+                .unwrap();
+                let titles: Vec<String> = tx_articles::table
+                    .select(tx_articles::title)
+                    .load(&mut conn)
+                    .unwrap();
+                assert_eq!(titles, ["fine"]);
+                assert_eq!(created(&receiver.expect(1, WAIT)), ["fine"]);
+                diesel::delete(tx_articles::table)
+                    .execute(&mut conn)
+                    .unwrap();
 
                 // The outbox table is missing (no migration ran): Err naming
                 // the migration, and no row — lone or in a transaction.

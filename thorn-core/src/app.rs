@@ -168,6 +168,14 @@ impl Thorn {
         self.inner.frames.detached(key).is_some()
     }
 
+    /// The frame a write through the managed transaction `key` joins: the
+    /// innermost savepoint of it that is open (writes through an outer
+    /// handle run inside it), or `key` itself; `None` when `key` is not
+    /// managed.
+    pub fn managed_frame(&self, key: FrameKey) -> Option<FrameKey> {
+        self.inner.frames.innermost(key)
+    }
+
     pub(crate) fn frames(&self) -> &Frames {
         &self.inner.frames
     }

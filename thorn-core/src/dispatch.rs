@@ -126,36 +126,48 @@ impl InFlight {
     /// Blocks until no event is left or `timeout` passed; returns how many
     /// are left.
     pub fn wait(&self, timeout: std::time::Duration) -> usize {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let left = self.count();
-            let now = std::time::Instant::now();
-            if left == 0 || now >= deadline {
-                return left;
+            if left == 0 {
+                return 0;
             }
-            guard = self
-                .idle
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            guard = match deadline {
+                // A timeout too large to add is "no deadline".
+                None => self.idle.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return left;
+                    }
+                    self.idle
+                        .wait_timeout(guard, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
     /// Waits until no event is left or `timeout` passed; returns how many
     /// are left.
     pub async fn wait_async(&self, timeout: std::time::Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             let notified = self.idle_async.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let left = self.count();
-            if left == 0 {
+            if self.count() == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.count();
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return self.count();
+                    }
+                }
             }
         }
     }

@@ -569,14 +569,17 @@ impl<M> Webhooks<M> {
         Ok(())
     }
 
-    /// True when an `on` event could make a write fail after its statement
-    /// ran — it is written to the outbox, or it propagates its errors — so
-    /// a write outside any transaction must run in one of its own
-    /// ([`Scope::Own`]) for an `Err` to leave nothing behind. Without such
-    /// events the statement may commit on its own and its events follow.
-    pub fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn) -> bool {
+    /// True when an `on` event could make a write in `scope` fail after
+    /// its statement ran — it propagates its errors, or its outbox row is
+    /// written right after the statement — so the integration should run
+    /// statement and events in a transaction (or savepoint) of their own
+    /// for an `Err` to leave nothing behind. In a managed transaction,
+    /// outbox rows wait for COMMIT and cannot fail the write.
+    pub fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> bool {
+        let writes_through = !matches!(scope, Scope::Managed(_));
         self.events.iter().any(|e| {
-            e.dispatches_on == on && (e.propagate_errors || e.route(thorn) == Route::Outbox)
+            e.dispatches_on == on
+                && (e.propagate_errors || (writes_through && e.route(thorn) == Route::Outbox))
         })
     }
 

@@ -33,14 +33,22 @@
 //! | [`Scope::Autocommit`]: no transaction, the statement has committed already | sent now | sent now (it committed) | refused before the write |
 //! | [`Scope::Managed`]: a transaction or savepoint Thorn manages | sent now | held in its frame | held in its frame, written before COMMIT |
 //! | [`Scope::Unmanaged`]: a transaction Thorn does not manage | sent now | refused before the write | written through at once |
+//! | [`Scope::Unknown`]: a connection that may or may not be in a transaction | sent now | refused before the write | refused before the write |
 //!
 //! "Refused before the write" is an error returned before the statement
 //! runs, so an `Err` never leaves a row committed without its event. An
 //! event with `propagate_errors = true` is refused under
-//! [`Scope::Autocommit`] too: its errors could only arrive after the row
-//! committed.
+//! [`Scope::Autocommit`] and [`Scope::Unknown`] too: its errors could only
+//! arrive after the row committed. Where an event could fail the write
+//! after its statement ran ([`Webhooks::needs_transaction`](crate::Webhooks::needs_transaction)),
+//! integrations that can run the statement and its events in a savepoint
+//! of their own do so.
+//!
+//! This process's relay is woken once rows are committed: after the COMMIT
+//! of a managed transaction or of the integration's own. Rows written
+//! inside a transaction Thorn does not manage wake nobody early; the
+//! relay's poll (or PostgreSQL's `NOTIFY`, sent at commit) finds them.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
@@ -92,6 +100,9 @@ pub enum Scope {
     Managed(FrameKey),
     /// Inside a transaction or savepoint Thorn does not manage.
     Unmanaged,
+    /// On a connection the integration cannot place: it may commit each
+    /// statement on its own, or be a transaction that will roll back.
+    Unknown,
 }
 
 /// Where a managed transaction sits, given to [`Thorn::begin_frame`].
@@ -115,10 +126,43 @@ struct Frame {
     rows: Vec<StoredEvent>,
 }
 
-/// The open frames of one [`Thorn`].
+/// The open frames of one [`Thorn`]: a few at a time (one per open
+/// managed transaction or savepoint), so a list beats a hash map.
 #[derive(Default)]
 pub(crate) struct Frames {
-    map: Mutex<HashMap<FrameKey, Frame>>,
+    map: Mutex<FrameList>,
+}
+
+#[derive(Default)]
+struct FrameList(Vec<(FrameKey, Frame)>);
+
+impl FrameList {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, key: &FrameKey) -> Option<&Frame> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, f)| f)
+    }
+
+    fn get_mut(&mut self, key: &FrameKey) -> Option<&mut Frame> {
+        self.0
+            .iter_mut()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f)
+    }
+
+    fn insert(&mut self, key: FrameKey, frame: Frame) -> Option<Frame> {
+        let old = self.remove(&key);
+        self.0.push((key, frame));
+        old
+    }
+
+    fn remove(&mut self, key: &FrameKey) -> Option<Frame> {
+        let i = self.0.iter().rposition(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(i).1)
+    }
 }
 
 impl fmt::Debug for Frames {
@@ -130,7 +174,7 @@ impl fmt::Debug for Frames {
 }
 
 impl Frames {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FrameKey, Frame>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FrameList> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -158,6 +202,19 @@ impl Frames {
     /// `Some(detached)` when `key` is open.
     pub(crate) fn detached(&self, key: FrameKey) -> Option<bool> {
         self.lock().get(&key).map(|f| f.detached)
+    }
+
+    /// The innermost open frame at or below `key`: writes through a
+    /// transaction handle while a savepoint of it is open run inside that
+    /// savepoint. `None` when `key` is not open.
+    pub(crate) fn innermost(&self, key: FrameKey) -> Option<FrameKey> {
+        let list = self.lock();
+        list.get(&key)?;
+        let mut at = key;
+        while let Some((child, _)) = list.0.iter().find(|(_, f)| f.parent == Parent::Managed(at)) {
+            at = *child;
+        }
+        Some(at)
     }
 }
 
@@ -226,11 +283,18 @@ impl ManagedFrame {
         let Some(frame) = map.remove(&self.key) else {
             return;
         };
-        if let Parent::Managed(parent) = frame.parent
-            && let Some(p) = map.get_mut(&parent)
-        {
-            p.held.extend(frame.held);
-            p.rows.extend(frame.rows);
+        if let Parent::Managed(parent) = frame.parent {
+            match map.get_mut(&parent) {
+                Some(p) => {
+                    p.held.extend(frame.held);
+                    p.rows.extend(frame.rows);
+                }
+                None => tracing::error!(
+                    held = frame.held.len(),
+                    rows = frame.rows.len(),
+                    "a savepoint was released after its transaction ended: its webhook events are discarded"
+                ),
+            }
             return;
         }
         drop(map);
@@ -241,7 +305,9 @@ impl ManagedFrame {
                 "outbox events of a committed transaction were never written"
             );
         }
-        release(&self.thorn, frame.held, self.wrote_rows);
+        // Inside a transaction Thorn does not manage, nothing has committed yet.
+        let wake = self.wrote_rows && !frame.detached;
+        release(&self.thorn, frame.held, wake);
     }
 }
 
@@ -263,12 +329,12 @@ impl Drop for ManagedFrame {
 }
 
 /// Hands committed events to the dispatcher and wakes the relay.
-fn release(thorn: &Thorn, held: Vec<Outgoing>, wrote_rows: bool) {
+fn release(thorn: &Thorn, held: Vec<Outgoing>, wake: bool) {
     for outgoing in held {
         // Delivery runs in the background; its outcome is logged.
         drop(thorn.dispatch(outgoing));
     }
-    if wrote_rows {
+    if wake {
         thorn.outbox_signal().notify_one();
     }
 }
@@ -282,6 +348,9 @@ fn release(thorn: &Thorn, held: Vec<Outgoing>, wrote_rows: bool) {
 pub struct Raised {
     rows: Vec<StoredEvent>,
     held: Vec<Outgoing>,
+    /// The rows commit with the write ([`Scope::Own`]), so the relay can
+    /// be woken after it.
+    wake: bool,
 }
 
 impl Raised {
@@ -296,10 +365,11 @@ impl Raised {
         self.rows.is_empty() && self.held.is_empty()
     }
 
-    /// The write committed: hands the held events to the dispatcher and
-    /// wakes the relay when rows were written.
+    /// The write committed (or, in a transaction Thorn does not manage,
+    /// ran): hands the held events to the dispatcher, and wakes the relay
+    /// when rows were written that are committed now.
     pub fn committed(self, thorn: &Thorn) {
-        release(thorn, self.held, !self.rows.is_empty());
+        release(thorn, self.held, self.wake && !self.rows.is_empty());
     }
 }
 
@@ -316,13 +386,17 @@ pub(crate) fn admit(
         model,
         event: event.to_owned(),
     };
+    let autocommit = || Error::Autocommit {
+        model,
+        event: event.to_owned(),
+    };
     match scope {
         Scope::Own => Ok(()),
-        Scope::Autocommit if route == Route::Outbox || propagates => Err(Error::Autocommit {
-            model,
-            event: event.to_owned(),
-        }),
+        Scope::Autocommit if route == Route::Outbox || propagates => Err(autocommit()),
         Scope::Autocommit => Ok(()),
+        Scope::Unknown if route == Route::OnCommit => Err(unmanaged()),
+        Scope::Unknown if route == Route::Outbox || propagates => Err(autocommit()),
+        Scope::Unknown => Ok(()),
         Scope::Unmanaged if route == Route::OnCommit => Err(unmanaged()),
         Scope::Unmanaged => Ok(()),
         Scope::Managed(key) => match thorn.frames().detached(key) {
@@ -364,8 +438,11 @@ pub(crate) fn place(
                 frame.held.push(outgoing);
             }
         }
-        _ if route == Route::Outbox => raised.rows.push(StoredEvent::from_outgoing(&outgoing)?),
-        Scope::Unmanaged => return Err(unmanaged(&outgoing)),
+        _ if route == Route::Outbox => {
+            raised.rows.push(StoredEvent::from_outgoing(&outgoing)?);
+            raised.wake = scope == Scope::Own;
+        }
+        Scope::Unmanaged | Scope::Unknown => return Err(unmanaged(&outgoing)),
         Scope::Own | Scope::Autocommit => raised.held.push(outgoing),
     }
     Ok(())

@@ -286,11 +286,12 @@ where
 }
 
 /// Every write's frame: finds the scope the connection is in, refuses
-/// events that could not follow it (before `body` runs the statement),
-/// runs `body` — outside any caller transaction, in one of its own when
-/// `body` needs one (`atomic`) or an event could fail after the statement
-/// (outbox, `propagate_errors`), so the row and its events commit together
-/// — and hands over what `body` raised once it committed.
+/// events that could not follow it (before `body` runs the statement), and
+/// runs `body`. When `body` needs a transaction (`atomic`) or an event
+/// could fail the write after its statement ran (the outbox outside a
+/// managed transaction, `propagate_errors`), `body` runs in a managed
+/// transaction of its own — a savepoint inside the caller's — so an `Err`
+/// leaves neither the row nor its events behind.
 fn write<M, C, T>(
     thorn: &Thorn,
     conn: &mut C,
@@ -303,24 +304,22 @@ where
     C: OutboxConnection,
 {
     let webhooks = M::webhooks();
-    let scope = if webhooks.fires_on(on) {
-        scope_of(thorn, conn)?
-    } else {
-        Scope::Own
-    };
+    if !webhooks.fires_on(on) && !atomic {
+        return body(conn, Scope::Own).map(|(value, _)| value);
+    }
+    let scope = scope_of(thorn, conn)?;
     webhooks.admit(thorn, on, scope).map_err(thorn_error)?;
-    let own = scope == Scope::Own && (atomic || webhooks.needs_transaction(thorn, on));
-    let (value, raised) = if own && !in_transaction(conn)? {
-        conn.transaction(|conn| body(conn, scope))?
-    } else {
-        body(conn, scope)?
-    };
+    if atomic || webhooks.needs_transaction(thorn, on, scope) {
+        return transaction(thorn, conn, |conn| {
+            let scope = scope_of(thorn, conn)?;
+            let (value, raised) = body(conn, scope)?;
+            raised.committed(thorn);
+            Ok(value)
+        });
+    }
+    let (value, raised) = body(conn, scope)?;
     raised.committed(thorn);
     Ok(value)
-}
-
-fn in_transaction<C: diesel::Connection>(conn: &mut C) -> QueryResult<bool> {
-    Ok(transaction_state(conn)?.1 > 0)
 }
 
 /// Where `conn` stands: outside any transaction, in one Thorn manages (at
@@ -619,7 +618,8 @@ where
     webhooks
         .check_m2m(on)
         .map_err(|message| diesel::result::Error::QueryBuilderError(message.into()))?;
-    write::<M, C, Vec<R>>(thorn, conn, on, false, |conn, scope| {
+    // `change` may run several statements: all or none.
+    write::<M, C, Vec<R>>(thorn, conn, on, true, |conn, scope| {
         let related: Vec<R> = change(conn)?;
         let mut raised = Raised::default();
         if !related.is_empty() {

@@ -414,13 +414,17 @@ fn delete_key(key: &[Value]) -> String {
 /// SeaORM's own `begin` or `transaction`, which a hook cannot tell from
 /// one that will commit.
 fn scope_of<C: ConnectionTrait>(thorn: &Thorn, db: &C) -> Scope {
-    let key = frame_key(db);
-    if thorn.is_managed(key) {
-        Scope::Managed(key)
-    } else if std::any::type_name::<C>() == std::any::type_name::<sea_orm::DatabaseConnection>() {
+    use std::any::type_name;
+    if let Some(frame) = thorn.managed_frame(frame_key(db)) {
+        // Through an outer handle while a savepoint of it is open, the
+        // statement runs inside the savepoint: its events join that frame.
+        Scope::Managed(frame)
+    } else if type_name::<C>() == type_name::<sea_orm::DatabaseConnection>() {
         Scope::Autocommit
-    } else {
+    } else if type_name::<C>() == type_name::<sea_orm::DatabaseTransaction>() {
         Scope::Unmanaged
+    } else {
+        Scope::Unknown
     }
 }
 
@@ -507,9 +511,11 @@ async fn write_rows<C: ConnectionTrait>(db: &C, rows: &[StoredEvent]) -> Result<
 /// txn.commit().await?; // "article.created" leaves now
 /// ```
 pub struct Transaction<T = sea_orm::DatabaseTransaction> {
+    // Declared first, so dropped first: the frame leaves the registry
+    // before the transaction's address can be reused.
+    frame: ManagedFrame,
     // Boxed so its address, the frame's key, never moves.
     txn: Box<T>,
-    frame: ManagedFrame,
 }
 
 impl<T> std::fmt::Debug for Transaction<T> {
@@ -565,7 +571,7 @@ where
     let parent = match scope_of(&thorn, db) {
         Scope::Managed(key) => Parent::Managed(key),
         Scope::Autocommit | Scope::Own => Parent::Root,
-        Scope::Unmanaged => Parent::Unmanaged,
+        Scope::Unmanaged | Scope::Unknown => Parent::Unmanaged,
     };
     let txn = Box::new(db.begin().await?);
     let frame = thorn.begin_frame(frame_key(&*txn), parent);
