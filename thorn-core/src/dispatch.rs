@@ -38,8 +38,9 @@ pub struct Outgoing {
     pub event: Arc<str>,
     /// The message, before encoding.
     pub message: Value,
-    /// The JSON encoding of `message`, made once.
-    pub json: Bytes,
+    /// The JSON encoding of `message`, made once, when first needed (by
+    /// the dispatcher, off the writer's thread).
+    pub(crate) json: std::sync::OnceLock<Bytes>,
     /// Who sent it (selects owner-scoped subscribers).
     pub sender: Option<SenderId>,
     /// Context for subscriber callbacks.
@@ -61,10 +62,16 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// The JSON encoding of the message, made on first use and shared.
+    pub fn json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(ContentType::Json.encode(&self.message)))
+    }
+
     /// The body for a content type (JSON is encoded once and shared).
     pub fn body(&self, content_type: ContentType) -> Bytes {
         match content_type {
-            ContentType::Json => self.json.clone(),
+            ContentType::Json => self.json().clone(),
             other => Bytes::from(other.encode(&self.message)),
         }
     }
@@ -503,7 +510,7 @@ impl InProcess {
         let last = keyed.len().saturating_sub(1);
         for (i, (key, subscriber)) in keyed.into_iter().enumerate() {
             let body = match subscriber.content_type {
-                ContentType::Json => outgoing.json.clone(),
+                ContentType::Json => outgoing.json().clone(),
                 other => form_body
                     .get_or_insert_with(|| outgoing.body(other))
                     .clone(),

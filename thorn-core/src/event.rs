@@ -28,12 +28,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codec::{ContentType, to_message_value};
+use crate::codec::to_message_value;
 use crate::deliver::DeliveryOutcome;
 use crate::dispatch::{Dispatched, Outgoing};
 use crate::retry::RetryPolicy;
@@ -354,11 +353,10 @@ impl Event {
                 extra_subscribers.extend(cb(&query));
             }
         }
-        let json = Bytes::from(ContentType::Json.encode(&message));
         Outgoing {
             event: self.name.clone(),
             message,
-            json,
+            json: std::sync::OnceLock::new(),
             sender: options.sender,
             context: options.context,
             timeout: options

@@ -403,7 +403,11 @@ impl<M> ModelEvent<M> {
         let sender = self.sender_of(instance);
         let message = self.wrap(thorn, instance, name.clone(), data, sender.as_ref());
         let options = self.options(instance, sender, context)?;
-        Ok(self.event_named(name).outgoing(thorn, message, options))
+        Ok(if name == self.event.name() {
+            self.event.outgoing(thorn, message, options)
+        } else {
+            self.event.renamed(name).outgoing(thorn, message, options)
+        })
     }
 
     /// Sends this event for `instance` with a payload and sender of the

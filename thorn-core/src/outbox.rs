@@ -239,7 +239,7 @@ impl StoredEvent {
     ///
     /// Fails when a header value is not UTF-8 text (it could not be stored
     /// faithfully); the error names the event and the header.
-    pub fn from_outgoing(outgoing: &Outgoing) -> Result<Self> {
+    pub fn from_outgoing(outgoing: Outgoing) -> Result<Self> {
         let mut headers = Vec::with_capacity(outgoing.headers.len());
         for (name, value) in &outgoing.headers {
             let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Config {
@@ -251,15 +251,15 @@ impl StoredEvent {
         Ok(StoredEvent {
             id: Uuid::now_v7(),
             name: outgoing.event.to_string(),
-            message: outgoing.message.clone(),
-            sender: outgoing.sender.clone(),
+            message: outgoing.message,
+            sender: outgoing.sender,
             options: StoredOptions {
                 headers,
                 timeout_ms: millis(outgoing.timeout),
                 retry: outgoing.retry.into(),
                 keepalive: outgoing.keepalive,
-                subscribers: outgoing.extra_subscribers.clone(),
-                context: outgoing.context.clone(),
+                subscribers: outgoing.extra_subscribers,
+                context: outgoing.context,
             },
             created_at: now_micros(),
         })

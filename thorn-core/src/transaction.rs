@@ -431,7 +431,7 @@ pub(crate) fn place(
                 return Err(unmanaged(&outgoing));
             };
             if route == Route::Outbox {
-                frame.rows.push(StoredEvent::from_outgoing(&outgoing)?);
+                frame.rows.push(StoredEvent::from_outgoing(outgoing)?);
             } else if frame.detached {
                 return Err(unmanaged(&outgoing));
             } else {
@@ -439,7 +439,7 @@ pub(crate) fn place(
             }
         }
         _ if route == Route::Outbox => {
-            raised.rows.push(StoredEvent::from_outgoing(&outgoing)?);
+            raised.rows.push(StoredEvent::from_outgoing(outgoing)?);
             raised.wake = scope == Scope::Own;
         }
         Scope::Unmanaged | Scope::Unknown => return Err(unmanaged(&outgoing)),
