@@ -148,7 +148,9 @@ macro_rules! blog {
             let relay = Relay::start(&thorn, pool.clone())?;
 
             println!("-> create and tag an article, in one transaction");
-            let article = conn.transaction::<_, diesel::result::Error, _>(|conn| {
+            // Thorn's transaction: its events are written to the outbox as
+            // one INSERT just before COMMIT, and the relay wakes after it.
+            let article = thorn::diesel::transaction(&thorn, &mut *conn, |conn| {
                 let article: Article = thorn::diesel::insert(
                     &thorn,
                     conn,
@@ -180,7 +182,7 @@ macro_rules! blog {
                             .collect()
                     },
                 )?;
-                Ok(article)
+                Ok::<_, diesel::result::Error>(article)
             })?;
             wait(&seen, 2);
 
@@ -196,7 +198,7 @@ macro_rules! blog {
             wait(&seen, 2);
 
             println!("-> a transaction that rolls back: no webhook");
-            let _ = conn.transaction::<(), _, _>(|conn| {
+            let _ = thorn::diesel::transaction::<_, (), _, _>(&thorn, &mut *conn, |conn| {
                 let _: Article = thorn::diesel::insert(
                     &thorn,
                     conn,

@@ -6,7 +6,9 @@
 //!
 //! An SQLite database in a temporary file, a webhook receiver on
 //! 127.0.0.1, one subscription to `article.*`, then an article is created,
-//! changed and deleted through `thorn::diesel`. The receiver prints every
+//! changed in a transaction that commits, changed in one that rolls back
+//! (nothing is sent), and deleted through `thorn::diesel`; the program
+//! drains its deliveries before it exits. The receiver prints every
 //! webhook with its headers and whether its Hook-HMAC signature verified.
 
 // `diesel::table!` generates public items without doc comments.
@@ -173,14 +175,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     show("created");
 
-    let article: Article = thorn::diesel::update(
-        &thorn,
-        &mut conn,
-        diesel::update(&article)
-            .set(articles::state.eq("PUBLISHED"))
-            .returning(Article::as_returning()),
-    )?;
-    show("changed");
+    // Inside a transaction Thorn manages, events leave after COMMIT ...
+    let article: Article = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+        thorn::diesel::update(
+            &thorn,
+            conn,
+            diesel::update(&article)
+                .set(articles::state.eq("PUBLISHED"))
+                .returning(Article::as_returning()),
+        )
+    })?;
+    show("changed, in a transaction that committed");
+
+    // ... and never when it rolls back.
+    let rolled_back = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+        thorn::diesel::update(
+            &thorn,
+            conn,
+            diesel::update(&article)
+                .set(articles::title.eq("Never published"))
+                .returning(Article::as_returning()),
+        )?;
+        Err::<Article, _>(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(rolled_back.is_err());
+    let none = webhooks.recv_timeout(Duration::from_millis(500));
+    assert!(none.is_err(), "a rolled-back change sent a webhook");
+    println!("== changed, in a transaction that rolled back\n   nothing sent\n");
 
     let _: Article = thorn::diesel::delete(
         &thorn,
@@ -188,5 +209,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         diesel::delete(&article).returning(Article::as_returning()),
     )?;
     show("deleted");
+
+    // Deliveries run in the background: let them finish before exiting.
+    let drained = thorn.drain(Duration::from_secs(10));
+    assert!(drained.is_complete(), "{} deliveries unfinished", drained.unfinished);
     Ok(())
 }

@@ -11,8 +11,9 @@
 //! The example drives itself: it starts a webhook receiver on 127.0.0.1,
 //! sends requests into the app's router, subscribes to `article.*` over the REST API as user 42,
 //! creates and publishes an article over the app's own endpoints, and
-//! prints each webhook the receiver got. Events go through the outbox and
-//! an in-process relay, so they are sent after commit.
+//! prints each webhook the receiver got. Every write runs in a transaction
+//! Thorn manages (`thorn::seaorm::transaction` and `thorn::seaorm::begin`);
+//! events go through the outbox and an in-process relay, after COMMIT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,35 +68,53 @@ struct NewArticle {
     title: String,
 }
 
+fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Creates an article in a transaction Thorn manages (the closure form):
+/// `article.created` is written to the outbox with the row and leaves
+/// after COMMIT.
 async fn create_article(
     State(db): State<DatabaseConnection>,
     Json(new): Json<NewArticle>,
 ) -> Result<Json<article::Model>, (StatusCode, String)> {
-    article::ActiveModel {
-        title: Set(new.title),
-        state: Set("DRAFT".into()),
-        author_id: Set(42),
-        ..Default::default()
-    }
-    .insert(&db)
+    thorn::seaorm::transaction(&db, |txn| {
+        Box::pin(async move {
+            article::ActiveModel {
+                title: Set(new.title),
+                state: Set("DRAFT".into()),
+                author_id: Set(42),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await
+        })
+    })
     .await
     .map(Json)
-    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    .map_err(internal)
 }
 
+/// Publishes an article in a transaction Thorn manages (the `begin()`
+/// form): the stored row is read and locked (`FOR UPDATE` on PostgreSQL)
+/// inside it, so of many concurrent publishes of one article exactly one
+/// sends `article.published`, and none does if the transaction rolls back.
 async fn publish_article(
     State(db): State<DatabaseConnection>,
     Path(id): Path<i32>,
 ) -> Result<Json<article::Model>, (StatusCode, String)> {
-    let internal = |e: sea_orm::DbErr| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let txn = thorn::seaorm::begin(&db).await.map_err(internal)?;
     let found = article::Entity::find_by_id(id)
-        .one(&db)
+        .one(&*txn)
         .await
         .map_err(internal)?
         .ok_or((StatusCode::NOT_FOUND, format!("no article {id}")))?;
     let mut active: article::ActiveModel = found.into();
     active.state = Set("PUBLISHED".into());
-    active.update(&db).await.map(Json).map_err(internal)
+    let published = active.update(&*txn).await.map_err(internal)?;
+    txn.commit().await.map_err(internal)?;
+    Ok(Json(published))
 }
 
 /// A receiver on 127.0.0.1 that prints what it gets and reports it.

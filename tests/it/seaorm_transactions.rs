@@ -312,3 +312,48 @@ on_both!(
         }));
     }
 );
+
+/// Twenty tasks publish one article at once, each in a transaction Thorn
+/// manages: the old row is locked in it, so exactly one `article.published`
+/// is sent (PostgreSQL; SQLite serializes writers anyway).
+#[test]
+fn racing_publishes_send_one_publication() {
+    let rt = runtime();
+    let Some((_guard, db)) = database(&rt, true) else {
+        return;
+    };
+    rt.block_on(create_table(&db, true));
+    let receiver = Receiver::start();
+    let thorn = thorn_to(&receiver, false);
+    let id = rt
+        .block_on(thorn::seaorm::scope(
+            thorn.clone(),
+            thorn::seaorm::transaction(&db, |txn| Box::pin(draft("raced").insert(txn))),
+        ))
+        .unwrap()
+        .id;
+    receiver.expect(1, WAIT);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let db = db.clone();
+            rt.spawn(thorn::seaorm::scope(thorn.clone(), async move {
+                let txn = thorn::seaorm::begin(&db).await?;
+                let mut a: tx_article::ActiveModel = tx_article::Entity::find_by_id(id)
+                    .one(&*txn)
+                    .await?
+                    .expect("article exists")
+                    .into();
+                a.state = Set("PUBLISHED".to_owned());
+                a.update(&*txn).await?;
+                txn.commit().await
+            }))
+        })
+        .collect();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    let got = receiver.expect(1, WAIT);
+    assert_eq!(got[0].header("hook-event"), "article.published");
+}
