@@ -14,8 +14,10 @@
 //! the in-process dispatcher after COMMIT; one subscriber on a receiver in
 //! this process, deliveries run on background threads while the next
 //! transaction runs) and `outbox` (the transaction's events are written as
-//! one multi-row insert before COMMIT; no relay runs). Each round ends with
-//! the plain inserts again, as a control. Medians of interleaved rounds.
+//! one multi-row insert before COMMIT; no relay runs). After each mode's
+//! transaction, untimed, its deliveries are drained, so background work of
+//! one mode never slows another's. Each round ends with the plain inserts
+//! again, as a control. Medians of interleaved rounds.
 
 // `diesel::table!` generates public items without doc comments.
 #![allow(missing_docs)]
@@ -155,6 +157,9 @@ macro_rules! bench_for {
                     if round >= 3 {
                         with[m].push(started.elapsed());
                     }
+                    // Untimed: this mode's deliveries finish before the next
+                    // mode runs, so none competes with another's round.
+                    let _ = thorn.drain(Duration::from_secs(30));
                 }
                 // The plain inserts again, last in the round: the noise floor.
                 let t = plain_tx(conn);

@@ -60,6 +60,13 @@ use crate::store::{column, execute, placeholders, query, store_err, value_rows};
 /// for events with many subscribers.
 const ROWS_PER_INSERT: usize = 500;
 
+/// The most bytes of values one statement carries (when its rows allow).
+/// sqlx does not set `TCP_NODELAY`, and a message larger than the socket's
+/// first send buffer (16 KiB by default on Linux) is written in two parts,
+/// the second held back by Nagle's algorithm until PostgreSQL's delayed
+/// ACK, 40 ms later. Statements below this size go out in one write.
+const BYTES_PER_INSERT: usize = 12 * 1024;
+
 /// The columns of `thorn_events` an event is written to.
 const EVENT_COLUMNS: &str = "id, name, message, sender, options, created_at";
 
@@ -96,8 +103,8 @@ pub async fn write_events<C: ConnectionTrait>(db: &C, events: &[StoredEvent]) ->
 }
 
 /// Runs `INSERT INTO {table} ({columns}) VALUES (...), (...){tail}` for
-/// `values`, `cols` of them per row, [`ROWS_PER_INSERT`] rows at most per
-/// statement.
+/// `values`, `cols` of them per row, [`ROWS_PER_INSERT`] rows and (unless
+/// one row is larger) [`BYTES_PER_INSERT`] bytes at most per statement.
 async fn insert_rows<C: ConnectionTrait>(
     db: &C,
     table: &str,
@@ -108,7 +115,16 @@ async fn insert_rows<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
     while !values.is_empty() {
-        let rest = values.split_off(values.len().min(ROWS_PER_INSERT * cols));
+        let mut rows = 0;
+        let mut bytes = 0;
+        for row in values.chunks(cols) {
+            bytes += row.iter().map(value_bytes).sum::<usize>();
+            if rows == ROWS_PER_INSERT || (rows > 0 && bytes > BYTES_PER_INSERT) {
+                break;
+            }
+            rows += 1;
+        }
+        let rest = values.split_off(rows * cols);
         let sql = format!(
             "INSERT INTO {table} ({columns}) VALUES {}{tail}",
             value_rows(values.len() / cols, cols)
@@ -118,6 +134,14 @@ async fn insert_rows<C: ConnectionTrait>(
             .await?;
     }
     Ok(())
+}
+
+/// About how many bytes `value` takes on the wire.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(Some(s)) => s.len() + 4,
+        _ => 8,
+    }
 }
 
 /// The outbox tables through a SeaORM connection: the [`OutboxStore`] a
