@@ -212,6 +212,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Deliveries run in the background: let them finish before exiting.
     let drained = thorn.drain(Duration::from_secs(10));
-    assert!(drained.is_complete(), "{} deliveries unfinished", drained.unfinished);
+    assert!(
+        drained.is_complete(),
+        "{} deliveries unfinished",
+        drained.unfinished
+    );
     Ok(())
 }

@@ -80,8 +80,10 @@ pub struct Config {
     pub event_choices: Option<Vec<String>>,
     /// Rules every recipient URL must pass (`THORN_RECIPIENT_VALIDATORS`).
     pub recipient_validators: Validators,
-    /// Model events follow the database transaction
-    /// (`THORN_SIGNAL_HONORS_TRANSACTION`).
+    /// Model events leave only after their database transaction commits
+    /// (`THORN_SIGNAL_HONORS_TRANSACTION`, on); an event's own
+    /// `honors_transaction` overrides it. Off, model events are sent as
+    /// they are raised, committed or not. See [`crate::transaction`].
     pub signal_honors_transaction: bool,
     /// Deliveries per worker batch (`THORN_CHUNKSIZE`, 10).
     pub chunksize: usize,

@@ -1,12 +1,14 @@
 //! The durable outbox: events written to the application's database in the
 //! caller's own transaction, and the relay that delivers them after commit.
 //!
-//! With `THORN_DISPATCHER=outbox`, a model event that honours the
-//! transaction is not sent by the write that raised it. The ORM
-//! integration turns it into a [`StoredEvent`] and inserts it through the
-//! caller's connection, so the event exists if and only if the row
-//! committed — a rolled-back transaction or savepoint takes its events
-//! with it.
+//! With the outbox on ([`Config::outbox`](crate::Config::outbox),
+//! `THORN_OUTBOX=true`), a model event that honours the transaction is not
+//! sent by the write that raised it. It becomes a [`StoredEvent`] that the
+//! ORM integration inserts through the caller's connection — for a managed
+//! transaction, all of its events in one multi-row `INSERT` just before
+//! `COMMIT` ([`crate::transaction`]) — so the event exists if and only if
+//! the row committed: a rolled-back transaction or savepoint takes its
+//! events with it.
 //!
 //! A relay ([`run_relay`], started in-process by the integrations or by
 //! `thorn worker`) then works the tables through an [`OutboxStore`]:

@@ -15,21 +15,30 @@
 //! )?;
 //! ```
 //!
-//! The calls return what Diesel's `get_result` returns. What happens to the
-//! events depends on the dispatcher:
+//! The calls return what Diesel's `get_result` returns. Events leave only
+//! after the transaction they were raised in commits
+//! ([`thorn_core::transaction`]):
 //!
-//! - with the **outbox** (`THORN_DISPATCHER=outbox`), events that honour
-//!   the transaction (the default) are written to `thorn_events` through
-//!   the same connection, so they are delivered after commit and never on
-//!   rollback — see [`outbox`] and [`Relay`];
-//! - otherwise (and for events with `honors_transaction = false`) they go
-//!   to Thorn's dispatcher at once and are delivered in the background.
+//! - inside [`transaction`] — Diesel's `conn.transaction` closure, managed
+//!   by Thorn, nestable as savepoints — they are held until its `COMMIT`
+//!   (in memory, or as outbox rows written in one multi-row `INSERT` just
+//!   before it with [`Config::outbox`](thorn_core::Config::outbox)); a
+//!   rollback discards them, a rolled-back savepoint discards its own;
+//! - outside any transaction, they leave after the statement's own commit
+//!   (a write whose events could fail after its statement — the outbox,
+//!   `propagate_errors` — runs in a transaction of its own, so an `Err`
+//!   leaves no row behind);
+//! - inside a `conn.transaction(..)` Thorn does not manage, a write whose
+//!   events wait in memory is refused before its statement runs (the error
+//!   names the fix); with the outbox, its events are written right after
+//!   the statement, in that transaction;
+//! - events declared with `honors_transaction = false` are sent at once.
 //!
 //! A payload that cannot be encoded is logged with the event name and
 //! does not fail the write, unless the event has `propagate_errors = true`:
-//! then the call returns the error, so the caller's transaction rolls back.
-//! A failure to write the outbox is always returned: the event would
-//! otherwise be lost.
+//! then the call returns the error and its row is not written (a savepoint
+//! of its own inside a transaction). A failure to write the outbox is
+//! always returned; a missing table names the migration to run.
 //!
 //! Transition filters (`state.now_eq("PUBLISHED")`) compare against the
 //! row as it was: [`update_row`] fetches it by primary key in the same

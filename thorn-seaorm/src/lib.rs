@@ -35,17 +35,34 @@
 //! precedence). A model with events and no Thorn is an error, not a silent
 //! loss.
 //!
-//! What happens to an event depends on the dispatcher:
+//! Events leave only after the transaction they were raised in commits
+//! ([`thorn_core::transaction`]). A hook cannot see a commit, so run
+//! transactions through Thorn: [`transaction`] (SeaORM's closure form) or
+//! [`begin`] (its `begin()` / `commit()` form), nestable as savepoints.
+//! Inside them, events are held until `COMMIT` — in memory, or as outbox
+//! rows written as one multi-row `INSERT` just before it with
+//! [`Config::outbox`](thorn_core::Config::outbox) — and discarded by a
+//! rollback (a rolled-back savepoint discards its own).
 //!
-//! - with the **outbox** (`THORN_DISPATCHER=outbox`), events that honour
-//!   the transaction (the default) are written to `thorn_events` through
-//!   the `db` the hook received. Inside `db.begin()` / `db.transaction(..)`
-//!   (and nested savepoints) they commit and roll back with the row; on a
-//!   bare `DatabaseConnection` the row and its event are two statements,
-//!   each committed on its own. A [`Relay`] (or `thorn worker` on
-//!   PostgreSQL) delivers them;
-//! - otherwise (and for events with `honors_transaction = false`) they go
-//!   to Thorn's dispatcher at once.
+//! What a hook does elsewhere depends on the `db` it was given:
+//!
+//! - a bare `DatabaseConnection` commits each statement on its own: events
+//!   held in memory are sent right after the statement; outbox events and
+//!   events with `propagate_errors` are refused before the statement runs,
+//!   because their row would commit before Thorn could write or check them;
+//! - a transaction of SeaORM's own (`db.begin()`, `db.transaction(..)`),
+//!   which a hook cannot tell from one that will roll back: events held in
+//!   memory are refused before the statement runs, outbox events are
+//!   written right after it, in that transaction;
+//! - any other connection type (`DatabaseExecutor`, restricted
+//!   connections): only events with `honors_transaction = false` are
+//!   allowed;
+//! - events declared with `honors_transaction = false` are sent at once
+//!   everywhere.
+//!
+//! Inside a transaction, an error from `after_save` (an encode error with
+//! `propagate_errors`, an outbox write that failed) arrives after the
+//! statement ran: return it from the transaction, which then rolls back.
 //!
 //! Transition filters (`state.now_eq("PUBLISHED")`) compare against the
 //! stored row: `before_save` loads it by primary key (`SELECT ... FOR
