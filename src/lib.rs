@@ -68,6 +68,7 @@ pub mod __private {
     pub use serde_json;
     pub use thorn_core::filter::probe;
     pub use thorn_core::model::AsSender;
+    pub use thorn_core::model::payload_probe;
     pub use thorn_core::model::url_probe;
     #[cfg(feature = "diesel")]
     pub use thorn_diesel::{__fetch_old as diesel_fetch_old, __no_old_row as diesel_no_old_row};

@@ -714,6 +714,34 @@ impl<T: AsSender + ?Sized> AsSender for &T {
     }
 }
 
+/// Used by derived code: a model's payload as the message's `data`. A
+/// payload function that returns a `serde_json::Value` is used as it is
+/// (an inherent method, found first); anything else `Serialize` goes
+/// through `serde_json::to_value`.
+#[doc(hidden)]
+pub mod payload_probe {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    pub struct Payload<T>(pub T);
+
+    impl Payload<Value> {
+        pub fn into_payload(self) -> Result<Value, serde_json::Error> {
+            Ok(self.0)
+        }
+    }
+
+    pub trait ViaSerialize {
+        fn into_payload(self) -> Result<Value, serde_json::Error>;
+    }
+
+    impl<T: Serialize> ViaSerialize for Payload<T> {
+        fn into_payload(self) -> Result<Value, serde_json::Error> {
+            serde_json::to_value(self.0)
+        }
+    }
+}
+
 /// Used by derived code: a model's [`AbsoluteUrl`] when it has one, else
 /// nothing (autoref specialization, resolved at compile time).
 #[doc(hidden)]

@@ -200,7 +200,11 @@ fn generate(ident: &Ident, field_names: &[Ident], model: &Model) -> TokenStream 
         }
         if let Some(path) = e.payload.as_ref().or(model.payload.as_ref()) {
             chain.extend(quote_spanned! {path.span()=>
-                .with_payload(|m: &#ident| ::thorn::__private::serde_json::to_value(#path(m)))
+                .with_payload(|m: &#ident| {
+                    #[allow(unused_imports)]
+                    use ::thorn::__private::payload_probe::ViaSerialize as _;
+                    ::thorn::__private::payload_probe::Payload(#path(m)).into_payload()
+                })
             });
         }
         if let Some(path) = e.headers.as_ref().or(model.headers.as_ref()) {
