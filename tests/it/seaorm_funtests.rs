@@ -108,6 +108,37 @@ pub(crate) fn database(
     Some((guard, db))
 }
 
+/// A test module `$name` whose `sqlite` and `postgres` tests run `$body`
+/// against a fresh database of each kind (PostgreSQL when configured),
+/// after `$setup(&db, postgres)` created its tables.
+macro_rules! on_both {
+    ($name:ident, $setup:path, |$rt:ident, $db:ident, $postgres:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            fn run($postgres: bool) {
+                let $rt = $crate::seaorm_funtests::runtime();
+                let Some((_guard, $db)) = $crate::seaorm_funtests::database(&$rt, $postgres) else {
+                    return;
+                };
+                $rt.block_on($setup(&$db, $postgres));
+                $body
+            }
+
+            #[test]
+            fn sqlite() {
+                run(false);
+            }
+
+            #[test]
+            fn postgres() {
+                run(true);
+            }
+        }
+    };
+}
+pub(crate) use on_both;
+
 /// Creates the blog's tables and Thorn's.
 pub(crate) async fn create_tables(db: &DatabaseConnection, postgres: bool) {
     migrate(db).await.unwrap();

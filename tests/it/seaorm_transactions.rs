@@ -130,35 +130,9 @@ fn visibility_receiver(db: &DatabaseConnection) -> Receiver {
     })
 }
 
-macro_rules! on_both {
-    ($name:ident, |$rt:ident, $db:ident, $postgres:ident| $body:block) => {
-        mod $name {
-            use super::*;
-
-            fn run($postgres: bool) {
-                let $rt = runtime();
-                let Some((_guard, $db)) = database(&$rt, $postgres) else {
-                    return;
-                };
-                $rt.block_on(create_table(&$db, $postgres));
-                $body
-            }
-
-            #[test]
-            fn sqlite() {
-                run(false);
-            }
-
-            #[test]
-            fn postgres() {
-                run(true);
-            }
-        }
-    };
-}
-
-on_both!(
+crate::seaorm_funtests::on_both!(
     rollback_sends_nothing_and_commit_sends_after_the_row_is_visible,
+    create_table,
     |rt, db, _pg| {
         let receiver = visibility_receiver(&db);
         let thorn = thorn_to(&receiver, false);
@@ -213,8 +187,9 @@ on_both!(
     }
 );
 
-on_both!(
+crate::seaorm_funtests::on_both!(
     seaorms_own_transactions_are_refused_before_the_write,
+    create_table,
     |rt, db, _pg| {
         let receiver = Receiver::start();
         let thorn = thorn_to(&receiver, false);
@@ -246,45 +221,50 @@ on_both!(
     }
 );
 
-on_both!(an_err_never_leaves_its_row_behind, |rt, db, _pg| {
-    let receiver = Receiver::start();
-    rt.block_on(thorn::seaorm::scope(thorn_to(&receiver, false), async {
-        // propagate_errors on a bare connection could only fail after the
-        // row committed: refused before the insert.
-        let err = draft("fine").insert(&db).await.unwrap_err();
-        assert!(err.to_string().contains("bare connection"), "{err}");
-        assert_eq!(count(&db).await, 0);
-        // In a managed transaction the encode error rolls everything back.
-        let result = thorn::seaorm::transaction(&db, |txn| {
-            Box::pin(async move {
-                draft("fine").insert(txn).await?;
-                draft("unencodable").insert(txn).await
+crate::seaorm_funtests::on_both!(
+    an_err_never_leaves_its_row_behind,
+    create_table,
+    |rt, db, _pg| {
+        let receiver = Receiver::start();
+        rt.block_on(thorn::seaorm::scope(thorn_to(&receiver, false), async {
+            // propagate_errors on a bare connection could only fail after the
+            // row committed: refused before the insert.
+            let err = draft("fine").insert(&db).await.unwrap_err();
+            assert!(err.to_string().contains("bare connection"), "{err}");
+            assert_eq!(count(&db).await, 0);
+            // In a managed transaction the encode error rolls everything back.
+            let result = thorn::seaorm::transaction(&db, |txn| {
+                Box::pin(async move {
+                    draft("fine").insert(txn).await?;
+                    draft("unencodable").insert(txn).await
+                })
             })
-        })
-        .await;
-        let err = result.unwrap_err();
-        assert!(err.to_string().contains("cannot be encoded"), "{err}");
-        assert_eq!(count(&db).await, 0);
-    }));
-    rt.block_on(thorn::seaorm::scope(thorn_to(&receiver, true), async {
-        // The outbox on a bare connection: refused before the insert.
-        let err = draft("no transaction").insert(&db).await.unwrap_err();
-        assert!(err.to_string().contains("bare connection"), "{err}");
-        // The outbox table is missing (no migration ran): COMMIT never
-        // happens, and the error names the migration.
-        let result = thorn::seaorm::transaction(&db, |txn| {
-            Box::pin(async move { draft("no outbox").insert(txn).await })
-        })
-        .await;
-        let err = result.unwrap_err();
-        assert!(err.to_string().contains("thorn::seaorm::migrate"), "{err}");
-        assert_eq!(count(&db).await, 0);
-    }));
-    receiver.expect_none(Duration::from_millis(200));
-});
+            .await;
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("cannot be encoded"), "{err}");
+            assert_eq!(count(&db).await, 0);
+        }));
+        rt.block_on(thorn::seaorm::scope(thorn_to(&receiver, true), async {
+            // The outbox on a bare connection: refused before the insert.
+            let err = draft("no transaction").insert(&db).await.unwrap_err();
+            assert!(err.to_string().contains("bare connection"), "{err}");
+            // The outbox table is missing (no migration ran): COMMIT never
+            // happens, and the error names the migration.
+            let result = thorn::seaorm::transaction(&db, |txn| {
+                Box::pin(async move { draft("no outbox").insert(txn).await })
+            })
+            .await;
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("thorn::seaorm::migrate"), "{err}");
+            assert_eq!(count(&db).await, 0);
+        }));
+        receiver.expect_none(Duration::from_millis(200));
+    }
+);
 
-on_both!(
+crate::seaorm_funtests::on_both!(
     the_outbox_writes_a_transactions_events_at_commit,
+    create_table,
     |rt, db, pg| {
         let receiver = Receiver::start();
         rt.block_on(thorn::seaorm::migrate(&db)).unwrap();
