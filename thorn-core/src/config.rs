@@ -78,7 +78,12 @@ pub struct Config {
     /// Event patterns subscriptions may use (`THORN_EVENT_CHOICES`); `None`
     /// allows any.
     pub event_choices: Option<Vec<String>>,
-    /// Rules every recipient URL must pass (`THORN_RECIPIENT_VALIDATORS`).
+    /// Rules every recipient URL must pass, checked on the addresses it
+    /// resolves to at delivery (Thorn's `THORN_RECIPIENT_VALIDATORS`, set
+    /// in code here: no environment variable reads it). The default
+    /// refuses internal addresses, 127.0.0.1 included; a local test allows
+    /// plain http to anywhere with
+    /// `Validators::new([validate::ensure_protocol(["http"])])`.
     pub recipient_validators: Validators,
     /// Model events leave only after their database transaction commits
     /// (`THORN_SIGNAL_HONORS_TRANSACTION`, on); an event's own

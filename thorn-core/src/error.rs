@@ -91,10 +91,11 @@ pub enum Error {
     /// could not know whether it commits. Returned before the write runs.
     #[error(
         "{model}: event `{event}` is sent after its transaction commits, but the write runs inside a \
-         database transaction Thorn does not manage, so Thorn cannot know whether it commits: run the \
-         transaction (and any savepoint in it) through `thorn::diesel::transaction` or \
-         `thorn::seaorm::transaction`, turn on the outbox (`Config::outbox`, THORN_OUTBOX=true), or \
-         declare the event with `honors_transaction = false` to send it at once"
+         database transaction Thorn does not manage, so Thorn cannot know whether it commits. Run the \
+         transaction (and any savepoint in it) through Thorn: `thorn::diesel::transaction` with \
+         Diesel, `thorn::seaorm::transaction` or `thorn::seaorm::begin` with SeaORM. Or turn on the \
+         outbox (`Config::outbox`, THORN_OUTBOX=true), or declare the event with \
+         `honors_transaction = false` to send it at once"
     )]
     UnmanagedTransaction {
         /// The model.
@@ -117,6 +118,18 @@ pub enum Error {
         model: &'static str,
         /// The event.
         event: String,
+    },
+
+    /// A managed transaction was asked to commit after a write inside it
+    /// returned an error once its statement had run: committing would keep
+    /// that row without its events.
+    #[error(
+        "the transaction cannot commit: a write inside it failed after its statement ran ({reason}), \
+         and committing would keep that row without its webhook events; roll the transaction back"
+    )]
+    TransactionFailed {
+        /// The error the write returned.
+        reason: String,
     },
 
     /// Thorn's outbox table does not exist in the database written to: the

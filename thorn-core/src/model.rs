@@ -610,6 +610,25 @@ impl<M> Webhooks<M> {
     where
         M: 'r,
     {
+        let raised = self.raise_rows(thorn, on, rows, context, scope);
+        if let (Err(error), Scope::Managed(key)) = (&raised, scope) {
+            // The statement ran: the transaction must not commit.
+            thorn.frames().fail(key, error);
+        }
+        raised
+    }
+
+    fn raise_rows<'r>(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
+        context: Option<Value>,
+        scope: Scope,
+    ) -> Result<Raised>
+    where
+        M: 'r,
+    {
         let mut raised = Raised::default();
         for (row, old) in rows {
             for event in self.firing(on, row, old) {

@@ -124,6 +124,8 @@ struct Frame {
     detached: bool,
     held: Vec<Outgoing>,
     rows: Vec<StoredEvent>,
+    /// A write inside failed after its statement ran: why.
+    failed: Option<String>,
 }
 
 /// The open frames of one [`Thorn`]: a few at a time (one per open
@@ -190,6 +192,7 @@ impl Frames {
             detached,
             held: Vec::new(),
             rows: Vec::new(),
+            failed: None,
         };
         if map.insert(key, frame).is_some() {
             tracing::error!(
@@ -202,6 +205,14 @@ impl Frames {
     /// `Some(detached)` when `key` is open.
     pub(crate) fn detached(&self, key: FrameKey) -> Option<bool> {
         self.lock().get(&key).map(|f| f.detached)
+    }
+
+    /// Marks `key`: a write inside it returned an error after its
+    /// statement ran, so it must not commit.
+    pub(crate) fn fail(&self, key: FrameKey, error: &Error) {
+        if let Some(frame) = self.lock().get_mut(&key) {
+            frame.failed.get_or_insert_with(|| error.to_string());
+        }
     }
 
     /// The innermost open frame at or below `key`: writes through a
@@ -256,21 +267,31 @@ impl ManagedFrame {
         self.key
     }
 
-    /// The outbox rows to write now, through the transaction's connection,
-    /// just before its COMMIT (or RELEASE SAVEPOINT): every row of the
+    /// Call just before COMMIT (or RELEASE SAVEPOINT): the outbox rows to
+    /// write now through the transaction's connection — every row of the
     /// frame when its parent is not a managed frame, none otherwise (the
     /// parent writes them at its own commit).
-    pub fn take_rows(&mut self) -> Vec<StoredEvent> {
+    ///
+    /// Fails with [`Error::TransactionFailed`] when a write inside
+    /// returned an error after its statement ran (an encode error with
+    /// `propagate_errors`, say) and the caller carried on: committing would
+    /// keep that row without its events. Roll back instead.
+    pub fn before_commit(&mut self) -> Result<Vec<StoredEvent>> {
         let mut map = self.thorn.frames().lock();
         let Some(frame) = map.get_mut(&self.key) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
+        if let Some(reason) = &frame.failed {
+            return Err(Error::TransactionFailed {
+                reason: reason.clone(),
+            });
+        }
         if matches!(frame.parent, Parent::Managed(_)) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let rows = std::mem::take(&mut frame.rows);
         self.wrote_rows |= !rows.is_empty();
-        rows
+        Ok(rows)
     }
 
     /// The transaction committed (or the savepoint was released): the
@@ -288,6 +309,9 @@ impl ManagedFrame {
                 Some(p) => {
                     p.held.extend(frame.held);
                     p.rows.extend(frame.rows);
+                    if p.failed.is_none() {
+                        p.failed = frame.failed;
+                    }
                 }
                 None => tracing::error!(
                     held = frame.held.len(),
@@ -299,7 +323,7 @@ impl ManagedFrame {
         }
         drop(map);
         if !frame.rows.is_empty() {
-            // take_rows was not called: nothing wrote these rows.
+            // before_commit was not called: nothing wrote these rows.
             tracing::error!(
                 events = frame.rows.len(),
                 "outbox events of a committed transaction were never written"

@@ -254,7 +254,13 @@ fn generate(ident: &Ident, field_names: &[Ident], model: &Model) -> TokenStream 
         }
         chain
     });
-    let model_name = ident.to_string();
+    // SeaORM entities are all called `Model`: name them by their module.
+    let model_name = if ident == "Model" {
+        quote!(::std::concat!(::std::module_path!(), "::Model"))
+    } else {
+        let name = ident.to_string();
+        quote!(#name)
+    };
     let field_strs: Vec<String> = field_names.iter().map(|f| f.to_string()).collect();
     quote! {
         const _: () = {

@@ -399,7 +399,8 @@ where
     let mut frame = thorn.begin_frame(FrameKey::new(connection, depth + 1), parent);
     let value = conn.transaction::<T, E, _>(|conn| {
         let value = f(conn)?;
-        write_rows(conn, &frame.take_rows())?;
+        let rows = frame.before_commit().map_err(thorn_error)?;
+        write_rows(conn, &rows)?;
         Ok(value)
     })?;
     frame.committed();

@@ -557,11 +557,21 @@ impl<T: ConnectionTrait + TransactionSession> Transaction<T> {
         &self.txn
     }
 
-    /// Writes the transaction's outbox events (one multi-row `INSERT`),
+    /// Writes the transaction's outbox events (multi-row `INSERT`s),
     /// commits, then sends the events held in memory and wakes this
     /// process's relay. When the commit fails, nothing is sent.
+    ///
+    /// A save inside that returned an error after its statement ran (an
+    /// encode error with `propagate_errors`) makes this roll back and fail:
+    /// committing would keep that row without its events.
     pub async fn commit(mut self) -> Result<(), DbErr> {
-        let rows = self.frame.take_rows();
+        let rows = match self.frame.before_commit() {
+            Ok(rows) => rows,
+            Err(error) => {
+                self.rollback().await?;
+                return Err(DbErr::Custom(error.to_string()));
+            }
+        };
         write_rows(&*self.txn, &rows).await?;
         let Transaction { txn, frame } = self;
         txn.commit().await?;
