@@ -337,3 +337,71 @@ fn racing_publishes_send_one_publication() {
     let got = receiver.expect(1, WAIT);
     assert_eq!(got[0].header("hook-event"), "article.published");
 }
+
+/// Run by [`a_seaorm_program_that_drains_before_exit_delivers_everything`]
+/// in a child process (ignored otherwise): saves
+/// [`crate::transactions::CHILD_ROWS`] rows through SeaORM, each in
+/// `thorn::seaorm::transaction`, then `drain_async`s and exits.
+#[test]
+#[ignore = "run by a_seaorm_program_that_drains_before_exit_delivers_everything in a child process"]
+fn seaorm_child_process_writer() {
+    let (Ok(url), Ok(db_url)) = (
+        std::env::var("THORN_CHILD_RECEIVER"),
+        std::env::var("THORN_CHILD_DB"),
+    ) else {
+        panic!("run by a_seaorm_program_that_drains_before_exit_delivers_everything");
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let store = MemoryStore::new();
+        store.add(Subscriber::new("article.*", &url).unwrap());
+        let thorn = Thorn::builder(local_config()).store(store).build().unwrap();
+        let db = sea_orm::Database::connect(&db_url).await.unwrap();
+        thorn::seaorm::scope(thorn.clone(), async {
+            for i in 0..crate::transactions::CHILD_ROWS {
+                let title = format!("row {i}");
+                thorn::seaorm::transaction(&db, |txn| {
+                    Box::pin(async move { draft(&title).insert(txn).await })
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        let drained = thorn.drain_async(Duration::from_secs(20)).await;
+        assert!(drained.is_complete(), "{drained:?}");
+    });
+}
+
+#[test]
+fn a_seaorm_program_that_drains_before_exit_delivers_everything() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("child.sqlite3").display()
+    );
+    rt.block_on(async {
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        create_table(&db, false).await;
+        db.close().await.unwrap();
+    });
+    // A receiver that takes its time: deliveries are still in flight when
+    // the child's work is done.
+    let receiver = Receiver::always(crate::receiver::Reply::Slow(Duration::from_millis(150)));
+    let out = crate::transactions::run_child(
+        "seaorm_transactions::seaorm_child_process_writer",
+        &receiver,
+        &url,
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = receiver.expect(crate::transactions::CHILD_ROWS, WAIT);
+    let mut t = titles(&got);
+    t.dedup();
+    assert_eq!(t.len(), crate::transactions::CHILD_ROWS);
+}

@@ -334,7 +334,7 @@ diesel_suite!(
 );
 
 /// How many rows the child process writes.
-const CHILD_ROWS: usize = 20;
+pub(crate) const CHILD_ROWS: usize = 20;
 
 /// Run by [`a_program_that_drains_before_exit_delivers_everything`] in a
 /// child process (it is ignored otherwise): writes [`CHILD_ROWS`] rows
@@ -376,15 +376,17 @@ fn child_process_writer() {
     }
 }
 
-fn run_child(receiver: &Receiver, db: &str, drain: bool) -> std::process::Output {
+/// Runs the ignored test `test` of this binary in a child process, with
+/// the receiver's URL and the database `db` in its environment.
+pub(crate) fn run_child(
+    test: &str,
+    receiver: &Receiver,
+    db: &str,
+    drain: bool,
+) -> std::process::Output {
     let exe = std::env::current_exe().unwrap();
     let child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "transactions::child_process_writer",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", test, "--ignored", "--nocapture"])
         .env("THORN_CHILD_RECEIVER", &receiver.url)
         .env("THORN_CHILD_DB", db)
         .env("THORN_CHILD_DRAIN", if drain { "yes" } else { "no" })
@@ -414,7 +416,7 @@ fn a_program_that_drains_before_exit_delivers_everything() {
     // A receiver that takes its time: deliveries are still in flight when
     // the child's main returns.
     let receiver = Receiver::always(Reply::Slow(Duration::from_millis(150)));
-    let out = run_child(&receiver, &db, true);
+    let out = run_child("transactions::child_process_writer", &receiver, &db, true);
     assert!(
         out.status.success(),
         "{}",
@@ -427,7 +429,7 @@ fn a_program_that_drains_before_exit_delivers_everything() {
     assert_eq!(titles.len(), CHILD_ROWS);
 
     // Without drain, the last handle's drop says what is being left behind.
-    let out = run_child(&receiver, &db, false);
+    let out = run_child("transactions::child_process_writer", &receiver, &db, false);
     assert!(
         out.status.success(),
         "{}",
