@@ -216,6 +216,27 @@ macro_rules! diesel_suite {
             }
 
             #[test]
+            fn events_that_do_not_honour_transactions_are_sent_at_once() {
+                let Some((_guard, pool)) = setup() else {
+                    return;
+                };
+                let receiver = Receiver::start();
+                let config = Config {
+                    signal_honors_transaction: false,
+                    ..local_config()
+                };
+                let thorn = thorn_to(&receiver, config);
+                let mut conn = pool.get().unwrap();
+                // Any transaction will do, and its rollback does not stop them.
+                let _ = conn.transaction::<(), _, _>(|conn| {
+                    insert(&thorn, conn, "sent anyway")?;
+                    Err(rolled_back())
+                });
+                assert_eq!(created(&receiver.expect(1, WAIT)), ["sent anyway"]);
+                assert_eq!(count(&mut conn), 0);
+            }
+
+            #[test]
             fn an_err_never_leaves_its_row_behind() {
                 let Some((_guard, pool)) = setup() else {
                     return;

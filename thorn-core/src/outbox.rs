@@ -158,7 +158,7 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredOptions {
     /// Extra HTTP headers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
     /// Request timeout in milliseconds.
     pub timeout_ms: u64,
@@ -168,10 +168,10 @@ pub struct StoredOptions {
     #[serde(default = "yes")]
     pub keepalive: bool,
     /// Subscribers the event itself added.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribers: Vec<Subscriber>,
     /// Context for subscriber callbacks of the configuration.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
 }
 
