@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 
 use crate::codec::to_message_value;
 use crate::deliver::DeliveryOutcome;
-use crate::dispatch::{Dispatched, Outgoing};
+use crate::dispatch::{Dispatched, Message, Outgoing};
 use crate::retry::RetryPolicy;
 use crate::subscriber::{SenderId, Subscriber, SubscriberCallback, SubscriberQuery};
 use crate::validate::Validators;
@@ -336,11 +336,24 @@ impl Event {
     /// The [`Outgoing`] that [`Event::send_value`] hands to the dispatcher:
     /// `request_data` merged, extra subscribers resolved, JSON encoded once.
     /// Integrations that write events to a transactional outbox start here.
-    pub fn outgoing(&self, thorn: &Thorn, mut message: Value, options: SendOptions) -> Outgoing {
-        if let (Some(extra), Value::Object(body)) = (&self.request_data, &mut message) {
-            for (k, v) in extra {
-                body.entry(k.clone()).or_insert_with(|| v.clone());
+    pub fn outgoing(&self, thorn: &Thorn, message: Value, options: SendOptions) -> Outgoing {
+        self.outgoing_message(thorn, Message::Value(message), options)
+    }
+
+    pub(crate) fn outgoing_message(
+        &self,
+        thorn: &Thorn,
+        mut message: Message,
+        options: SendOptions,
+    ) -> Outgoing {
+        if let Some(extra) = &self.request_data {
+            let mut value = message.into_value();
+            if let Value::Object(body) = &mut value {
+                for (k, v) in extra {
+                    body.entry(k.clone()).or_insert_with(|| v.clone());
+                }
             }
+            message = Message::Value(value);
         }
         let mut extra_subscribers = self.subscribers.clone();
         if !self.subscriber_callbacks.is_empty() {

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::codec::to_message_value;
-use crate::dispatch::{Dispatched, Outgoing};
+use crate::dispatch::{Dispatched, Message, ModelMessage, Outgoing};
 use crate::event::{Event, RetryPatch, SendOptions};
 use crate::filter::{Q, WebhookFields};
 use crate::subscriber::SenderId;
@@ -401,13 +401,18 @@ impl<M> ModelEvent<M> {
             source,
         })?;
         let sender = self.sender_of(instance);
-        let message = self.wrap(thorn, instance, name.clone(), data, sender.as_ref());
-        let options = self.options(instance, sender, context)?;
-        Ok(if name == self.event.name() {
-            self.event.outgoing(thorn, message, options)
-        } else {
-            self.event.renamed(name).outgoing(thorn, message, options)
-        })
+        let options = self.options(instance, sender.clone(), context)?;
+        let renamed = (name != self.event.name()).then(|| self.event.renamed(name.clone()));
+        let message = Message::Model(ModelMessage {
+            event: name,
+            reference: self.reference(thorn, instance),
+            sender,
+            data,
+        });
+        Ok(renamed
+            .as_ref()
+            .unwrap_or(&self.event)
+            .outgoing_message(thorn, message, options))
     }
 
     /// Sends this event for `instance` with a payload and sender of the

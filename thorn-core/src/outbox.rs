@@ -253,7 +253,7 @@ impl StoredEvent {
         Ok(StoredEvent {
             id: Uuid::now_v7(),
             name: outgoing.event.to_string(),
-            message: outgoing.message,
+            message: outgoing.message.into_value(),
             sender: outgoing.sender,
             options: StoredOptions {
                 headers,
