@@ -42,13 +42,24 @@ pub(crate) enum Message {
 
 /// `{"event": ..., "ref": ..., "sender": ..., "data": ...}`, serialized in
 /// that order, as the map it stands for.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub(crate) struct ModelMessage {
-    pub(crate) event: String,
-    #[serde(rename = "ref")]
+    pub(crate) event: Arc<str>,
     pub(crate) reference: Option<String>,
     pub(crate) sender: Option<SenderId>,
     pub(crate) data: Value,
+}
+
+impl serde::Serialize for ModelMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("Message", 4)?;
+        m.serialize_field("event", &*self.event)?;
+        m.serialize_field("ref", &self.reference)?;
+        m.serialize_field("sender", &self.sender)?;
+        m.serialize_field("data", &self.data)?;
+        m.end()
+    }
 }
 
 impl Message {
@@ -70,7 +81,7 @@ impl Message {
 impl ModelMessage {
     fn into_value(self) -> Value {
         let mut m = serde_json::Map::with_capacity(4);
-        m.insert("event".into(), Value::String(self.event));
+        m.insert("event".into(), Value::String(self.event.to_string()));
         m.insert(
             "ref".into(),
             self.reference.map_or(Value::Null, Value::String),
@@ -693,10 +704,13 @@ mod tests {
         for (reference, sender) in [
             (None, None),
             (Some("/a/1/".to_owned()), Some(SenderId::from(7))),
-            (Some("https://x.example/a/1/".to_owned()), Some(SenderId::from("alice"))),
+            (
+                Some("https://x.example/a/1/".to_owned()),
+                Some(SenderId::from("alice")),
+            ),
         ] {
             let parts = ModelMessage {
-                event: "a.created".into(),
+                event: Arc::from("a.created"),
                 reference,
                 sender,
                 data: serde_json::json!({"id": 1, "tags": ["x"], "ok": true}),

@@ -225,6 +225,10 @@ impl Event {
         &self.name
     }
 
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// Sets this event's request timeout (default: `THORN_EVENT_TIMEOUT`).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);

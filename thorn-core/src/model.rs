@@ -394,25 +394,26 @@ impl<M> ModelEvent<M> {
         instance: &M,
         context: Option<Value>,
     ) -> Result<Outgoing> {
-        let name = self.name_for(instance);
+        let renamed = match self.name_fn {
+            Some(f) => Some(f(instance)).filter(|n| n != self.event.name()),
+            None => None,
+        }
+        .map(|n| self.event.renamed(n));
+        let event = renamed.as_ref().unwrap_or(&self.event);
         let data = (self.payload)(instance).map_err(|source| Error::Encode {
-            event: name.clone(),
+            event: event.name().to_owned(),
             content_type: crate::codec::ContentType::Json,
             source,
         })?;
         let sender = self.sender_of(instance);
         let options = self.options(instance, sender.clone(), context)?;
-        let renamed = (name != self.event.name()).then(|| self.event.renamed(name.clone()));
         let message = Message::Model(ModelMessage {
-            event: name,
+            event: event.name_arc().clone(),
             reference: self.reference(thorn, instance),
             sender,
             data,
         });
-        Ok(renamed
-            .as_ref()
-            .unwrap_or(&self.event)
-            .outgoing_message(thorn, message, options))
+        Ok(event.outgoing_message(thorn, message, options))
     }
 
     /// Sends this event for `instance` with a payload and sender of the
