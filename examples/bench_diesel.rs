@@ -54,7 +54,7 @@ impl Row {
 }
 
 const ROWS: usize = 100;
-const ROUNDS: usize = 30;
+const ROUNDS: usize = 100;
 
 fn receiver() -> String {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -87,7 +87,7 @@ mod plain {
 }
 
 const ROWS: usize = 100;
-const ROUNDS: usize = 30;
+const ROUNDS: usize = 100;
 
 async fn receiver() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -230,6 +230,18 @@ impl Thorn {
         }
     }
 
+    /// Hands the events of a committed transaction to the dispatcher at
+    /// once (or to the active buffer), when nobody waits for outcomes.
+    pub(crate) fn dispatch_batch(&self, batch: Vec<Outgoing>) {
+        if crate::buffer::current().is_some() {
+            for outgoing in batch {
+                drop(self.dispatch(outgoing));
+            }
+        } else {
+            self.inner.dispatcher.dispatch_batch(self, batch);
+        }
+    }
+
     /// Hands an event to the dispatcher, bypassing any buffer.
     pub fn dispatch_now(&self, outgoing: Outgoing) -> Dispatched {
         self.inner.dispatcher.dispatch(self, outgoing)

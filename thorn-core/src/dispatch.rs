@@ -169,6 +169,16 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn in_flight(&self) -> Option<&InFlight> {
         None
     }
+
+    /// Starts delivering every event of `batch` (those of one committed
+    /// transaction), when nobody waits for their outcomes. The default
+    /// dispatches them one by one; a dispatcher with a queue can hand the
+    /// batch over at once.
+    fn dispatch_batch(&self, thorn: &Thorn, batch: Vec<Outgoing>) {
+        for outgoing in batch {
+            drop(self.dispatch(thorn, outgoing));
+        }
+    }
 }
 
 /// Counts the events a dispatcher has accepted and not yet finished
@@ -408,8 +418,16 @@ struct InProcess {
     limit: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_host: usize,
-    queue: mpsc::UnboundedSender<Job>,
+    queue: mpsc::UnboundedSender<Queued>,
     in_flight: Arc<InFlight>,
+}
+
+/// What the feeder's queue carries: one event, or the events of one
+/// committed transaction (one wake-up of the feeder for all of them).
+#[derive(Debug)]
+enum Queued {
+    One(Job),
+    Batch(Vec<Job>),
 }
 
 /// An event waiting for the feeder.
@@ -417,7 +435,8 @@ struct InProcess {
 struct Job {
     thorn: Thorn,
     outgoing: Outgoing,
-    reply: oneshot::Sender<Result<Vec<DeliveryOutcome>>>,
+    /// Where the outcomes go, when somebody waits for them.
+    reply: Option<oneshot::Sender<Result<Vec<DeliveryOutcome>>>>,
     /// Counted from `dispatch` until every delivery finished.
     _counted: InFlightEntry,
 }
@@ -467,17 +486,38 @@ impl Dispatcher for InProcessDispatcher {
         let job = Job {
             thorn: thorn.background(),
             outgoing,
-            reply,
+            reply: Some(reply),
             _counted: self.inner.in_flight.enter(),
         };
-        if let Err(mpsc::error::SendError(job)) = self.inner.queue.send(job) {
-            let _ = job.reply.send(Err(Error::DispatcherClosed));
+        if let Err(mpsc::error::SendError(Queued::One(job))) =
+            self.inner.queue.send(Queued::One(job))
+            && let Some(reply) = job.reply
+        {
+            let _ = reply.send(Err(Error::DispatcherClosed));
         }
         Dispatched::from_receiver(rx)
     }
 
     fn in_flight(&self) -> Option<&InFlight> {
         Some(&self.inner.in_flight)
+    }
+
+    fn dispatch_batch(&self, thorn: &Thorn, batch: Vec<Outgoing>) {
+        if batch.is_empty() {
+            return;
+        }
+        let jobs = batch
+            .into_iter()
+            .map(|outgoing| Job {
+                thorn: thorn.background(),
+                outgoing,
+                reply: None,
+                _counted: self.inner.in_flight.enter(),
+            })
+            .collect();
+        if self.inner.queue.send(Queued::Batch(jobs)).is_err() {
+            tracing::error!("the dispatcher shut down: webhook events dropped");
+        }
     }
 }
 
@@ -486,27 +526,41 @@ impl Dispatcher for InProcessDispatcher {
 /// of parked tasks.
 async fn feed(
     inner: std::sync::Weak<InProcess>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
     events: Arc<Semaphore>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = events.clone().acquire_owned().await else {
-            return;
+    while let Some(queued) = queue.recv().await {
+        let jobs = match queued {
+            Queued::One(job) => vec![job],
+            Queued::Batch(jobs) => jobs,
         };
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let Job {
-                thorn,
-                outgoing,
-                reply,
-                _counted: counted,
-            } = job;
-            let result = inner.deliver_all(&thorn, outgoing, permit).await;
-            let _ = reply.send(result);
-            drop(counted);
-        });
+        for job in jobs {
+            let Ok(permit) = events.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Job {
+                    thorn,
+                    outgoing,
+                    reply,
+                    _counted: counted,
+                } = job;
+                let event = outgoing.event.clone();
+                let result = inner.deliver_all(&thorn, outgoing, permit).await;
+                match reply {
+                    Some(reply) => drop(reply.send(result)),
+                    None => {
+                        if let Err(error) = result {
+                            tracing::error!(%event, %error, "webhook not delivered");
+                        }
+                    }
+                }
+                drop(counted);
+            });
+        }
     }
 }
 

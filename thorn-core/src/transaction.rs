@@ -354,10 +354,8 @@ impl Drop for ManagedFrame {
 
 /// Hands committed events to the dispatcher and wakes the relay.
 fn release(thorn: &Thorn, held: Vec<Outgoing>, wake: bool) {
-    for outgoing in held {
-        // Delivery runs in the background; its outcome is logged.
-        drop(thorn.dispatch(outgoing));
-    }
+    // Delivery runs in the background; its outcome is logged.
+    thorn.dispatch_batch(held);
     if wake {
         thorn.outbox_signal().notify_one();
     }
