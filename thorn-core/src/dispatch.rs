@@ -426,7 +426,7 @@ struct InProcess {
 /// committed transaction (one wake-up of the feeder for all of them).
 #[derive(Debug)]
 enum Queued {
-    One(Job),
+    One(Box<Job>),
     Batch(Vec<Job>),
 }
 
@@ -490,7 +490,7 @@ impl Dispatcher for InProcessDispatcher {
             _counted: self.inner.in_flight.enter(),
         };
         if let Err(mpsc::error::SendError(Queued::One(job))) =
-            self.inner.queue.send(Queued::One(job))
+            self.inner.queue.send(Queued::One(Box::new(job)))
             && let Some(reply) = job.reply
         {
             let _ = reply.send(Err(Error::DispatcherClosed));
@@ -531,7 +531,7 @@ async fn feed(
 ) {
     while let Some(queued) = queue.recv().await {
         let jobs = match queued {
-            Queued::One(job) => vec![job],
+            Queued::One(job) => vec![*job],
             Queued::Batch(jobs) => jobs,
         };
         for job in jobs {
