@@ -530,38 +530,54 @@ async fn feed(
     events: Arc<Semaphore>,
 ) {
     while let Some(queued) = queue.recv().await {
-        let jobs = match queued {
-            Queued::One(job) => vec![*job],
-            Queued::Batch(jobs) => jobs,
-        };
-        for job in jobs {
-            let Ok(permit) = events.clone().acquire_owned().await else {
-                return;
-            };
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
-            tokio::spawn(async move {
-                let Job {
-                    thorn,
-                    outgoing,
-                    reply,
-                    _counted: counted,
-                } = job;
-                let event = outgoing.event.clone();
-                let result = inner.deliver_all(&thorn, outgoing, permit).await;
-                match reply {
-                    Some(reply) => drop(reply.send(result)),
-                    None => {
-                        if let Err(error) = result {
-                            tracing::error!(%event, %error, "webhook not delivered");
-                        }
+        let started = match queued {
+            Queued::One(job) => start(&inner, *job, &events).await,
+            Queued::Batch(jobs) => {
+                let mut all = true;
+                for job in jobs {
+                    all = start(&inner, job, &events).await;
+                    if !all {
+                        break;
                     }
                 }
-                drop(counted);
-            });
+                all
+            }
+        };
+        if !started {
+            return;
         }
     }
+}
+
+/// Starts one event's fan-out once a permit is free; false when the
+/// dispatcher is gone.
+async fn start(inner: &std::sync::Weak<InProcess>, job: Job, events: &Arc<Semaphore>) -> bool {
+    let Ok(permit) = events.clone().acquire_owned().await else {
+        return false;
+    };
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    tokio::spawn(async move {
+        let Job {
+            thorn,
+            outgoing,
+            reply,
+            _counted: counted,
+        } = job;
+        let event = outgoing.event.clone();
+        let result = inner.deliver_all(&thorn, outgoing, permit).await;
+        match reply {
+            Some(reply) => drop(reply.send(result)),
+            None => {
+                if let Err(error) = result {
+                    tracing::error!(%event, %error, "webhook not delivered");
+                }
+            }
+        }
+        drop(counted);
+    });
+    true
 }
 
 /// `scheme://host:port`, the unit of connection reuse.
