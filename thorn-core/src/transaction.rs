@@ -44,6 +44,34 @@
 //! integrations that can run the statement and its events in a savepoint
 //! of their own do so.
 //!
+//! What an integration does around one write in a managed transaction:
+//!
+//! ```
+//! use thorn_core::transaction::{FrameKey, Parent, Scope};
+//! use thorn_core::{Config, DispatchOn, DispatcherKind, ModelEvent, Thorn, Webhooks};
+//!
+//! struct Note;
+//! let webhooks = Webhooks::<Note>::new(
+//!     "Note",
+//!     vec![ModelEvent::new("on_create", "note.created", DispatchOn::Create)],
+//! );
+//! let thorn = Thorn::new(Config { dispatcher: DispatcherKind::Disabled, ..Config::default() })?;
+//!
+//! // BEGIN: a frame for the transaction (the key names the connection).
+//! let mut frame = thorn.begin_frame(FrameKey::new(1, 1), Parent::Root);
+//! let scope = Scope::Managed(frame.key());
+//! webhooks.admit(&thorn, DispatchOn::Create, scope)?; // before the INSERT runs
+//! // ... the INSERT runs ...
+//! let raised = webhooks.raise(&thorn, DispatchOn::Create, [(&Note, None)], None, scope)?;
+//! assert!(raised.is_empty()); // the event waits in the frame
+//! raised.committed(&thorn);
+//! let rows = frame.before_commit()?; // outbox rows to write now: none in memory
+//! assert!(rows.is_empty());
+//! // COMMIT succeeded: the held event goes to the dispatcher.
+//! frame.committed();
+//! # Ok::<(), thorn_core::Error>(())
+//! ```
+//!
 //! This process's relay is woken once rows are committed: after the COMMIT
 //! of a managed transaction or of the integration's own. Rows written
 //! inside a transaction Thorn does not manage wake nobody early; the
@@ -232,7 +260,7 @@ impl Frames {
 /// An open managed transaction or savepoint, from [`Thorn::begin_frame`].
 ///
 /// The integration runs the transaction, then: just before COMMIT (or
-/// RELEASE SAVEPOINT), writes [`ManagedFrame::take_rows`] through the
+/// RELEASE SAVEPOINT), writes the rows of [`ManagedFrame::before_commit`] through the
 /// transaction's connection; after COMMIT succeeded, calls
 /// [`ManagedFrame::committed`]. Dropping the frame without that — a
 /// rollback, an error, a panic — discards every event raised inside it.
