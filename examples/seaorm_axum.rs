@@ -254,5 +254,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "every webhook arrived"
     );
     relay.stop().await?;
+    // Events sent at once (none here) would still be in flight: wait for them.
+    let drained = thorn.drain_async(Duration::from_secs(10)).await;
+    assert!(drained.is_complete(), "{drained:?}");
     Ok(())
 }
