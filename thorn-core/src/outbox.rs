@@ -267,6 +267,11 @@ impl StoredEvent {
         })
     }
 
+    /// The message as the JSON text the outbox column holds.
+    pub fn message_json(&self) -> String {
+        serde_json::to_string(&self.message).expect("a serde_json::Value always serializes")
+    }
+
     /// The sender as the JSON text the outbox column holds.
     pub fn sender_json(&self) -> Option<String> {
         self.sender

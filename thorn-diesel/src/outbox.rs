@@ -152,7 +152,7 @@ impl From<&StoredEvent> for EventRow {
         EventRow {
             id: e.id.to_string(),
             name: e.name.clone(),
-            message: e.message.to_string(),
+            message: e.message_json(),
             sender: e.sender_json(),
             options: e.options_json(),
             created_at: e.created_at,

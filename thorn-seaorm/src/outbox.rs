@@ -93,7 +93,7 @@ pub async fn write_events<C: ConnectionTrait>(db: &C, events: &[StoredEvent]) ->
         values.extend([
             Value::from(e.id.to_string()),
             Value::from(e.name.clone()),
-            Value::from(e.message.to_string()),
+            Value::from(e.message_json()),
             Value::from(e.sender_json()),
             Value::from(e.options_json()),
             Value::from(e.created_at),
