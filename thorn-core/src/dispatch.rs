@@ -506,6 +506,7 @@ impl Dispatcher for InProcessDispatcher {
         if batch.is_empty() {
             return;
         }
+        let events = batch.len();
         let jobs = batch
             .into_iter()
             .map(|outgoing| Job {
@@ -516,7 +517,7 @@ impl Dispatcher for InProcessDispatcher {
             })
             .collect();
         if self.inner.queue.send(Queued::Batch(jobs)).is_err() {
-            tracing::error!("the dispatcher shut down: webhook events dropped");
+            tracing::error!(events, "the dispatcher shut down: webhook events dropped");
         }
     }
 }

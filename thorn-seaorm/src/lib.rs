@@ -568,7 +568,9 @@ impl<T: ConnectionTrait + TransactionSession> Transaction<T> {
         let rows = match self.frame.before_commit() {
             Ok(rows) => rows,
             Err(error) => {
-                self.rollback().await?;
+                if let Err(rollback) = self.rollback().await {
+                    tracing::error!(%rollback, "rolling back a transaction that cannot commit failed");
+                }
                 return Err(DbErr::Custom(error.to_string()));
             }
         };

@@ -114,6 +114,7 @@ async fn insert_rows<C: ConnectionTrait>(
     mut values: Vec<Value>,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
+    debug_assert_eq!(values.len() % cols, 0, "{table}: values are whole rows");
     while !values.is_empty() {
         let mut rows = 0;
         let mut bytes = 0;
