@@ -216,6 +216,37 @@ macro_rules! diesel_suite {
             }
 
             #[test]
+            fn a_test_transaction_is_transparent() {
+                let Some((_guard, pool)) = setup() else {
+                    return;
+                };
+                let receiver = Receiver::start();
+                let thorn = thorn_to(&receiver, local_config());
+                let mut conn = pool.get().unwrap();
+                let _test = thorn::diesel::begin_test_transaction(&thorn, &mut conn).unwrap();
+                // Directly in it: as if committed on its own.
+                insert(&thorn, &mut conn, "in the test").unwrap();
+                assert_eq!(created(&receiver.expect(1, WAIT)), ["in the test"]);
+                // Transactions inside it commit (release) or roll back as usual.
+                let _ = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+                    insert(&thorn, conn, "rolled back")?;
+                    Err::<(), _>(rolled_back())
+                });
+                thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+                    insert(&thorn, conn, "released").map(drop)
+                })
+                .unwrap();
+                assert_eq!(created(&receiver.expect(1, WAIT)), ["released"]);
+                assert_eq!(count(&mut conn), 2);
+                // Diesel's own savepoints in it are still transactions Thorn does not manage.
+                let err = conn
+                    .transaction(|conn| insert(&thorn, conn, "unmanaged"))
+                    .unwrap_err();
+                assert!(err.to_string().contains("does not manage"), "{err}");
+                receiver.expect_none(Duration::from_millis(200));
+            }
+
+            #[test]
             fn events_that_do_not_honour_transactions_are_sent_at_once() {
                 let Some((_guard, pool)) = setup() else {
                     return;

@@ -168,6 +168,12 @@ impl Thorn {
         self.inner.frames.detached(key).is_some()
     }
 
+    /// True when `key` was opened with [`Parent::Test`]: a test
+    /// transaction that never commits, transparent to Thorn.
+    pub fn is_test_frame(&self, key: FrameKey) -> bool {
+        self.inner.frames.is_test(key)
+    }
+
     /// The frame a write through the managed transaction `key` joins: the
     /// innermost savepoint of it that is open (writes through an outer
     /// handle run inside it), or `key` itself; `None` when `key` is not

@@ -144,6 +144,11 @@ pub enum Parent {
     /// rows are written at release (the database keeps their rollback
     /// semantics), and events held in memory are refused.
     Unmanaged,
+    /// Not a transaction's frame but a test transaction's marker (Diesel's
+    /// `begin_test_transaction`, which never commits): writes directly in
+    /// it behave as if they committed on their own ([`Scope::Own`]), and
+    /// transactions opened in it as outermost ones. See [`Thorn::is_test_frame`].
+    Test,
 }
 
 struct Frame {
@@ -211,7 +216,7 @@ impl Frames {
     pub(crate) fn begin(&self, key: FrameKey, parent: Parent) {
         let mut map = self.lock();
         let detached = match parent {
-            Parent::Root => false,
+            Parent::Root | Parent::Test => false,
             Parent::Unmanaged => true,
             Parent::Managed(p) => map.get(&p).is_none_or(|f| f.detached),
         };
@@ -228,6 +233,13 @@ impl Frames {
                 "a managed transaction frame was opened twice; the older one's events are discarded"
             );
         }
+    }
+
+    /// True when `key` is a test transaction's marker.
+    pub(crate) fn is_test(&self, key: FrameKey) -> bool {
+        self.lock()
+            .get(&key)
+            .is_some_and(|f| f.parent == Parent::Test)
     }
 
     /// `Some(detached)` when `key` is open.

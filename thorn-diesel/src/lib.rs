@@ -339,7 +339,9 @@ fn scope_of<C: diesel::Connection>(thorn: &Thorn, conn: &mut C) -> QueryResult<S
         0 => Scope::Own,
         depth => {
             let key = FrameKey::new(connection, depth);
-            if thorn.is_managed(key) {
+            if thorn.is_test_frame(key) {
+                Scope::Own
+            } else if thorn.is_managed(key) {
                 Scope::Managed(key)
             } else {
                 Scope::Unmanaged
@@ -393,6 +395,7 @@ where
     let here = FrameKey::new(connection, depth);
     let parent = match depth {
         0 => Parent::Root,
+        _ if thorn.is_test_frame(here) => Parent::Root,
         _ if thorn.is_managed(here) => Parent::Managed(here),
         _ => Parent::Unmanaged,
     };
@@ -405,6 +408,41 @@ where
     })?;
     frame.committed();
     Ok(value)
+}
+
+/// Begins Diesel's test transaction on `conn` (one that is never
+/// committed: everything is rolled back when the connection goes) and
+/// tells Thorn about it, so tests of code that writes through
+/// `thorn::diesel` see its webhooks: writes directly in the test
+/// transaction send their events after the statement, as if they had
+/// committed on their own, and [`transaction`]s opened inside it send
+/// theirs when they "commit" (release their savepoint).
+///
+/// Keep the returned guard for as long as the connection is used.
+///
+/// ```ignore
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// let _test = thorn::diesel::begin_test_transaction(&thorn, &mut conn)?;
+/// thorn::diesel::insert(&thorn, &mut conn, /* ... */)?; // "article.created" is sent
+/// ```
+pub fn begin_test_transaction<C: diesel::Connection>(
+    thorn: &Thorn,
+    conn: &mut C,
+) -> QueryResult<TestTransaction> {
+    conn.begin_test_transaction()?;
+    let (connection, depth) = transaction_state(conn)?;
+    Ok(TestTransaction {
+        _marker: thorn.begin_frame(FrameKey::new(connection, depth), Parent::Test),
+    })
+}
+
+/// Thorn's knowledge of a test transaction, from
+/// [`begin_test_transaction`]; dropping it forgets the test transaction
+/// (not rolling anything back: Diesel does that when the connection goes).
+#[derive(Debug)]
+#[must_use = "dropping it at once makes the test transaction one Thorn does not manage"]
+pub struct TestTransaction {
+    _marker: thorn_core::transaction::ManagedFrame,
 }
 
 /// A core error as Diesel's: encode errors as serialization errors, the
