@@ -275,11 +275,20 @@ crate::seaorm_funtests::on_both!(
                 .unwrap()
                 .new_events
         };
-        rt.block_on(thorn::seaorm::scope(thorn_to(&receiver, true), async {
+        let thorn = thorn_to(&receiver, true);
+        let signal = thorn.outbox_signal().clone();
+        rt.block_on(thorn::seaorm::scope(thorn, async {
+            let notified = signal.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
             let txn = thorn::seaorm::begin(&db).await.unwrap();
             for i in 0..5 {
                 draft(&format!("batch {i}")).insert(&*txn).await.unwrap();
             }
+            assert!(
+                !crate::transactions::woken(notified.as_mut()),
+                "relay woken before COMMIT"
+            );
             // Held until COMMIT, then written in one statement (SQLite's pool
             // has no second connection to look with while the transaction is
             // open).
@@ -287,6 +296,10 @@ crate::seaorm_funtests::on_both!(
                 assert_eq!(new_events(db.clone()).await, 0);
             }
             txn.commit().await.unwrap();
+            assert!(
+                crate::transactions::woken(notified.as_mut()),
+                "relay not woken after COMMIT"
+            );
             assert_eq!(new_events(db.clone()).await, 5);
             assert_eq!(count(&db).await, 5);
         }));

@@ -79,6 +79,12 @@ fn created(got: &[Received]) -> Vec<String> {
         .collect()
 }
 
+/// Whether the relay's wake-up signal has fired (polled once, no waiting).
+pub(crate) fn woken(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::future::Future::poll(notified, &mut cx).is_ready()
+}
+
 fn rolled_back() -> diesel::result::Error {
     diesel::result::Error::RollbackTransaction
 }
@@ -213,6 +219,28 @@ macro_rules! diesel_suite {
                 assert!(err.to_string().contains("does not manage"), "{err}");
                 assert_eq!(count(&mut conn), 0);
                 receiver.expect_none(Duration::from_millis(300));
+            }
+
+            #[test]
+            fn the_relay_is_woken_after_commit_not_before() {
+                let Some((_guard, pool)) = setup() else {
+                    return;
+                };
+                thorn::diesel::migrate(&mut *pool.get().unwrap()).unwrap();
+                let receiver = Receiver::start();
+                let thorn = thorn_to(&receiver, outbox_config());
+                let signal = thorn.outbox_signal().clone();
+                let notified = signal.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                let mut conn = pool.get().unwrap();
+                thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+                    insert(&thorn, conn, "woken")?;
+                    assert!(!woken(notified.as_mut()), "relay woken before COMMIT");
+                    Ok::<_, diesel::result::Error>(())
+                })
+                .unwrap();
+                assert!(woken(notified.as_mut()), "relay not woken after COMMIT");
             }
 
             #[test]
