@@ -307,15 +307,22 @@ crate::seaorm_funtests::on_both!(
 );
 
 /// Twenty tasks publish one article at once, each in a transaction Thorn
-/// manages: the old row is locked in it, so exactly one `article.published`
-/// is sent (PostgreSQL; SQLite serializes writers anyway).
+/// manages: the old row is locked in it (`FOR UPDATE` on PostgreSQL), so
+/// exactly one `article.published` is sent.
+/// On SQLite the same holds with transactions that take the write lock at
+/// `BEGIN` (`begin_with_options`, `Immediate`): writers queue up.
 #[test]
 fn racing_publishes_send_one_publication() {
+    racing_publishes(true);
+    racing_publishes(false);
+}
+
+fn racing_publishes(postgres: bool) {
     let rt = runtime();
-    let Some((_guard, db)) = database(&rt, true) else {
+    let Some((_guard, db)) = database(&rt, postgres) else {
         return;
     };
-    rt.block_on(create_table(&db, true));
+    rt.block_on(create_table(&db, postgres));
     let receiver = Receiver::start();
     let thorn = thorn_to(&receiver, false);
     let id = rt
@@ -330,7 +337,14 @@ fn racing_publishes_send_one_publication() {
         .map(|_| {
             let db = db.clone();
             rt.spawn(thorn::seaorm::scope(thorn.clone(), async move {
-                let txn = thorn::seaorm::begin(&db).await?;
+                let txn = thorn::seaorm::begin_with_options(
+                    &db,
+                    sea_orm::TransactionOptions {
+                        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 let mut a: tx_article::ActiveModel = tx_article::Entity::find_by_id(id)
                     .one(&*txn)
                     .await?

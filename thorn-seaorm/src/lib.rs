@@ -74,11 +74,11 @@
 //! caller set only the key) and none is sent when there was no row.
 //!
 //! The row lock lasts as long as the transaction: save inside
-//! `db.begin()` / `db.transaction(..)` when concurrent writers may change
+//! [`begin`] / [`transaction`] when concurrent writers may change
 //! the same row, or two saves may both see the old state. On SQLite,
 //! whose deferred transactions cannot start writing after reading while
 //! another connection writes (`SQLITE_BUSY`), open such transactions with
-//! `begin_with_options(TransactionOptions { sqlite_transaction_mode:
+//! [`begin_with_options`]`(&db, TransactionOptions { sqlite_transaction_mode:
 //! Some(SqliteTransactionMode::Immediate), .. })`. Saves of the same row
 //! joined within one task (`join!`) share a key: run them one after the
 //! other.
@@ -596,13 +596,35 @@ pub async fn begin<C>(db: &C) -> Result<Transaction<C::Transaction>, DbErr>
 where
     C: ConnectionTrait + TransactionTrait,
 {
+    begin_with_options(db, sea_orm::TransactionOptions::default()).await
+}
+
+/// [`begin`] with SeaORM's transaction options: isolation level, access
+/// mode, and on SQLite the transaction mode — `Immediate` takes the write
+/// lock at `BEGIN`, which transactions that read and then write need when
+/// other connections write too.
+///
+/// ```ignore
+/// let txn = thorn::seaorm::begin_with_options(&db, sea_orm::TransactionOptions {
+///     sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+///     ..Default::default()
+/// })
+/// .await?;
+/// ```
+pub async fn begin_with_options<C>(
+    db: &C,
+    options: sea_orm::TransactionOptions,
+) -> Result<Transaction<C::Transaction>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let thorn = thorn_for("thorn_seaorm::begin")?;
     let parent = match scope_of(&thorn, db) {
         Scope::Managed(key) => Parent::Managed(key),
         Scope::Autocommit | Scope::Own => Parent::Root,
         Scope::Unmanaged | Scope::Unknown => Parent::Unmanaged,
     };
-    let txn = Box::new(db.begin().await?);
+    let txn = Box::new(db.begin_with_options(options).await?);
     let frame = thorn.begin_frame(frame_key(&*txn), parent);
     Ok(Transaction { txn, frame })
 }
