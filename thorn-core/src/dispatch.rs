@@ -568,13 +568,14 @@ async fn start(inner: &std::sync::Weak<InProcess>, job: Job, events: &Arc<Semaph
         } = job;
         let event = outgoing.event.clone();
         let result = inner.deliver_all(&thorn, outgoing, permit).await;
-        match reply {
-            Some(reply) => drop(reply.send(result)),
-            None => {
-                if let Err(error) = result {
-                    tracing::error!(%event, %error, "webhook not delivered");
-                }
-            }
+        // Nobody waits for the outcome (no handle, or a dropped one): an
+        // error that stopped every delivery is logged here.
+        let unheard = match reply {
+            Some(reply) => reply.send(result).err(),
+            None => Some(result),
+        };
+        if let Some(Err(error)) = unheard {
+            tracing::error!(%event, %error, "webhook not delivered");
         }
         drop(counted);
     });
