@@ -135,6 +135,18 @@ pub fn install(thorn: Thorn) {
     *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(thorn);
 }
 
+/// Takes the installed Thorn out (hooks outside [`scope`] then have none),
+/// for a clean shutdown: drain it, then drop it.
+///
+/// ```ignore
+/// if let Some(thorn) = thorn_seaorm::uninstall() {
+///     thorn.drain_async(std::time::Duration::from_secs(10)).await;
+/// }
+/// ```
+pub fn uninstall() -> Option<Thorn> {
+    INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take()
+}
+
 /// Runs `future` with `thorn` as the instance its hooks send with, ahead
 /// of the installed one: for tests, or several Thorn configurations in one
 /// process.
