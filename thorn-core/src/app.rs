@@ -9,7 +9,7 @@ use crate::Result;
 use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{DisabledDispatcher, Dispatched, Dispatcher, InProcessDispatcher, Outgoing};
 use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
-use crate::transaction::{FrameKey, Frames, ManagedFrame, Parent, Route};
+use crate::transaction::{FrameKey, Frames, ManagedFrame, Parent, Route, Scope};
 
 /// The application's webhook sender: its [`Config`], where subscribers are
 /// stored, and the [`Dispatcher`] that delivers. Cheap to clone; build one
@@ -163,15 +163,13 @@ impl Thorn {
         ManagedFrame::new(self.background(), key)
     }
 
-    /// True when `key` is an open managed transaction or savepoint.
-    pub fn is_managed(&self, key: FrameKey) -> bool {
-        self.inner.frames.detached(key).is_some()
-    }
-
-    /// True when `key` was opened with [`Parent::Test`]: a test
-    /// transaction that never commits, transparent to Thorn.
-    pub fn is_test_frame(&self, key: FrameKey) -> bool {
-        self.inner.frames.is_test(key)
+    /// The scope of a write on a connection whose innermost transaction
+    /// is `key` (for integrations that know their transaction depth, as
+    /// Diesel does): [`Scope::Managed`] when `key` is an open frame,
+    /// [`Scope::Own`] when it marks a test transaction ([`Parent::Test`]),
+    /// [`Scope::Unmanaged`] otherwise.
+    pub fn scope_at(&self, key: FrameKey) -> Scope {
+        self.inner.frames.scope_at(key)
     }
 
     /// The frame a write through the managed transaction `key` joins: the

@@ -147,8 +147,22 @@ pub enum Parent {
     /// Not a transaction's frame but a test transaction's marker (Diesel's
     /// `begin_test_transaction`, which never commits): writes directly in
     /// it behave as if they committed on their own ([`Scope::Own`]), and
-    /// transactions opened in it as outermost ones. See [`Thorn::is_test_frame`].
+    /// transactions opened in it as outermost ones. See [`Thorn::scope_at`].
     Test,
+}
+
+impl Parent {
+    /// Where a transaction (or savepoint) begun in `scope` sits: outermost
+    /// outside any transaction, a savepoint of the managed frame it is
+    /// begun in, or detached inside one Thorn does not manage (or cannot
+    /// place).
+    pub fn enclosing(scope: Scope) -> Parent {
+        match scope {
+            Scope::Own | Scope::Autocommit => Parent::Root,
+            Scope::Managed(key) => Parent::Managed(key),
+            Scope::Unmanaged | Scope::Unknown => Parent::Unmanaged,
+        }
+    }
 }
 
 struct Frame {
@@ -235,11 +249,13 @@ impl Frames {
         }
     }
 
-    /// True when `key` is a test transaction's marker.
-    pub(crate) fn is_test(&self, key: FrameKey) -> bool {
-        self.lock()
-            .get(&key)
-            .is_some_and(|f| f.parent == Parent::Test)
+    /// The scope of a write at `key`: see [`Thorn::scope_at`].
+    pub(crate) fn scope_at(&self, key: FrameKey) -> Scope {
+        match self.lock().get(&key) {
+            Some(f) if f.parent == Parent::Test => Scope::Own,
+            Some(_) => Scope::Managed(key),
+            None => Scope::Unmanaged,
+        }
     }
 
     /// `Some(detached)` when `key` is open.

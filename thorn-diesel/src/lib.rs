@@ -335,19 +335,14 @@ where
 /// its innermost savepoint), or in one it does not.
 fn scope_of<C: diesel::Connection>(thorn: &Thorn, conn: &mut C) -> QueryResult<Scope> {
     let (connection, depth) = transaction_state(conn)?;
-    Ok(match depth {
+    Ok(scope_at(thorn, connection, depth))
+}
+
+fn scope_at(thorn: &Thorn, connection: usize, depth: usize) -> Scope {
+    match depth {
         0 => Scope::Own,
-        depth => {
-            let key = FrameKey::new(connection, depth);
-            if thorn.is_test_frame(key) {
-                Scope::Own
-            } else if thorn.is_managed(key) {
-                Scope::Managed(key)
-            } else {
-                Scope::Unmanaged
-            }
-        }
-    })
+        depth => thorn.scope_at(FrameKey::new(connection, depth)),
+    }
 }
 
 /// The identity of the connection under any wrapper (the address of its
@@ -392,13 +387,7 @@ where
     E: From<diesel::result::Error>,
 {
     let (connection, depth) = transaction_state(conn)?;
-    let here = FrameKey::new(connection, depth);
-    let parent = match depth {
-        0 => Parent::Root,
-        _ if thorn.is_test_frame(here) => Parent::Root,
-        _ if thorn.is_managed(here) => Parent::Managed(here),
-        _ => Parent::Unmanaged,
-    };
+    let parent = Parent::enclosing(scope_at(thorn, connection, depth));
     let mut frame = thorn.begin_frame(FrameKey::new(connection, depth + 1), parent);
     let value = conn.transaction::<T, E, _>(|conn| {
         let value = f(conn)?;

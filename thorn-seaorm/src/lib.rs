@@ -631,11 +631,7 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     let thorn = thorn_for("thorn_seaorm::begin")?;
-    let parent = match scope_of(&thorn, db) {
-        Scope::Managed(key) => Parent::Managed(key),
-        Scope::Autocommit | Scope::Own => Parent::Root,
-        Scope::Unmanaged | Scope::Unknown => Parent::Unmanaged,
-    };
+    let parent = Parent::enclosing(scope_of(&thorn, db));
     let txn = Box::new(db.begin_with_options(options).await?);
     let frame = thorn.begin_frame(frame_key(&*txn), parent);
     Ok(Transaction { txn, frame })
