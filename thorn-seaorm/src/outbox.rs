@@ -111,26 +111,32 @@ async fn insert_rows<C: ConnectionTrait>(
     columns: &str,
     cols: usize,
     tail: &str,
-    mut values: Vec<Value>,
+    values: Vec<Value>,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
     debug_assert_eq!(values.len() % cols, 0, "{table}: values are whole rows");
-    while !values.is_empty() {
-        let mut rows = 0;
-        let mut bytes = 0;
-        for row in values.chunks(cols) {
-            bytes += row.iter().map(value_bytes).sum::<usize>();
-            if rows == ROWS_PER_INSERT || (rows > 0 && bytes > BYTES_PER_INSERT) {
-                break;
-            }
-            rows += 1;
+    // Rows per statement, decided in one pass; then the values move once.
+    let mut statements = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    for row in values.chunks(cols) {
+        let size: usize = row.iter().map(value_bytes).sum();
+        if rows == ROWS_PER_INSERT || (rows > 0 && bytes + size > BYTES_PER_INSERT) {
+            statements.push(rows);
+            (rows, bytes) = (0, 0);
         }
-        let rest = values.split_off(rows * cols);
+        rows += 1;
+        bytes += size;
+    }
+    if rows > 0 {
+        statements.push(rows);
+    }
+    let mut values = values.into_iter();
+    for rows in statements {
         let sql = format!(
             "INSERT INTO {table} ({columns}) VALUES {}{tail}",
-            value_rows(values.len() / cols, cols)
+            value_rows(rows, cols)
         );
-        let batch = std::mem::replace(&mut values, rest);
+        let batch: Vec<Value> = values.by_ref().take(rows * cols).collect();
         db.execute_raw(Statement::from_sql_and_values(backend, sql, batch))
             .await?;
     }
