@@ -122,6 +122,18 @@ fn lock(postgres: bool) -> &'static str {
     }
 }
 
+/// The statement counting events and deliveries by state, in one
+/// snapshot (separate statements can count a delivery twice as it moves
+/// from pending to dead): `$1` = now in µs. Columns: `new_events`,
+/// `pending`, `delivered`, `dead`, `claimed`.
+pub const COUNTS_SQL: &str = "SELECT \
+    (SELECT COUNT(*) FROM thorn_events WHERE fanned_out_at IS NULL) AS new_events, \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending') AS pending, \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'delivered') AS delivered, \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'dead') AS dead, \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending' AND locked_until > $1) \
+    AS claimed";
+
 /// The statement claiming up to `$4` events not yet fanned out, whose
 /// lease (if any) expired before `$3`: sets `locked_until = $1` and
 /// `locked_by = $2`, returns the events. On PostgreSQL the rows are taken

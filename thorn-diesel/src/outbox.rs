@@ -190,6 +190,20 @@ impl ClaimedEventRow {
 }
 
 #[derive(QueryableByName)]
+struct CountsRow {
+    #[diesel(sql_type = BigInt)]
+    new_events: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    delivered: i64,
+    #[diesel(sql_type = BigInt)]
+    dead: i64,
+    #[diesel(sql_type = BigInt)]
+    claimed: i64,
+}
+
+#[derive(QueryableByName)]
 struct ClaimedDeliveryRow {
     #[diesel(sql_type = Text)]
     id: String,
@@ -376,31 +390,22 @@ macro_rules! outbox_for {
         impl DieselOutbox<$conn> {
             /// How many events and deliveries are in each state.
             pub fn counts(&self) -> Result<OutboxCounts> {
-                use thorn_deliveries::dsl as d;
-                use thorn_events::dsl as e;
                 let mut conn = self.pool.get().map_err(store_err)?;
-                let conn = &mut *conn;
-                let count_state = |conn: &mut $conn, state: DeliveryState| {
-                    d::thorn_deliveries
-                        .filter(d::state.eq(state.as_str()))
-                        .count()
-                        .get_result::<i64>(conn)
+                let sql = if $postgres {
+                    schema::COUNTS_SQL.to_owned()
+                } else {
+                    sqlite_placeholders(schema::COUNTS_SQL)
                 };
+                let c: CountsRow = diesel::sql_query(sql)
+                    .bind::<BigInt, _>(now_micros())
+                    .get_result(&mut *conn)
+                    .map_err(store_err)?;
                 Ok(OutboxCounts {
-                    new_events: e::thorn_events
-                        .filter(e::fanned_out_at.is_null())
-                        .count()
-                        .get_result(conn)
-                        .map_err(store_err)?,
-                    pending: count_state(conn, DeliveryState::Pending).map_err(store_err)?,
-                    delivered: count_state(conn, DeliveryState::Delivered).map_err(store_err)?,
-                    dead: count_state(conn, DeliveryState::Dead).map_err(store_err)?,
-                    claimed: d::thorn_deliveries
-                        .filter(d::state.eq(DeliveryState::Pending.as_str()))
-                        .filter(d::locked_until.gt(now_micros()))
-                        .count()
-                        .get_result(conn)
-                        .map_err(store_err)?,
+                    new_events: c.new_events,
+                    pending: c.pending,
+                    delivered: c.delivered,
+                    dead: c.dead,
+                    claimed: c.claimed,
                 })
             }
         }

@@ -187,23 +187,7 @@ impl SeaOrmOutbox {
 
     /// How many events and deliveries are in each state.
     pub async fn counts(&self) -> Result<OutboxCounts> {
-        let rows = query(
-            &self.db,
-            "SELECT \
-             (SELECT COUNT(*) FROM thorn_events WHERE fanned_out_at IS NULL) AS new_events, \
-             (SELECT COUNT(*) FROM thorn_deliveries WHERE state = $1) AS pending, \
-             (SELECT COUNT(*) FROM thorn_deliveries WHERE state = $2) AS delivered, \
-             (SELECT COUNT(*) FROM thorn_deliveries WHERE state = $3) AS dead, \
-             (SELECT COUNT(*) FROM thorn_deliveries WHERE state = $1 AND locked_until > $4) \
-             AS claimed",
-            vec![
-                DeliveryState::Pending.as_str().into(),
-                DeliveryState::Delivered.as_str().into(),
-                DeliveryState::Dead.as_str().into(),
-                now_micros().into(),
-            ],
-        )
-        .await?;
+        let rows = query(&self.db, schema::COUNTS_SQL, vec![now_micros().into()]).await?;
         let row = rows
             .first()
             .ok_or_else(|| Error::Store("outbox counts: the query returned no row".into()))?;
