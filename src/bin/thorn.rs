@@ -21,10 +21,11 @@ use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool};
 use thorn::diesel::outbox::RelayConnection;
 use thorn::diesel::{DieselOutbox, DieselStore};
-use thorn::outbox::{RelayCounters, RelayOptions, run_relay};
+use thorn::outbox::{DeliveryState, RelayCounters, RelayOptions, run_relay};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, Thorn};
 use tokio::sync::{Notify, watch};
+use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(
@@ -105,22 +106,22 @@ enum Deliveries {
     Counts,
     /// Recent deliveries.
     List {
-        /// Only this state: pending, delivered or dead.
+        /// Only this state: pending, delivered, dead or cancelled.
         #[arg(long)]
-        state: Option<String>,
+        state: Option<DeliveryState>,
         /// How many.
         #[arg(long, default_value_t = 50)]
-        limit: i64,
+        limit: usize,
     },
     /// One delivery with every attempt.
     Show {
         /// Delivery id.
-        id: String,
+        id: Uuid,
     },
     /// Make a delivery due now (a dead one gets another attempt).
     Retry {
         /// Delivery id.
-        id: String,
+        id: Uuid,
     },
 }
 
@@ -129,7 +130,7 @@ enum Events {
     /// Send an event again to today's subscribers (new delivery ids).
     Replay {
         /// Event id.
-        id: String,
+        id: Uuid,
     },
 }
 
@@ -205,7 +206,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Events(Events::Replay { id }) => {
             let outbox = DieselOutbox::new(pool(cli.database_url, 1)?);
-            if outbox.replay_event(&id)? {
+            if outbox.replay_event(id)? {
                 println!("event {id} will be sent again");
                 Ok(())
             } else {
@@ -220,12 +221,12 @@ fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Resul
         Deliveries::Counts => {
             let c = outbox.counts()?;
             println!(
-                "new events {}  pending {} (claimed {})  delivered {}  dead {}",
-                c.new_events, c.pending, c.claimed, c.delivered, c.dead
+                "new events {}  pending {} (claimed {})  delivered {}  dead {}  cancelled {}",
+                c.new_events, c.pending, c.claimed, c.delivered, c.dead, c.cancelled
             );
         }
         Deliveries::List { state, limit } => {
-            for d in outbox.deliveries(state.as_deref(), limit)? {
+            for d in outbox.deliveries(state, limit)? {
                 println!(
                     "{}  {:9}  {:>2} attempt(s)  {}  {}  {}",
                     d.id,
@@ -238,7 +239,7 @@ fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Resul
             }
         }
         Deliveries::Show { id } => {
-            let (d, attempts) = outbox.delivery(&id)?.ok_or(format!("no delivery {id}"))?;
+            let (d, attempts) = outbox.delivery(id)?.ok_or(format!("no delivery {id}"))?;
             println!(
                 "delivery {}\nevent    {} ({})\nurl      {}\nstate    {}  attempts {}  next run {}",
                 d.id,
@@ -268,7 +269,7 @@ fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Resul
             }
         }
         Deliveries::Retry { id } => {
-            if outbox.retry_delivery(&id)? {
+            if outbox.retry_delivery(id)? {
                 println!("delivery {id} is due now");
             } else {
                 return Err(format!("no delivery {id} (or a worker holds it now)").into());

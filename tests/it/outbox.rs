@@ -193,6 +193,7 @@ macro_rules! outbox_suite {
                         pending: 0,
                         delivered: 4,
                         dead: 0,
+                        cancelled: 0,
                         claimed: 0
                     }
                 );

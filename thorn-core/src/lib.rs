@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod retry;
 pub mod schema;
 pub mod signing;
+pub mod sql;
 pub mod subscriber;
 pub mod transaction;
 pub mod validate;

@@ -36,7 +36,6 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -352,31 +351,52 @@ pub struct ClaimedDelivery {
     pub attempts: u32,
 }
 
-impl ClaimedDelivery {
-    /// Rebuilds a claimed delivery from its `thorn_deliveries` row: `id`,
-    /// its event (found in `events` by `event_id`), the subscriber's JSON
-    /// and the `attempts` column (which counts this claim). Errors name
-    /// the row and the column.
-    pub fn from_columns(
-        id: &str,
-        event_id: &str,
-        events: &HashMap<String, Arc<StoredEvent>>,
-        subscriber: &str,
-        attempts: i32,
-    ) -> Result<Self> {
-        let corrupt = |what, detail: &dyn std::fmt::Display| {
-            crate::schema::corrupt("thorn_deliveries", id, what, detail)
-        };
-        Ok(ClaimedDelivery {
-            id: Uuid::parse_str(id).map_err(|e| corrupt("id", &e))?,
-            event: events
-                .get(event_id)
-                .cloned()
-                .ok_or_else(|| corrupt("event_id", &"no such event"))?,
-            subscriber: serde_json::from_str(subscriber).map_err(|e| corrupt("subscriber", &e))?,
-            attempts: u32::try_from(attempts - 1).unwrap_or(0),
-        })
-    }
+/// One delivery, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// Delivery id (`Hook-Delivery`).
+    pub id: String,
+    /// Its event.
+    pub event_id: String,
+    /// Event name.
+    pub event: String,
+    /// The recipient URL at fan-out (attempts go to the subscription's
+    /// URL at send time).
+    pub url: String,
+    /// `pending`, `delivered`, `dead` or `cancelled`.
+    pub state: String,
+    /// Attempts recorded.
+    pub attempts: i32,
+    /// When the next attempt is due (µs since the epoch).
+    pub run_at: i64,
+    /// Last HTTP status.
+    pub last_status: Option<i32>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// The worker holding it, while claimed.
+    pub locked_by: Option<String>,
+}
+
+/// A delivery with its attempts, oldest first.
+pub type DeliveryHistory = (DeliveryInfo, Vec<AttemptInfo>);
+
+/// One recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// 1-based.
+    pub attempt: i32,
+    /// µs since the epoch.
+    pub started_at: i64,
+    /// HTTP status, when there was an answer.
+    pub status: Option<i32>,
+    /// Latency, µs.
+    pub latency_us: i64,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// First bytes of the response body.
+    pub response: Option<String>,
+    /// Which worker.
+    pub worker: String,
 }
 
 /// Counts of events and deliveries by state, for operators and tests.
@@ -390,6 +410,8 @@ pub struct OutboxCounts {
     pub delivered: i64,
     /// Deliveries that failed for good.
     pub dead: i64,
+    /// Deliveries whose subscription was deleted before they were sent.
+    pub cancelled: i64,
     /// Pending deliveries claimed by a worker right now.
     pub claimed: i64,
 }
@@ -453,6 +475,8 @@ pub enum DeliveryState {
     Delivered,
     /// Failed for good.
     Dead,
+    /// Not sent: its subscription was deleted first.
+    Cancelled,
 }
 
 impl DeliveryState {
@@ -462,7 +486,29 @@ impl DeliveryState {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
+            DeliveryState::Cancelled => "cancelled",
         }
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = Error;
+
+    /// `pending`, `delivered`, `dead` or `cancelled`; an error names the
+    /// others.
+    fn from_str(s: &str) -> Result<Self> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Dead,
+            DeliveryState::Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| Error::Config {
+            key: "delivery state".into(),
+            message: format!("`{s}` is none of pending, delivered, dead, cancelled"),
+        })
     }
 }
 

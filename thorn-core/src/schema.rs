@@ -94,69 +94,22 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE TRIGGER thorn_events_notify AFTER INSERT ON thorn_events
         FOR EACH STATEMENT EXECUTE FUNCTION thorn_outbox_notify();",
     ),
+    (
+        3,
+        // Deliveries follow their subscription: a stored subscription is
+        // read at send time (by `subscriber_uuid`), so its secret lives in
+        // `thorn_subscribers` only. `recipient` keeps the snapshot of a
+        // recipient without a row (static subscribers, per-event ones).
+        "ALTER TABLE thorn_deliveries ADD COLUMN recipient TEXT NULL;
+    UPDATE thorn_deliveries SET recipient = subscriber
+        WHERE subscriber_uuid NOT IN (SELECT uuid FROM thorn_subscribers);
+    ALTER TABLE thorn_deliveries DROP COLUMN subscriber;",
+        "",
+    ),
 ];
 
 /// The newest migration this version of Thorn knows.
 pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
-
-const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by = $2
-    WHERE id IN (SELECT id FROM thorn_events
-        WHERE fanned_out_at IS NULL AND (locked_until IS NULL OR locked_until < $3)
-        ORDER BY created_at LIMIT $4 {lock})
-    RETURNING id, name, message, sender, options, created_at";
-
-const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
-    SET locked_until = $1, locked_by = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id IN (SELECT id FROM thorn_deliveries
-        WHERE state = 'pending' AND run_at <= $3
-          AND (locked_until IS NULL OR locked_until < $3) AND {which}
-        ORDER BY run_at LIMIT $4 {lock})
-    RETURNING id, event_id, subscriber, attempts";
-
-fn lock(postgres: bool) -> &'static str {
-    // SQLite serializes writers: no row locks to take.
-    if postgres {
-        "FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    }
-}
-
-/// The statement counting events and deliveries by state, in one
-/// snapshot (separate statements can count a delivery twice as it moves
-/// from pending to dead): `$1` = now in µs. Columns: `new_events`,
-/// `pending`, `delivered`, `dead`, `claimed`.
-pub const COUNTS_SQL: &str = "SELECT \
-    (SELECT COUNT(*) FROM thorn_events WHERE fanned_out_at IS NULL) AS new_events, \
-    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending') AS pending, \
-    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'delivered') AS delivered, \
-    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'dead') AS dead, \
-    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending' AND locked_until > $1) \
-    AS claimed";
-
-/// The statement claiming up to `$4` events not yet fanned out, whose
-/// lease (if any) expired before `$3`: sets `locked_until = $1` and
-/// `locked_by = $2`, returns the events. On PostgreSQL the rows are taken
-/// with `FOR UPDATE SKIP LOCKED`, so concurrent workers claim disjoint
-/// sets. Placeholders are `$N`.
-pub fn claim_events_sql(postgres: bool) -> String {
-    CLAIM_EVENTS.replace("{lock}", lock(postgres))
-}
-
-/// The statement claiming up to `$4` pending deliveries due at `$3` —
-/// first attempts (`first`) or retries — whose lease (if any) expired:
-/// sets the lease (`$1`, `$2`), counts the attempt, returns the
-/// deliveries. Placeholders are `$N`.
-pub fn claim_deliveries_sql(postgres: bool, first: bool) -> String {
-    CLAIM_DELIVERIES.replace("{lock}", lock(postgres)).replace(
-        "{which}",
-        if first {
-            "attempts = 0"
-        } else {
-            "attempts > 0"
-        },
-    )
-}
 
 /// A subscription as `thorn_subscribers` stores it, one field per column
 /// the stores write: text uuid and URL, the owner as its JSON text (`7`,

@@ -48,6 +48,7 @@
 
 pub mod migrate;
 pub mod outbox;
+pub mod sql;
 pub mod store;
 
 #[doc(hidden)]
@@ -445,22 +446,16 @@ fn thorn_error(error: thorn_core::Error) -> diesel::result::Error {
     }
 }
 
-/// Writes outbox rows through `conn`, a multi-row `INSERT` per 1,000; a
-/// missing table names the migration.
+/// Writes outbox rows through `conn`; a missing table names the
+/// migration, a database error comes back as Diesel's own.
 fn write_rows<C: OutboxConnection>(conn: &mut C, rows: &[StoredEvent]) -> QueryResult<()> {
-    for chunk in rows.chunks(1000) {
-        conn.thorn_write_events(chunk).map_err(|error| {
-            if thorn_core::outbox::is_missing_table(&error.to_string()) {
-                thorn_error(thorn_core::Error::OutboxMissing {
-                    migrate: "thorn::diesel::migrate(conn)",
-                    source: Box::new(error),
-                })
-            } else {
-                error
-            }
-        })?;
-    }
-    Ok(())
+    conn.thorn_write_events(rows).map_err(|error| match error {
+        thorn_core::Error::Store(source) => match source.downcast::<diesel::result::Error>() {
+            Ok(error) => *error,
+            Err(source) => thorn_error(thorn_core::Error::Store(source)),
+        },
+        other => thorn_error(other),
+    })
 }
 
 /// Runs an `INSERT ... RETURNING` statement for any number of rows

@@ -34,25 +34,22 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use thorn_core::outbox::{
-    AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Health, Next,
-    OutboxStore, RelayOptions, RelayStats, StoredEvent, micros, now_micros,
+    AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
+    RelayOptions, RelayStats, StoredEvent,
 };
-use thorn_core::schema;
+use thorn_core::sql::{SqlOutbox, ready};
 use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::store::{blocking, store_err};
+use crate::sql::{DieselConn, DieselDb, SqlConnection};
 
 diesel::table! {
     /// Events written by committed transactions.
@@ -87,8 +84,10 @@ diesel::table! {
         event_id -> Text,
         /// The subscriber's uuid.
         subscriber_uuid -> Text,
-        /// The subscriber at fan-out, JSON.
-        subscriber -> Text,
+        /// A recipient without a row in `thorn_subscribers` (static or
+        /// per-event), as JSON at fan-out; NULL for stored subscriptions,
+        /// which are read at send time.
+        recipient -> Nullable<Text>,
         /// Recipient URL.
         url -> Text,
         /// pending, delivered or dead.
@@ -136,146 +135,56 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(thorn_events, thorn_deliveries, thorn_attempts);
 
-#[derive(Insertable)]
-#[diesel(table_name = thorn_events)]
-struct EventRow {
-    id: String,
-    name: String,
-    message: String,
-    sender: Option<String>,
-    options: String,
-    created_at: i64,
-}
-
-impl From<&StoredEvent> for EventRow {
-    fn from(e: &StoredEvent) -> Self {
-        EventRow {
-            id: e.id.to_string(),
-            name: e.name.clone(),
-            message: e.message_json(),
-            sender: e.sender_json(),
-            options: e.options_json(),
-            created_at: e.created_at,
-        }
-    }
-}
-
-#[derive(QueryableByName, Queryable)]
-struct ClaimedEventRow {
-    #[diesel(sql_type = Text)]
-    id: String,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Text)]
-    message: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    sender: Option<String>,
-    #[diesel(sql_type = Text)]
-    options: String,
-    #[diesel(sql_type = BigInt)]
-    created_at: i64,
-}
-
-impl ClaimedEventRow {
-    fn into_event(self) -> Result<StoredEvent> {
-        StoredEvent::from_columns(
-            &self.id,
-            self.name,
-            &self.message,
-            self.sender.as_deref(),
-            &self.options,
-            self.created_at,
-        )
-    }
-}
-
-#[derive(QueryableByName)]
-struct CountsRow {
-    #[diesel(sql_type = BigInt)]
-    new_events: i64,
-    #[diesel(sql_type = BigInt)]
-    pending: i64,
-    #[diesel(sql_type = BigInt)]
-    delivered: i64,
-    #[diesel(sql_type = BigInt)]
-    dead: i64,
-    #[diesel(sql_type = BigInt)]
-    claimed: i64,
-}
-
-#[derive(QueryableByName)]
-struct ClaimedDeliveryRow {
-    #[diesel(sql_type = Text)]
-    id: String,
-    #[diesel(sql_type = Text)]
-    event_id: String,
-    #[diesel(sql_type = Text)]
-    subscriber: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = thorn_deliveries)]
-struct DeliveryRow {
-    id: String,
-    event_id: String,
-    subscriber_uuid: String,
-    subscriber: String,
-    url: String,
-    state: &'static str,
-    attempts: i32,
-    run_at: i64,
-    locked_until: Option<i64>,
-    locked_by: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = thorn_attempts)]
-struct AttemptRow {
-    delivery_id: String,
-    attempt: i32,
-    started_at: i64,
-    status: Option<i32>,
-    latency_us: i64,
-    error: Option<String>,
-    response: Option<String>,
-    worker: String,
-}
+pub use thorn_core::outbox::{AttemptInfo, DeliveryHistory, DeliveryInfo, OutboxCounts};
 
 /// Connections whose transactions can carry outbox events:
 /// `SqliteConnection`, `PgConnection` (feature `postgres`) and r2d2's
 /// pooled connections of either.
-pub trait OutboxConnection: Connection {
+pub trait OutboxConnection: diesel::Connection {
     /// Inserts `events` into `thorn_events` on this connection (inside
-    /// whatever transaction is open).
-    fn thorn_write_events(&mut self, events: &[StoredEvent]) -> QueryResult<()>;
+    /// whatever transaction is open). A missing table is
+    /// [`thorn_core::Error::OutboxMissing`].
+    fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()>;
+}
+
+impl<C: SqlConnection> OutboxConnection for C
+where
+    for<'c> DieselConn<'c, C>: thorn_core::sql::Connection,
+{
+    fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()> {
+        ready(thorn_core::sql::outbox::write_events(
+            &mut DieselConn(self),
+            events,
+            "thorn::diesel::migrate(conn)",
+        ))?
+    }
 }
 
 impl<C> OutboxConnection for PooledConnection<ConnectionManager<C>>
 where
     C: OutboxConnection + R2D2Connection + 'static,
-    Self: Connection,
+    Self: diesel::Connection,
 {
-    fn thorn_write_events(&mut self, events: &[StoredEvent]) -> QueryResult<()> {
+    fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()> {
         (**self).thorn_write_events(events)
     }
 }
 
-/// The outbox tables through an r2d2 pool: the [`OutboxStore`] a relay or
-/// worker claims from.
+/// The outbox tables in a Diesel database, over an r2d2 pool: Thorn's
+/// [`SqlOutbox`] on [`DieselDb`], the [`OutboxStore`] a relay or worker
+/// claims from.
+///
+/// As an [`OutboxStore`] its statements run on tokio's blocking threads;
+/// its own methods (counts, deliveries, retries) run on the calling
+/// thread.
 pub struct DieselOutbox<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
-    disable_after: Option<Duration>,
+    outbox: SqlOutbox<DieselDb<C>>,
 }
 
 impl<C: R2D2Connection + 'static> Clone for DieselOutbox<C> {
     fn clone(&self) -> Self {
         DieselOutbox {
-            pool: self.pool.clone(),
-            disable_after: self.disable_after,
+            outbox: self.outbox.clone(),
         }
     }
 }
@@ -283,17 +192,16 @@ impl<C: R2D2Connection + 'static> Clone for DieselOutbox<C> {
 impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselOutbox<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DieselOutbox")
-            .field("pool", &self.pool.state())
+            .field("db", self.outbox.database())
             .finish()
     }
 }
 
-impl<C: R2D2Connection + 'static> DieselOutbox<C> {
-    /// The outbox in the database of `pool` (run [`crate::migrate()`] first).
+impl<C: SqlConnection> DieselOutbox<C> {
+    /// The outbox over `pool` (run [`crate::migrate()`] once first).
     pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
         DieselOutbox {
-            pool,
-            disable_after: None,
+            outbox: SqlOutbox::new(DieselDb::new(pool)),
         }
     }
 
@@ -301,554 +209,97 @@ impl<C: R2D2Connection + 'static> DieselOutbox<C> {
     /// have been failing, with no 2xx in between, for `window` (a log line
     /// says so; `thorn subscribers list` shows it). `None`: never.
     pub fn disable_failing_after(mut self, window: Option<Duration>) -> Self {
-        self.disable_after = window;
+        self.outbox = self.outbox.disable_failing_after(window);
         self
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool<ConnectionManager<C>> {
-        &self.pool
+        self.outbox.database().pool()
+    }
+
+    /// The same outbox, its statements run on the calling thread.
+    fn here(&self) -> SqlOutbox<DieselDb<C>> {
+        SqlOutbox::new(DieselDb::here(self.pool().clone()))
+            .disable_failing_after(self.outbox.disables_failing_after())
+    }
+
+    /// How many events and deliveries are in each state.
+    pub fn counts(&self) -> Result<OutboxCounts> {
+        ready(self.here().counts())?
+    }
+
+    /// Deliveries, newest first, optionally only those in `state`; `max`
+    /// at most.
+    pub fn deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        max: usize,
+    ) -> Result<Vec<DeliveryInfo>> {
+        ready(self.here().deliveries(state, max))?
+    }
+
+    /// One delivery and its attempts.
+    pub fn delivery(&self, id: Uuid) -> Result<Option<DeliveryHistory>> {
+        ready(self.here().delivery(id))?
+    }
+
+    /// Makes a delivery that is not claimed right now due at once (a dead
+    /// one gets another attempt), keeping its id. `false` when there is no
+    /// such delivery or a worker holds it.
+    pub fn retry_delivery(&self, id: Uuid) -> Result<bool> {
+        ready(self.here().retry_delivery(id))?
+    }
+
+    /// Sends an event again: it is fanned out anew to today's
+    /// subscribers, with new delivery ids. `false` when there is no such
+    /// event.
+    pub fn replay_event(&self, id: Uuid) -> Result<bool> {
+        ready(self.here().replay_event(id))?
     }
 }
 
-pub use thorn_core::outbox::OutboxCounts;
+impl<C: SqlConnection> OutboxStore for DieselOutbox<C> {
+    fn claim_events<'a>(
+        &'a self,
+        worker: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
+        self.outbox.claim_events(worker, limit, lease)
+    }
 
-/// One delivery, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct DeliveryInfo {
-    /// Delivery id (`Hook-Delivery`).
-    pub id: String,
-    /// Its event.
-    pub event_id: String,
-    /// Event name.
-    pub event: String,
-    /// Recipient URL.
-    pub url: String,
-    /// `pending`, `delivered` or `dead`.
-    pub state: String,
-    /// Attempts started.
-    pub attempts: i32,
-    /// When the next attempt is due (µs since the epoch).
-    pub run_at: i64,
-    /// Last HTTP status.
-    pub last_status: Option<i32>,
-    /// Last error.
-    pub last_error: Option<String>,
-    /// The worker holding it, while claimed.
-    pub locked_by: Option<String>,
-}
+    fn fan_out<'a>(
+        &'a self,
+        worker: &'a str,
+        events: Vec<FanOut>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        self.outbox.fan_out(worker, events, lease)
+    }
 
-/// One recorded attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct AttemptInfo {
-    /// 1-based.
-    pub attempt: i32,
-    /// µs since the epoch.
-    pub started_at: i64,
-    /// HTTP status, when there was an answer.
-    pub status: Option<i32>,
-    /// Latency, µs.
-    pub latency_us: i64,
-    /// What went wrong.
-    pub error: Option<String>,
-    /// First bytes of the response body.
-    pub response: Option<String>,
-    /// Which worker.
-    pub worker: String,
-}
+    fn claim_deliveries<'a>(
+        &'a self,
+        worker: &'a str,
+        first: bool,
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
+        self.outbox.claim_deliveries(worker, first, limit, lease)
+    }
 
-/// `$1`-style placeholders (PostgreSQL) as SQLite's `?1`.
-fn sqlite_placeholders(sql: &str) -> String {
-    sql.replace('$', "?")
-}
-
-/// A claim statement with SQLite's placeholders where needed.
-fn claim_sql(sql: String, postgres: bool) -> String {
-    if postgres {
-        sql
-    } else {
-        sqlite_placeholders(&sql)
+    fn finish<'a>(
+        &'a self,
+        worker: &'a str,
+        attempts: Vec<(AttemptRecord, Next)>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        self.outbox.finish(worker, attempts)
     }
 }
-
-fn limit(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-macro_rules! outbox_for {
-    ($conn:ty, $postgres:expr, $insert_attempts:path) => {
-        impl OutboxConnection for $conn {
-            fn thorn_write_events(&mut self, events: &[StoredEvent]) -> QueryResult<()> {
-                let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
-                diesel::insert_into(thorn_events::table)
-                    .values(&rows)
-                    .execute(self)?;
-                Ok(())
-            }
-        }
-
-        impl DieselOutbox<$conn> {
-            /// How many events and deliveries are in each state.
-            pub fn counts(&self) -> Result<OutboxCounts> {
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let sql = if $postgres {
-                    schema::COUNTS_SQL.to_owned()
-                } else {
-                    sqlite_placeholders(schema::COUNTS_SQL)
-                };
-                let c: CountsRow = diesel::sql_query(sql)
-                    .bind::<BigInt, _>(now_micros())
-                    .get_result(&mut *conn)
-                    .map_err(store_err)?;
-                Ok(OutboxCounts {
-                    new_events: c.new_events,
-                    pending: c.pending,
-                    delivered: c.delivered,
-                    dead: c.dead,
-                    claimed: c.claimed,
-                })
-            }
-        }
-
-        impl DieselOutbox<$conn> {
-            /// Keeps `failing_since` of stored subscriptions and disables
-            /// those failing for longer than `window`, marking their pending
-            /// deliveries dead. Static subscribers have no row: untouched.
-            fn track_health(
-                conn: &mut $conn,
-                attempts: &[(AttemptRecord, Next)],
-                now: i64,
-                window: Option<Duration>,
-            ) -> QueryResult<()> {
-                use crate::store::thorn_subscribers::dsl as t;
-                use thorn_deliveries::dsl as d;
-                let Health {
-                    recovered: ok,
-                    failing: failed,
-                } = Health::of(attempts);
-                if !ok.is_empty() {
-                    diesel::update(
-                        t::thorn_subscribers
-                            .filter(t::uuid.eq_any(&ok))
-                            .filter(t::failing_since.is_not_null()),
-                    )
-                    .set(t::failing_since.eq(None::<i64>))
-                    .execute(conn)?;
-                }
-                if failed.is_empty() {
-                    return Ok(());
-                }
-                diesel::update(
-                    t::thorn_subscribers
-                        .filter(t::uuid.eq_any(&failed))
-                        .filter(t::failing_since.is_null()),
-                )
-                .set(t::failing_since.eq(now))
-                .execute(conn)?;
-                let Some(window) = window else { return Ok(()) };
-                let since = now.saturating_sub(micros(window));
-                let disabled: Vec<(String, String)> = diesel::update(
-                    t::thorn_subscribers
-                        .filter(t::uuid.eq_any(&failed))
-                        .filter(t::disabled_at.is_null())
-                        .filter(t::failing_since.le(since)),
-                )
-                .set((
-                    t::disabled_at.eq(now),
-                    t::disabled_reason.eq(Health::disabled_reason(window)),
-                ))
-                .returning((t::uuid, t::url))
-                .get_results(conn)?;
-                for (uuid, url) in &disabled {
-                    Health::log_disabled(uuid, url, window);
-                }
-                // Nothing more is attempted for a disabled subscription.
-                let off: Vec<String> = t::thorn_subscribers
-                    .filter(t::uuid.eq_any(&failed))
-                    .filter(t::disabled_at.is_not_null())
-                    .select(t::uuid)
-                    .load(conn)?;
-                if off.is_empty() {
-                    return Ok(());
-                }
-                diesel::update(
-                    d::thorn_deliveries
-                        .filter(d::subscriber_uuid.eq_any(&off))
-                        .filter(d::state.eq(DeliveryState::Pending.as_str()))
-                        .filter(d::locked_until.is_null().or(d::locked_until.lt(now))),
-                )
-                .set((
-                    d::state.eq(DeliveryState::Dead.as_str()),
-                    d::last_error.eq("subscriber disabled"),
-                    d::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-                Ok(())
-            }
-
-            /// Deliveries, newest first, optionally in one state.
-            pub fn deliveries(&self, state: Option<&str>, max: i64) -> Result<Vec<DeliveryInfo>> {
-                let mut conn = self.pool.get().map_err(store_err)?;
-                Self::infos(&mut conn, None, state, max).map_err(store_err)
-            }
-
-            /// Deliveries with their event's name, newest first: one by
-            /// `id`, or those in `state`, or all; `max` at most.
-            fn infos(
-                conn: &mut $conn,
-                id: Option<&str>,
-                state: Option<&str>,
-                max: i64,
-            ) -> QueryResult<Vec<DeliveryInfo>> {
-                use thorn_deliveries::dsl as d;
-                use thorn_events::dsl as e;
-                let mut q = d::thorn_deliveries
-                    .inner_join(e::thorn_events.on(e::id.eq(d::event_id)))
-                    .select((
-                        d::id,
-                        d::event_id,
-                        e::name,
-                        d::url,
-                        d::state,
-                        d::attempts,
-                        d::run_at,
-                        d::last_status,
-                        d::last_error,
-                        d::locked_by,
-                    ))
-                    .order(d::created_at.desc())
-                    .limit(max)
-                    .into_boxed();
-                if let Some(id) = id {
-                    q = q.filter(d::id.eq(id.to_owned()));
-                }
-                if let Some(state) = state {
-                    q = q.filter(d::state.eq(state.to_owned()));
-                }
-                q.load(conn)
-            }
-
-            /// One delivery and its attempts.
-            pub fn delivery(&self, id: &str) -> Result<Option<(DeliveryInfo, Vec<AttemptInfo>)>> {
-                use thorn_attempts::dsl as a;
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let info = Self::infos(&mut conn, Some(id), None, 1)
-                    .map_err(store_err)?
-                    .pop();
-                let Some(info) = info else { return Ok(None) };
-                let attempts = a::thorn_attempts
-                    .filter(a::delivery_id.eq(id))
-                    .order(a::attempt)
-                    .select((
-                        a::attempt,
-                        a::started_at,
-                        a::status,
-                        a::latency_us,
-                        a::error,
-                        a::response,
-                        a::worker,
-                    ))
-                    .load(&mut *conn)
-                    .map_err(store_err)?;
-                Ok(Some((info, attempts)))
-            }
-
-            /// Makes a delivery that is not claimed right now due at once
-            /// (a dead one gets another attempt). `false` when there is no
-            /// such delivery.
-            pub fn retry_delivery(&self, id: &str) -> Result<bool> {
-                use thorn_deliveries::dsl as d;
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let now = now_micros();
-                let n = diesel::update(
-                    d::thorn_deliveries
-                        .filter(d::id.eq(id))
-                        .filter(d::locked_until.is_null().or(d::locked_until.lt(now))),
-                )
-                .set((
-                    d::state.eq(DeliveryState::Pending.as_str()),
-                    d::run_at.eq(now),
-                    d::updated_at.eq(now),
-                ))
-                .execute(&mut *conn)
-                .map_err(store_err)?;
-                Ok(n == 1)
-            }
-
-            /// Sends an event again: it is fanned out anew to today's
-            /// subscribers, with new delivery ids. `false` when there is no
-            /// such event.
-            pub fn replay_event(&self, id: &str) -> Result<bool> {
-                use thorn_events::dsl as e;
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let n = diesel::update(e::thorn_events.filter(e::id.eq(id)))
-                    .set((
-                        e::fanned_out_at.eq(None::<i64>),
-                        e::locked_until.eq(None::<i64>),
-                        e::locked_by.eq(None::<String>),
-                    ))
-                    .execute(&mut *conn)
-                    .map_err(store_err)?;
-                Ok(n == 1)
-            }
-        }
-
-        impl OutboxStore for DieselOutbox<$conn> {
-            fn claim_events<'a>(
-                &'a self,
-                worker: &'a str,
-                limit_to: usize,
-                lease: Duration,
-            ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
-                let worker = worker.to_owned();
-                blocking(&self.pool, move |conn: &mut $conn| {
-                    let now = now_micros();
-                    let rows: Vec<ClaimedEventRow> = diesel::sql_query(claim_sql(
-                        schema::claim_events_sql($postgres),
-                        $postgres,
-                    ))
-                    .bind::<BigInt, _>(now.saturating_add(micros(lease)))
-                    .bind::<Text, _>(worker)
-                    .bind::<BigInt, _>(now)
-                    .bind::<BigInt, _>(limit(limit_to))
-                    .load(conn)
-                    .map_err(store_err)?;
-                    rows.into_iter().map(ClaimedEventRow::into_event).collect()
-                })
-            }
-
-            fn fan_out<'a>(
-                &'a self,
-                worker: &'a str,
-                events: Vec<FanOut>,
-                lease: Duration,
-            ) -> BoxFuture<'a, Result<Vec<Uuid>>> {
-                use thorn_events::dsl as e;
-                let worker = worker.to_owned();
-                blocking(&self.pool, move |conn: &mut $conn| {
-                    let now = now_micros();
-                    let locked_until = now.saturating_add(micros(lease));
-                    conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                        let ids: Vec<String> = events.iter().map(|p| p.event.to_string()).collect();
-                        let held: Vec<String> = diesel::update(
-                            e::thorn_events
-                                .filter(e::id.eq_any(&ids))
-                                .filter(e::locked_by.eq(&worker))
-                                .filter(e::fanned_out_at.is_null()),
-                        )
-                        .set((
-                            e::fanned_out_at.eq(now),
-                            e::locked_until.eq(None::<i64>),
-                            e::locked_by.eq(None::<String>),
-                        ))
-                        .returning(e::id)
-                        .get_results(conn)?;
-                        let mut written = Vec::with_capacity(held.len());
-                        let mut rows = Vec::new();
-                        for (plan, event_id) in events.iter().zip(ids) {
-                            if !held.contains(&event_id) {
-                                continue;
-                            }
-                            written.push(plan.event);
-                            rows.extend(plan.deliveries.iter().map(|d| {
-                                DeliveryRow {
-                                    id: d.id.to_string(),
-                                    event_id: event_id.clone(),
-                                    subscriber_uuid: d.subscriber.uuid.to_string(),
-                                    subscriber: serde_json::to_string(&d.subscriber)
-                                        .expect("subscribers are JSON"),
-                                    url: d.subscriber.url.to_string(),
-                                    state: DeliveryState::Pending.as_str(),
-                                    attempts: i32::from(d.claimed),
-                                    run_at: now,
-                                    locked_until: d.claimed.then_some(locked_until),
-                                    locked_by: d.claimed.then(|| worker.clone()),
-                                    created_at: now,
-                                    updated_at: now,
-                                }
-                            }));
-                        }
-                        // Bounded statements for events with many subscribers.
-                        for chunk in rows.chunks(500) {
-                            diesel::insert_into(thorn_deliveries::table)
-                                .values(chunk)
-                                .execute(conn)?;
-                        }
-                        Ok(written)
-                    })
-                    .map_err(store_err)
-                })
-            }
-
-            fn claim_deliveries<'a>(
-                &'a self,
-                worker: &'a str,
-                first: bool,
-                limit_to: usize,
-                lease: Duration,
-            ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
-                use thorn_events::dsl as e;
-                let worker = worker.to_owned();
-                blocking(&self.pool, move |conn: &mut $conn| {
-                    let now = now_micros();
-                    let rows: Vec<ClaimedDeliveryRow> = diesel::sql_query(claim_sql(
-                        schema::claim_deliveries_sql($postgres, first),
-                        $postgres,
-                    ))
-                    .bind::<BigInt, _>(now.saturating_add(micros(lease)))
-                    .bind::<Text, _>(worker)
-                    .bind::<BigInt, _>(now)
-                    .bind::<BigInt, _>(limit(limit_to))
-                    .load(conn)
-                    .map_err(store_err)?;
-                    if rows.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let mut ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    let events: Vec<ClaimedEventRow> = e::thorn_events
-                        .filter(e::id.eq_any(&ids))
-                        .select((
-                            e::id,
-                            e::name,
-                            e::message,
-                            e::sender,
-                            e::options,
-                            e::created_at,
-                        ))
-                        .load(conn)
-                        .map_err(store_err)?;
-                    let events = events
-                        .into_iter()
-                        .map(|r| Ok((r.id.clone(), Arc::new(r.into_event()?))))
-                        .collect::<Result<HashMap<_, _>>>()?;
-                    rows.iter()
-                        .map(|r| {
-                            ClaimedDelivery::from_columns(
-                                &r.id,
-                                &r.event_id,
-                                &events,
-                                &r.subscriber,
-                                r.attempts,
-                            )
-                        })
-                        .collect()
-                })
-            }
-
-            fn finish<'a>(
-                &'a self,
-                worker: &'a str,
-                attempts: Vec<(AttemptRecord, Next)>,
-            ) -> BoxFuture<'a, Result<usize>> {
-                use thorn_deliveries::dsl as d;
-                let worker = worker.to_owned();
-                let disable_after = self.disable_after;
-                blocking(&self.pool, move |conn: &mut $conn| {
-                    let now = now_micros();
-                    let rows: Vec<AttemptRow> = attempts
-                        .iter()
-                        .map(|(a, _)| AttemptRow {
-                            delivery_id: a.delivery_id.to_string(),
-                            attempt: i32::try_from(a.number).unwrap_or(i32::MAX),
-                            started_at: a.started_at,
-                            status: a.status.map(i32::from),
-                            latency_us: a.latency_us,
-                            error: a.error.clone(),
-                            response: a.response.clone(),
-                            worker: a.worker.clone(),
-                        })
-                        .collect();
-                    conn.transaction::<usize, diesel::result::Error, _>(|conn| {
-                        $insert_attempts(conn, &rows)?;
-                        // Deliveries with the same outcome are released by one statement.
-                        let mut groups: Vec<(
-                            (&str, i64, Option<i32>, Option<&String>),
-                            Vec<&str>,
-                        )> = Vec::new();
-                        for (row, (_, next)) in rows.iter().zip(&attempts) {
-                            let run_at = match next {
-                                Next::Retry { at } => *at,
-                                _ => now,
-                            };
-                            let key = (
-                                next.state().as_str(),
-                                run_at,
-                                row.status,
-                                row.error.as_ref(),
-                            );
-                            match groups.iter_mut().find(|(k, _)| *k == key) {
-                                Some((_, ids)) => ids.push(&row.delivery_id),
-                                None => groups.push((key, vec![&row.delivery_id])),
-                            }
-                        }
-                        let mut held = 0;
-                        for ((state, run_at, status, error), ids) in groups {
-                            held += diesel::update(
-                                d::thorn_deliveries
-                                    .filter(d::id.eq_any(ids))
-                                    .filter(d::locked_by.eq(&worker)),
-                            )
-                            .set((
-                                d::state.eq(state),
-                                d::run_at.eq(run_at),
-                                d::locked_until.eq(None::<i64>),
-                                d::locked_by.eq(None::<String>),
-                                d::last_status.eq(status),
-                                d::last_error.eq(error),
-                                d::updated_at.eq(now),
-                            ))
-                            .execute(conn)?;
-                        }
-                        Self::track_health(conn, &attempts, now, disable_after)?;
-                        Ok(held)
-                    })
-                    .map_err(store_err)
-                })
-            }
-        }
-    };
-}
-
-/// SQLite cannot batch an insert with `ON CONFLICT`; row by row is cheap
-/// in-process.
-#[cfg(feature = "sqlite")]
-fn insert_attempts_sqlite(
-    conn: &mut diesel::SqliteConnection,
-    rows: &[AttemptRow],
-) -> QueryResult<()> {
-    for row in rows {
-        diesel::insert_into(thorn_attempts::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-#[cfg(feature = "postgres")]
-fn insert_attempts_pg(conn: &mut diesel::PgConnection, rows: &[AttemptRow]) -> QueryResult<()> {
-    for chunk in rows.chunks(500) {
-        diesel::insert_into(thorn_attempts::table)
-            .values(chunk)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-#[cfg(feature = "sqlite")]
-outbox_for!(diesel::SqliteConnection, false, insert_attempts_sqlite);
-#[cfg(feature = "postgres")]
-outbox_for!(diesel::PgConnection, true, insert_attempts_pg);
 
 /// Connections a [`Relay`] can run on. PostgreSQL adds a `LISTEN`
 /// connection that wakes the relay when an outbox write commits.
-pub trait RelayConnection: R2D2Connection + 'static
-where
-    DieselOutbox<Self>: OutboxStore,
-{
+pub trait RelayConnection: SqlConnection {
     /// Starts whatever wakes the relay besides this process's own writes.
     fn start_listener(
         _pool: &Pool<ConnectionManager<Self>>,
@@ -939,7 +390,6 @@ impl Relay {
     pub fn start<C>(thorn: &Thorn, pool: Pool<ConnectionManager<C>>) -> Result<Self>
     where
         C: RelayConnection,
-        DieselOutbox<C>: OutboxStore,
     {
         Self::start_with(thorn, pool, RelayOptions::default())
     }
@@ -952,7 +402,6 @@ impl Relay {
     ) -> Result<Self>
     where
         C: RelayConnection,
-        DieselOutbox<C>: OutboxStore,
     {
         let wake = thorn.outbox_signal().clone();
         let stop_listener = Arc::new(AtomicBool::new(false));

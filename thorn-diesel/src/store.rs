@@ -13,10 +13,13 @@
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
-use thorn_core::schema::{SubscriberRecord, owner_key};
-use thorn_core::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
+use thorn_core::schema::SubscriberRecord;
+use thorn_core::sql::{SqlStore, ready};
+use thorn_core::subscriber::{BoxFuture, SubscriptionStore};
 use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
 use uuid::Uuid;
+
+use crate::sql::{DieselDb, SqlConnection};
 
 diesel::table! {
     /// Webhook subscriptions.
@@ -138,15 +141,21 @@ pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Er
 
 pub use thorn_core::schema::SubscriberStatus;
 
-/// Subscriptions in a Diesel database, over an r2d2 pool.
+/// Subscriptions in a Diesel database, over an r2d2 pool: Thorn's
+/// [`SqlStore`] on [`DieselDb`].
+///
+/// As a [`SubscriberStore`] and [`SubscriptionStore`] (what `Thorn` and
+/// the REST API use) its statements run on tokio's blocking threads; its
+/// own methods ([`DieselStore::statuses`], [`DieselStore::enable`]) run
+/// on the calling thread.
 pub struct DieselStore<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
+    store: SqlStore<DieselDb<C>>,
 }
 
 impl<C: R2D2Connection + 'static> Clone for DieselStore<C> {
     fn clone(&self) -> Self {
         DieselStore {
-            pool: self.pool.clone(),
+            store: self.store.clone(),
         }
     }
 }
@@ -154,283 +163,84 @@ impl<C: R2D2Connection + 'static> Clone for DieselStore<C> {
 impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DieselStore")
-            .field("pool", &self.pool.state())
+            .field("db", self.store.database())
             .finish()
     }
 }
 
-impl<C: R2D2Connection + 'static> DieselStore<C> {
+impl<C: SqlConnection> DieselStore<C> {
     /// A store over `pool` (run [`crate::migrate()`] once first).
     pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
-        DieselStore { pool }
+        DieselStore {
+            store: SqlStore::new(DieselDb::new(pool)),
+        }
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool<ConnectionManager<C>> {
-        &self.pool
+        self.store.database().pool()
     }
 
-    fn blocking<T, F>(&self, f: F) -> BoxFuture<'static, Result<T>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut C) -> Result<T> + Send + 'static,
-    {
-        blocking(&self.pool, f)
+    /// The same store, its statements run on the calling thread.
+    fn here(&self) -> SqlStore<DieselDb<C>> {
+        SqlStore::new(DieselDb::here(self.pool().clone()))
+    }
+
+    /// Every subscription with its status, oldest first; only the
+    /// disabled ones with `disabled_only`.
+    pub fn statuses(&self, disabled_only: bool) -> Result<Vec<(Subscriber, SubscriberStatus)>> {
+        ready(self.here().statuses(disabled_only))?
+    }
+
+    /// Re-enables a disabled subscription, forgiving its failures so far;
+    /// `false` when there is no such subscription.
+    pub fn enable(&self, uuid: Uuid) -> Result<bool> {
+        ready(self.here().enable(uuid))?
     }
 }
 
-/// Runs `f` on a pooled connection on tokio's blocking threads.
-pub(crate) fn blocking<C, T, F>(
-    pool: &Pool<ConnectionManager<C>>,
-    f: F,
-) -> BoxFuture<'static, Result<T>>
-where
-    C: R2D2Connection + 'static,
-    T: Send + 'static,
-    F: FnOnce(&mut C) -> Result<T> + Send + 'static,
-{
-    let pool = pool.clone();
-    Box::pin(async move {
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(store_err)?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(store_err)?
-    })
+impl<C: SqlConnection> SubscriberStore for DieselStore<C> {
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
+        self.store.subscribers_for(event, sender)
+    }
+
+    fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
+        self.store.mark_gone(subscriber)
+    }
 }
 
-macro_rules! diesel_store_for {
-    ($conn:ty) => {
-        impl SubscriberStore for DieselStore<$conn> {
-            fn subscribers_for<'a>(
-                &'a self,
-                event: &'a str,
-                sender: Option<&'a SenderId>,
-            ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
-                use thorn_subscribers::dsl as t;
-                let patterns: Vec<String> =
-                    candidate_patterns(event).map(|p| p.into_owned()).collect();
-                let owner = sender.map(owner_key);
-                self.blocking(move |conn| {
-                    let mut query = t::thorn_subscribers
-                        .filter(t::event.eq_any(patterns))
-                        .filter(t::disabled_at.is_null())
-                        .select(SubscriberRow::as_select())
-                        .into_boxed();
-                    query = match owner {
-                        Some(o) => query.filter(t::owner.is_null().or(t::owner.eq(o))),
-                        None => query.filter(t::owner.is_null()),
-                    };
-                    let rows: Vec<SubscriberRow> = query.load(conn).map_err(store_err)?;
-                    rows.into_iter().map(Subscriber::try_from).collect()
-                })
-            }
+impl<C: SqlConnection> SubscriptionStore for DieselStore<C> {
+    fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>> {
+        self.store.list(owner)
+    }
 
-            /// Disables the subscription (it stays listed, with its reason,
-            /// until re-enabled or deleted).
-            fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
-                use thorn_subscribers::dsl as t;
-                self.blocking(move |conn| {
-                    diesel::update(
-                        t::thorn_subscribers
-                            .filter(t::uuid.eq(subscriber.to_string()))
-                            .filter(t::disabled_at.is_null()),
-                    )
-                    .set((
-                        t::disabled_at.eq(thorn_core::outbox::now_micros()),
-                        t::disabled_reason.eq("the receiver answered 410 Gone"),
-                    ))
-                    .execute(conn)
-                    .map_err(store_err)?;
-                    Ok(())
-                })
-            }
-        }
+    fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>> {
+        self.store.get(owner, uuid)
+    }
 
-        impl DieselStore<$conn> {
-            /// Every subscription with its status, oldest first; only the
-            /// disabled ones with `disabled_only`.
-            pub fn statuses(
-                &self,
-                disabled_only: bool,
-            ) -> Result<Vec<(Subscriber, SubscriberStatus)>> {
-                use thorn_subscribers::dsl as t;
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let mut query = t::thorn_subscribers
-                    .order((t::created_at.asc(), t::uuid.asc()))
-                    .select((
-                        SubscriberRow::as_select(),
-                        t::failing_since,
-                        t::disabled_at,
-                        t::disabled_reason,
-                    ))
-                    .into_boxed();
-                if disabled_only {
-                    query = query.filter(t::disabled_at.is_not_null());
-                }
-                let rows: Vec<(SubscriberRow, Option<i64>, Option<i64>, Option<String>)> =
-                    query.load(&mut *conn).map_err(store_err)?;
-                rows.into_iter()
-                    .map(|(row, failing_since, disabled_at, disabled_reason)| {
-                        Ok((
-                            Subscriber::try_from(row)?,
-                            SubscriberStatus {
-                                failing_since,
-                                disabled_at,
-                                disabled_reason,
-                            },
-                        ))
-                    })
-                    .collect()
-            }
+    fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>> {
+        self.store.insert(subscriber)
+    }
 
-            /// Re-enables a disabled subscription; `false` when there is no
-            /// such subscription.
-            pub fn enable(&self, uuid: Uuid) -> Result<bool> {
-                use thorn_subscribers::dsl as t;
-                let mut conn = self.pool.get().map_err(store_err)?;
-                let n = diesel::update(t::thorn_subscribers.filter(t::uuid.eq(uuid.to_string())))
-                    .set((
-                        t::disabled_at.eq(None::<i64>),
-                        t::disabled_reason.eq(None::<String>),
-                        t::failing_since.eq(None::<i64>),
-                    ))
-                    .execute(&mut *conn)
-                    .map_err(store_err)?;
-                Ok(n == 1)
-            }
-        }
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        self.store.update(subscriber)
+    }
 
-        impl SubscriptionStore for DieselStore<$conn> {
-            fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>> {
-                use thorn_subscribers::dsl as t;
-                let owner = owner_key(owner);
-                self.blocking(move |conn| {
-                    let rows: Vec<SubscriberRow> = t::thorn_subscribers
-                        .filter(t::owner.eq(owner))
-                        .order((t::created_at.asc(), t::uuid.asc()))
-                        .select(SubscriberRow::as_select())
-                        .load(conn)
-                        .map_err(store_err)?;
-                    rows.into_iter().map(Subscriber::try_from).collect()
-                })
-            }
+    fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
+        self.store.delete(owner, uuid)
+    }
 
-            fn get(
-                &self,
-                owner: &SenderId,
-                uuid: Uuid,
-            ) -> BoxFuture<'_, Result<Option<Subscriber>>> {
-                use thorn_subscribers::dsl as t;
-                let owner = owner_key(owner);
-                self.blocking(move |conn| {
-                    let row: Option<SubscriberRow> = t::thorn_subscribers
-                        .filter(t::uuid.eq(uuid.to_string()).and(t::owner.eq(owner)))
-                        .select(SubscriberRow::as_select())
-                        .first(conn)
-                        .optional()
-                        .map_err(store_err)?;
-                    row.map(Subscriber::try_from).transpose()
-                })
-            }
-
-            fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>> {
-                let row = SubscriberRow::from(&subscriber);
-                self.blocking(move |conn| {
-                    diesel::insert_into(thorn_subscribers::table)
-                        .values(&row)
-                        .execute(conn)
-                        .map_err(store_err)?;
-                    Ok(())
-                })
-            }
-
-            fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
-                use thorn_subscribers::dsl as t;
-                let row = SubscriberRow::from(&subscriber);
-                self.blocking(move |conn| {
-                    let n = diesel::update(
-                        t::thorn_subscribers.filter(
-                            t::uuid
-                                .eq(row.uuid.clone())
-                                .and(t::owner.eq(row.owner.clone())),
-                        ),
-                    )
-                    .set(&row)
-                    .execute(conn)
-                    .map_err(store_err)?;
-                    Ok(n == 1)
-                })
-            }
-
-            fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
-                use thorn_subscribers::dsl as t;
-                let owner = owner_key(owner);
-                self.blocking(move |conn| {
-                    let n = diesel::delete(
-                        t::thorn_subscribers
-                            .filter(t::uuid.eq(uuid.to_string()).and(t::owner.eq(owner))),
-                    )
-                    .execute(conn)
-                    .map_err(store_err)?;
-                    Ok(n == 1)
-                })
-            }
-
-            fn set_active<'a>(
-                &'a self,
-                owner: &'a SenderId,
-                uuid: Uuid,
-                active: bool,
-                reason: &'a str,
-            ) -> BoxFuture<'a, Result<bool>> {
-                use thorn_subscribers::dsl as t;
-                let (owner, reason) = (owner_key(owner), reason.to_owned());
-                self.blocking(move |conn| {
-                    let this = t::thorn_subscribers
-                        .filter(t::uuid.eq(uuid.to_string()).and(t::owner.eq(owner)));
-                    let n = if active {
-                        // Resumed: its failures so far are forgiven.
-                        diesel::update(this)
-                            .set((
-                                t::disabled_at.eq(None::<i64>),
-                                t::disabled_reason.eq(None::<String>),
-                                t::failing_since.eq(None::<i64>),
-                            ))
-                            .execute(conn)
-                    } else {
-                        // An already disabled one keeps its reason.
-                        diesel::update(this)
-                            .set((
-                                t::disabled_at.eq(diesel::dsl::sql::<
-                                    diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
-                                >(
-                                    "COALESCE(disabled_at, "
-                                )
-                                .bind::<diesel::sql_types::BigInt, _>(
-                                    thorn_core::outbox::now_micros(),
-                                )
-                                .sql(")")),
-                                t::disabled_reason.eq(diesel::dsl::sql::<
-                                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
-                                >(
-                                    "COALESCE(disabled_reason, "
-                                )
-                                .bind::<diesel::sql_types::Text, _>(reason)
-                                .sql(")")),
-                            ))
-                            .execute(conn)
-                    }
-                    .map_err(store_err)?;
-                    Ok(n == 1)
-                })
-            }
-        }
-    };
+    fn set_active<'a>(
+        &'a self,
+        owner: &'a SenderId,
+        uuid: Uuid,
+        active: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.store.set_active(owner, uuid, active, reason)
+    }
 }
-
-#[cfg(feature = "sqlite")]
-diesel_store_for!(diesel::SqliteConnection);
-#[cfg(feature = "postgres")]
-diesel_store_for!(diesel::PgConnection);

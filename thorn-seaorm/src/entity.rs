@@ -134,11 +134,13 @@ pub mod delivery {
         pub event_id: String,
         /// The subscription's uuid.
         pub subscriber_uuid: String,
-        /// The subscription as it was at fan-out, JSON text.
-        pub subscriber: String,
-        /// Where it is sent.
+        /// A recipient without a row in `thorn_subscribers` (static or
+        /// per-event) as JSON text at fan-out; `None` for stored
+        /// subscriptions, which are read at send time.
+        pub recipient: Option<String>,
+        /// The recipient URL at fan-out.
         pub url: String,
-        /// `pending`, `delivered` or `dead`.
+        /// `pending`, `delivered`, `dead` or `cancelled`.
         pub state: String,
         /// Attempts started so far.
         pub attempts: i32,

@@ -92,6 +92,7 @@
 
 pub mod entity;
 pub mod outbox;
+pub mod sql;
 pub mod store;
 
 #[doc(hidden)]
@@ -507,24 +508,18 @@ where
     Ok(())
 }
 
-/// Writes outbox rows through `db`; a missing table names the migration.
+/// Writes outbox rows through `db`; a missing table names the migration,
+/// a database error comes back as SeaORM's own.
 async fn write_rows<C: ConnectionTrait>(db: &C, rows: &[StoredEvent]) -> Result<(), DbErr> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    outbox::write_events(db, rows).await.map_err(|error| {
-        if thorn_core::outbox::is_missing_table(&error.to_string()) {
-            DbErr::Custom(
-                thorn_core::Error::OutboxMissing {
-                    migrate: "thorn::seaorm::migrate(&db)",
-                    source: Box::new(error),
-                }
-                .to_string(),
-            )
-        } else {
-            error
-        }
-    })
+    outbox::write_events(db, rows)
+        .await
+        .map_err(|error| match error {
+            thorn_core::Error::Store(source) => match source.downcast::<DbErr>() {
+                Ok(error) => *error,
+                Err(source) => DbErr::Custom(thorn_core::Error::Store(source).to_string()),
+            },
+            other => DbErr::Custom(other.to_string()),
+        })
 }
 
 /// A database transaction that Thorn manages, from [`begin`]: the model

@@ -1,0 +1,781 @@
+//! The outbox tables — `thorn_events`, `thorn_deliveries`,
+//! `thorn_attempts` — and every operation on them: [`SqlOutbox`] and
+//! [`write_events`].
+//!
+//! A delivery of a subscription stored in `thorn_subscribers` refers to it
+//! by uuid and is sent to the subscription as it is at send time: its
+//! current URL, secret and digest; held while it is paused; cancelled once
+//! it is deleted. Other recipients (static subscribers, an in-memory
+//! store, per-event recipients) have no row to read, and travel with the
+//! delivery as a snapshot in its `recipient` column.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{
+    Connection, Database, Kind, Param, Row, Work, atomically, execute, insert_rows, limit,
+    placeholders, query,
+};
+use crate::outbox::{
+    AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo, DeliveryState,
+    FanOut, Health, Next, OutboxCounts, OutboxStore, StoredEvent, micros, now_micros,
+};
+use crate::subscriber::BoxFuture;
+use crate::{Error, Result, Subscriber};
+
+/// The columns of `thorn_events` an event is written to and read from.
+const EVENT_COLUMNS: &str = "id, name, message, sender, options, created_at";
+
+const EVENT_KINDS: [Kind; 6] = [
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::BigInt,
+];
+
+/// The columns of `thorn_deliveries` a delivery is written to.
+const DELIVERY_COLUMNS: &str = "id, event_id, subscriber_uuid, recipient, url, state, \
+    attempts, run_at, locked_until, locked_by, created_at, updated_at";
+
+/// One row of [`DELIVERY_COLUMNS`]: the recipient snapshot only for a
+/// subscriber without a row in `thorn_subscribers` (`$3` is its uuid).
+const DELIVERY_ROW: &str = "($1, $2, $3, \
+    CASE WHEN EXISTS (SELECT 1 FROM thorn_subscribers WHERE uuid = $3) THEN NULL ELSE $4 END, \
+    $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// The columns of `thorn_attempts`.
+const ATTEMPT_COLUMNS: &str =
+    "delivery_id, attempt, started_at, status, latency_us, error, response, worker";
+
+/// The statement counting events and deliveries by state, in one snapshot
+/// (separate statements can count a delivery twice as it moves on).
+const COUNTS: &str = "SELECT \
+    (SELECT COUNT(*) FROM thorn_events WHERE fanned_out_at IS NULL), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'delivered'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'dead'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'cancelled'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending' AND locked_until > $1)";
+
+/// Claims up to `$4` events not yet fanned out whose lease (if any) ended
+/// before `$3`: lease `$1` for worker `$2`.
+const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by = $2
+    WHERE id IN (SELECT id FROM thorn_events
+        WHERE fanned_out_at IS NULL AND (locked_until IS NULL OR locked_until < $3)
+        ORDER BY created_at LIMIT $4 {lock})
+    RETURNING id, name, message, sender, options, created_at";
+
+/// Claims up to `$4` pending deliveries due at `$3` — first attempts or
+/// retries, `{which}` — whose lease (if any) ended and whose subscription
+/// is not paused: lease `$1` for worker `$2`.
+const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
+    SET locked_until = $1, locked_by = $2, updated_at = $3
+    WHERE id IN (SELECT d.id FROM thorn_deliveries d
+        WHERE d.state = 'pending' AND d.run_at <= $3
+          AND (d.locked_until IS NULL OR d.locked_until < $3) AND {which}
+          AND NOT EXISTS (SELECT 1 FROM thorn_subscribers s
+                          WHERE s.uuid = d.subscriber_uuid AND s.disabled_at IS NOT NULL)
+        ORDER BY d.run_at LIMIT $4 {lock})
+    RETURNING id, event_id, subscriber_uuid, recipient, attempts";
+
+/// Inserts `events` into `thorn_events` on `conn` — inside the caller's
+/// transaction, so they commit and roll back with the rows that raised
+/// them — in multi-row statements.
+///
+/// A missing table is reported as [`Error::OutboxMissing`] naming
+/// `migrate`, the call that creates it.
+pub async fn write_events(
+    conn: &mut dyn Connection,
+    events: &[StoredEvent],
+    migrate: &'static str,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<Param> = Vec::with_capacity(events.len() * 6);
+    for e in events {
+        values.extend([
+            e.id.to_string().into(),
+            e.name.clone().into(),
+            e.message_json().into(),
+            e.sender_json().into(),
+            e.options_json().into(),
+            e.created_at.into(),
+        ]);
+    }
+    let template = format!("({})", placeholders(1, 6));
+    insert_rows(conn, "thorn_events", EVENT_COLUMNS, &template, "", values)
+        .await
+        .map_err(|error| match error {
+            Error::Store(source) if crate::outbox::is_missing_table(&source.to_string()) => {
+                Error::OutboxMissing { migrate, source }
+            }
+            other => other,
+        })
+}
+
+/// The event in `row`, whose columns from `at` on are [`EVENT_COLUMNS`].
+fn event_from_row(row: &Row, at: usize) -> Result<StoredEvent> {
+    StoredEvent::from_columns(
+        &row.text(at)?,
+        row.text(at + 1)?,
+        &row.text(at + 2)?,
+        row.opt_text(at + 3)?.as_deref(),
+        &row.text(at + 4)?,
+        row.int(at + 5)?,
+    )
+}
+
+/// The outbox in an application's database (SQLite or PostgreSQL),
+/// through any ORM that provides a [`Database`]: what a relay or
+/// `thorn worker` claims from, and what operators inspect.
+///
+/// The ORM crates name it `thorn::diesel::DieselOutbox` and
+/// `thorn::seaorm::SeaOrmOutbox`.
+#[derive(Debug)]
+pub struct SqlOutbox<D> {
+    db: Arc<D>,
+    disable_after: Option<Duration>,
+}
+
+impl<D> Clone for SqlOutbox<D> {
+    fn clone(&self) -> Self {
+        SqlOutbox {
+            db: self.db.clone(),
+            disable_after: self.disable_after,
+        }
+    }
+}
+
+impl<D> SqlOutbox<D> {
+    /// The database.
+    pub fn database(&self) -> &D {
+        &self.db
+    }
+}
+
+impl<D: Database> SqlOutbox<D> {
+    /// The outbox in `db` (Thorn's migrations applied).
+    pub fn new(db: impl Into<D>) -> Self {
+        SqlOutbox {
+            db: Arc::new(db.into()),
+            disable_after: None,
+        }
+    }
+
+    /// Disables a subscription of `thorn_subscribers` once its deliveries
+    /// have been failing, with no 2xx in between, for `window` (a log line
+    /// says so; `thorn subscribers list` shows it); its pending deliveries
+    /// are then dead. `None`: never.
+    pub fn disable_failing_after(mut self, window: Option<Duration>) -> Self {
+        self.disable_after = window;
+        self
+    }
+
+    /// The window of [`SqlOutbox::disable_failing_after`].
+    pub fn disables_failing_after(&self) -> Option<Duration> {
+        self.disable_after
+    }
+
+    fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>> {
+        self.db.run(work)
+    }
+
+    /// How many events and deliveries are in each state.
+    pub fn counts(&self) -> BoxFuture<'static, Result<OutboxCounts>> {
+        self.run(Box::new(|conn| {
+            Box::pin(async move {
+                let rows =
+                    query(conn, COUNTS, vec![now_micros().into()], &[Kind::BigInt; 6]).await?;
+                let row = rows.first().ok_or_else(|| {
+                    Error::Store("outbox counts: the query returned no row".into())
+                })?;
+                Ok(OutboxCounts {
+                    new_events: row.int(0)?,
+                    pending: row.int(1)?,
+                    delivered: row.int(2)?,
+                    dead: row.int(3)?,
+                    cancelled: row.int(4)?,
+                    claimed: row.int(5)?,
+                })
+            })
+        }))
+    }
+
+    /// Deliveries with their event's name, newest first, optionally only
+    /// those in `state`; `max` at most.
+    pub fn deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Vec<DeliveryInfo>>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move { infos(conn, None, state, max).await })
+        }))
+    }
+
+    /// One delivery and its attempts, oldest first.
+    pub fn delivery(&self, id: Uuid) -> BoxFuture<'static, Result<Option<DeliveryHistory>>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let Some(info) = infos(conn, Some(id), None, 1).await?.pop() else {
+                    return Ok(None);
+                };
+                let attempts = query(
+                    conn,
+                    "SELECT attempt, started_at, status, latency_us, error, response, worker \
+                     FROM thorn_attempts WHERE delivery_id = $1 ORDER BY attempt",
+                    vec![id.to_string().into()],
+                    &[
+                        Kind::Int,
+                        Kind::BigInt,
+                        Kind::Int,
+                        Kind::BigInt,
+                        Kind::Text,
+                        Kind::Text,
+                        Kind::Text,
+                    ],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(AttemptInfo {
+                        attempt: int32(r.int(0)?),
+                        started_at: r.int(1)?,
+                        status: r.opt_int(2)?.map(int32),
+                        latency_us: r.int(3)?,
+                        error: r.opt_text(4)?,
+                        response: r.opt_text(5)?,
+                        worker: r.text(6)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+                Ok(Some((info, attempts)))
+            })
+        }))
+    }
+
+    /// Makes a delivery that is not claimed right now due at once (a dead
+    /// or cancelled one gets another attempt), keeping its id: receivers
+    /// de-duplicate it by `Hook-Delivery`. `false` when there is no such
+    /// delivery or a worker holds it.
+    pub fn retry_delivery(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let n = execute(
+                    conn,
+                    "UPDATE thorn_deliveries SET state = 'pending', run_at = $1, updated_at = $1 \
+                     WHERE id = $2 AND (locked_until IS NULL OR locked_until < $1)",
+                    vec![now.into(), id.to_string().into()],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        }))
+    }
+
+    /// Sends an event again: it is fanned out anew to today's subscribers,
+    /// with new delivery ids. `false` when there is no such event.
+    pub fn replay_event(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(
+                    conn,
+                    "UPDATE thorn_events SET fanned_out_at = NULL, locked_until = NULL, \
+                     locked_by = NULL WHERE id = $1",
+                    vec![id.to_string().into()],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        }))
+    }
+}
+
+fn int32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Deliveries with their event's name, newest first: one by `id`, or
+/// those in `state`, or all; `max` at most.
+async fn infos(
+    conn: &mut dyn Connection,
+    id: Option<Uuid>,
+    state: Option<DeliveryState>,
+    max: usize,
+) -> Result<Vec<DeliveryInfo>> {
+    let mut params: Vec<Param> = vec![limit(max).into()];
+    let mut filter = String::new();
+    if let Some(id) = id {
+        params.push(id.to_string().into());
+        filter.push_str(" AND d.id = $2");
+    }
+    if let Some(state) = state {
+        params.push(state.as_str().into());
+        filter.push_str(&format!(" AND d.state = ${}", params.len()));
+    }
+    let sql = format!(
+        "SELECT d.id, d.event_id, e.name, d.url, d.state, d.attempts, d.run_at, \
+         d.last_status, d.last_error, d.locked_by \
+         FROM thorn_deliveries d JOIN thorn_events e ON e.id = d.event_id \
+         WHERE 1 = 1{filter} ORDER BY d.created_at DESC, d.id DESC LIMIT $1"
+    );
+    query(
+        conn,
+        &sql,
+        params,
+        &[
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Int,
+            Kind::BigInt,
+            Kind::Int,
+            Kind::Text,
+            Kind::Text,
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeliveryInfo {
+            id: r.text(0)?,
+            event_id: r.text(1)?,
+            event: r.text(2)?,
+            url: r.text(3)?,
+            state: r.text(4)?,
+            attempts: int32(r.int(5)?),
+            run_at: r.int(6)?,
+            last_status: r.opt_int(7)?.map(int32),
+            last_error: r.opt_text(8)?,
+            locked_by: r.opt_text(9)?,
+        })
+    })
+    .collect()
+}
+
+async fn claim_events(
+    conn: &mut dyn Connection,
+    worker: String,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<StoredEvent>> {
+    let now = now_micros();
+    let sql = CLAIM_EVENTS.replace("{lock}", conn.dialect().skip_locked());
+    query(
+        conn,
+        &sql,
+        vec![
+            now.saturating_add(micros(lease)).into(),
+            worker.into(),
+            now.into(),
+            limit(max).into(),
+        ],
+        &EVENT_KINDS,
+    )
+    .await?
+    .iter()
+    .map(|row| event_from_row(row, 0))
+    .collect()
+}
+
+async fn fan_out(
+    conn: &mut dyn Connection,
+    worker: String,
+    events: Vec<FanOut>,
+    lease: Duration,
+) -> Result<Vec<Uuid>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = now_micros();
+    let locked_until = now.saturating_add(micros(lease));
+    let ids: Vec<String> = events.iter().map(|p| p.event.to_string()).collect();
+    let mut params: Vec<Param> = vec![now.into(), worker.clone().into()];
+    params.extend(ids.iter().map(|id| Param::from(id.as_str())));
+    let sql = format!(
+        "UPDATE thorn_events SET fanned_out_at = $1, locked_until = NULL, locked_by = NULL \
+         WHERE locked_by = $2 AND fanned_out_at IS NULL AND id IN ({}) RETURNING id",
+        placeholders(3, ids.len())
+    );
+    let held = query(conn, &sql, params, &[Kind::Text])
+        .await?
+        .iter()
+        .map(|row| row.text(0))
+        .collect::<Result<Vec<_>>>()?;
+    let mut written = Vec::with_capacity(held.len());
+    let mut rows: Vec<Param> = Vec::new();
+    for (plan, event_id) in events.iter().zip(&ids) {
+        if !held.contains(event_id) {
+            continue;
+        }
+        written.push(plan.event);
+        for d in &plan.deliveries {
+            let snapshot = serde_json::to_string(&d.subscriber).map_err(|e| {
+                Error::Store(format!("subscriber {} as JSON: {e}", d.subscriber.uuid).into())
+            })?;
+            rows.extend([
+                d.id.to_string().into(),
+                event_id.as_str().into(),
+                d.subscriber.uuid.to_string().into(),
+                snapshot.into(),
+                d.subscriber.url.to_string().into(),
+                DeliveryState::Pending.as_str().into(),
+                0i32.into(),
+                now.into(),
+                d.claimed.then_some(locked_until).into(),
+                d.claimed.then(|| worker.clone()).into(),
+                now.into(),
+                now.into(),
+            ]);
+        }
+    }
+    insert_rows(
+        conn,
+        "thorn_deliveries",
+        DELIVERY_COLUMNS,
+        DELIVERY_ROW,
+        "",
+        rows,
+    )
+    .await?;
+    Ok(written)
+}
+
+/// The subscriptions of `thorn_subscribers` with these uuids, by uuid.
+async fn subscriptions(
+    conn: &mut dyn Connection,
+    uuids: Vec<String>,
+) -> Result<HashMap<String, Subscriber>> {
+    if uuids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT {} FROM thorn_subscribers WHERE uuid IN ({})",
+        super::store::COLUMNS,
+        placeholders(1, uuids.len())
+    );
+    let params = uuids.into_iter().map(Param::from).collect();
+    query(conn, &sql, params, &super::store::KINDS)
+        .await?
+        .iter()
+        .map(|row| {
+            let s = super::store::from_row(row, 0)?;
+            Ok((s.uuid.to_string(), s))
+        })
+        .collect()
+}
+
+/// Claims due deliveries and loads what they need to be sent — events and
+/// current subscriptions — in one transaction, so a claim never outlives
+/// a failure to load it. Deliveries whose subscription was deleted are
+/// cancelled on the way.
+async fn claim_deliveries(
+    conn: &mut dyn Connection,
+    worker: String,
+    first: bool,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>> {
+    let now = now_micros();
+    let which = if first {
+        "d.attempts = 0"
+    } else {
+        "d.attempts > 0"
+    };
+    let sql = CLAIM_DELIVERIES
+        .replace("{lock}", conn.dialect().skip_locked())
+        .replace("{which}", which);
+    let claimed = query(
+        conn,
+        &sql,
+        vec![
+            now.saturating_add(micros(lease)).into(),
+            worker.into(),
+            now.into(),
+            limit(max).into(),
+        ],
+        &[Kind::Text, Kind::Text, Kind::Text, Kind::Text, Kind::Int],
+    )
+    .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut event_ids = Vec::with_capacity(claimed.len());
+    let mut stored = Vec::new();
+    for row in &claimed {
+        event_ids.push(row.text(1)?);
+        if row.opt_text(3)?.is_none() {
+            stored.push(row.text(2)?);
+        }
+    }
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    stored.sort_unstable();
+    stored.dedup();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM thorn_events WHERE id IN ({})",
+        placeholders(1, event_ids.len())
+    );
+    let mut events = HashMap::with_capacity(event_ids.len());
+    let params = event_ids.into_iter().map(Param::from).collect();
+    for row in query(conn, &sql, params, &EVENT_KINDS).await? {
+        events.insert(row.text(0)?, Arc::new(event_from_row(&row, 0)?));
+    }
+    let subscriptions = subscriptions(conn, stored).await?;
+    let mut out = Vec::with_capacity(claimed.len());
+    let mut cancelled = Vec::new();
+    for row in &claimed {
+        let id = row.text(0)?;
+        let corrupt = |what, detail: &dyn std::fmt::Display| {
+            crate::schema::corrupt("thorn_deliveries", &id, what, detail)
+        };
+        let subscriber = match row.opt_text(3)? {
+            Some(snapshot) => {
+                serde_json::from_str(&snapshot).map_err(|e| corrupt("recipient", &e))?
+            }
+            None => match subscriptions.get(&row.text(2)?) {
+                Some(s) => s.clone(),
+                None => {
+                    cancelled.push(id);
+                    continue;
+                }
+            },
+        };
+        out.push(ClaimedDelivery {
+            id: Uuid::parse_str(&id).map_err(|e| corrupt("id", &e))?,
+            event: events
+                .get(&row.text(1)?)
+                .cloned()
+                .ok_or_else(|| corrupt("event_id", &"no such event"))?,
+            subscriber,
+            attempts: u32::try_from(row.int(4)?).unwrap_or(0),
+        });
+    }
+    if !cancelled.is_empty() {
+        let mut params: Vec<Param> = vec![now.into()];
+        let sql = format!(
+            "UPDATE thorn_deliveries SET state = 'cancelled', locked_until = NULL, \
+             locked_by = NULL, last_error = 'subscription deleted', updated_at = $1 \
+             WHERE id IN ({})",
+            placeholders(2, cancelled.len())
+        );
+        params.extend(cancelled.into_iter().map(Param::from));
+        execute(conn, &sql, params).await?;
+    }
+    Ok(out)
+}
+
+/// Deliveries finished with the same outcome, released by one statement:
+/// state, `run_at`, last status and last error.
+type Outcome<'a> = (&'static str, i64, Option<i32>, Option<&'a str>);
+
+async fn finish(
+    conn: &mut dyn Connection,
+    worker: String,
+    attempts: Vec<(AttemptRecord, Next)>,
+    disable_after: Option<Duration>,
+) -> Result<usize> {
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    let now = now_micros();
+    let mut rows: Vec<Param> = Vec::with_capacity(attempts.len() * 8);
+    for (a, _) in &attempts {
+        rows.extend([
+            a.delivery_id.to_string().into(),
+            int32(i64::from(a.number)).into(),
+            a.started_at.into(),
+            a.status.map(i32::from).into(),
+            a.latency_us.into(),
+            a.error.clone().into(),
+            a.response.clone().into(),
+            a.worker.clone().into(),
+        ]);
+    }
+    let mut groups: Vec<(Outcome<'_>, Vec<String>)> = Vec::new();
+    for (a, next) in &attempts {
+        let run_at = match next {
+            Next::Retry { at } => *at,
+            _ => now,
+        };
+        let key = (
+            next.state().as_str(),
+            run_at,
+            a.status.map(i32::from),
+            a.error.as_deref(),
+        );
+        let id = a.delivery_id.to_string();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((key, vec![id])),
+        }
+    }
+    // An attempt recorded already (by a worker whose lease expired) is kept once.
+    let template = format!("({})", placeholders(1, 8));
+    insert_rows(
+        conn,
+        "thorn_attempts",
+        ATTEMPT_COLUMNS,
+        &template,
+        " ON CONFLICT DO NOTHING",
+        rows,
+    )
+    .await?;
+    let mut held = 0;
+    for ((state, run_at, status, error), ids) in groups {
+        // `attempts` counts the attempts recorded, nothing else.
+        let sql = format!(
+            "UPDATE thorn_deliveries SET state = $1, run_at = $2, locked_until = NULL, \
+             locked_by = NULL, last_status = $3, last_error = $4, updated_at = $5, \
+             attempts = (SELECT COUNT(*) FROM thorn_attempts a \
+                         WHERE a.delivery_id = thorn_deliveries.id) \
+             WHERE locked_by = $6 AND id IN ({})",
+            placeholders(7, ids.len())
+        );
+        let mut params: Vec<Param> = vec![
+            state.into(),
+            run_at.into(),
+            status.into(),
+            error.map(str::to_owned).into(),
+            now.into(),
+            worker.clone().into(),
+        ];
+        params.extend(ids.into_iter().map(Param::from));
+        held += execute(conn, &sql, params).await?;
+    }
+    track_health(conn, &attempts, now, disable_after).await?;
+    Ok(usize::try_from(held).unwrap_or(usize::MAX))
+}
+
+/// Keeps `failing_since` of stored subscriptions and disables those
+/// failing for longer than `window`, marking their pending deliveries
+/// dead. Subscribers without a row are untouched.
+async fn track_health(
+    conn: &mut dyn Connection,
+    attempts: &[(AttemptRecord, Next)],
+    now: i64,
+    window: Option<Duration>,
+) -> Result<()> {
+    let Health {
+        recovered: ok,
+        failing: failed,
+    } = Health::of(attempts);
+    let list = |head: Vec<Param>, ids: &[String]| {
+        let mut params = head;
+        params.extend(ids.iter().map(|id| Param::from(id.as_str())));
+        params
+    };
+    if !ok.is_empty() {
+        let sql = format!(
+            "UPDATE thorn_subscribers SET failing_since = NULL \
+             WHERE failing_since IS NOT NULL AND uuid IN ({})",
+            placeholders(1, ok.len())
+        );
+        execute(conn, &sql, list(Vec::new(), &ok)).await?;
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE thorn_subscribers SET failing_since = $1 \
+         WHERE failing_since IS NULL AND uuid IN ({})",
+        placeholders(2, failed.len())
+    );
+    execute(conn, &sql, list(vec![now.into()], &failed)).await?;
+    let Some(window) = window else {
+        return Ok(());
+    };
+    let since = now.saturating_sub(micros(window));
+    let sql = format!(
+        "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
+         WHERE disabled_at IS NULL AND failing_since <= $3 AND uuid IN ({}) \
+         RETURNING uuid, url",
+        placeholders(4, failed.len())
+    );
+    let head = vec![
+        now.into(),
+        Health::disabled_reason(window).into(),
+        since.into(),
+    ];
+    for row in query(conn, &sql, list(head, &failed), &[Kind::Text, Kind::Text]).await? {
+        Health::log_disabled(&row.text(0)?, &row.text(1)?, window);
+    }
+    // Nothing more is attempted for a subscription disabled for failing.
+    let sql = format!(
+        "UPDATE thorn_deliveries SET state = 'dead', last_error = 'subscriber disabled', \
+         updated_at = $1 \
+         WHERE state = 'pending' AND (locked_until IS NULL OR locked_until < $1) \
+         AND subscriber_uuid IN (SELECT uuid FROM thorn_subscribers \
+             WHERE disabled_at IS NOT NULL AND uuid IN ({}))",
+        placeholders(2, failed.len())
+    );
+    execute(conn, &sql, list(vec![now.into()], &failed)).await?;
+    Ok(())
+}
+
+impl<D: Database> OutboxStore for SqlOutbox<D> {
+    fn claim_events<'a>(
+        &'a self,
+        worker: &'a str,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
+        let worker = worker.to_owned();
+        self.run(Box::new(move |conn| {
+            Box::pin(claim_events(conn, worker, max, lease))
+        }))
+    }
+
+    fn fan_out<'a>(
+        &'a self,
+        worker: &'a str,
+        events: Vec<FanOut>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        let worker = worker.to_owned();
+        self.run(Box::new(move |conn| {
+            Box::pin(async move { atomically!(conn, fan_out(conn, worker, events, lease).await) })
+        }))
+    }
+
+    fn claim_deliveries<'a>(
+        &'a self,
+        worker: &'a str,
+        first: bool,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
+        let worker = worker.to_owned();
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                atomically!(
+                    conn,
+                    claim_deliveries(conn, worker, first, max, lease).await
+                )
+            })
+        }))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        worker: &'a str,
+        attempts: Vec<(AttemptRecord, Next)>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let worker = worker.to_owned();
+        let disable_after = self.disable_after;
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                atomically!(conn, finish(conn, worker, attempts, disable_after).await)
+            })
+        }))
+    }
+}

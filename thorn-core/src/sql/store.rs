@@ -1,0 +1,342 @@
+//! Subscriptions in `thorn_subscribers`: [`SqlStore`].
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Connection, Database, Kind, Param, Row, Work, execute, placeholders, query};
+use crate::outbox::now_micros;
+use crate::schema::{SubscriberRecord, SubscriberStatus, owner_key};
+use crate::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
+use crate::{Result, SenderId, Subscriber, SubscriberStore};
+
+/// The columns a [`Subscriber`] is read from and written to, in the order
+/// of [`values`].
+pub(crate) const COLUMNS: &str = "uuid, event, url, owner, hmac_secret, hmac_digest, \
+    content_type, previous_secrets, standard_webhooks, created_at, updated_at, \
+    disabled_at, disabled_reason";
+
+/// The types of [`COLUMNS`].
+pub(crate) const KINDS: [Kind; 13] = [
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Text,
+    Kind::Bool,
+    Kind::Text,
+    Kind::Text,
+    Kind::BigInt,
+    Kind::Text,
+];
+
+/// The values of [`COLUMNS`] for `s`.
+fn values(s: &Subscriber) -> Vec<Param> {
+    let r = SubscriberRecord::from(s);
+    vec![
+        r.uuid.into(),
+        r.event.into(),
+        r.url.into(),
+        r.owner.into(),
+        r.hmac_secret.into(),
+        r.hmac_digest.into(),
+        r.content_type.into(),
+        r.previous_secrets.into(),
+        r.standard_webhooks.into(),
+        r.created_at.into(),
+        r.updated_at.into(),
+        r.disabled_at.into(),
+        r.disabled_reason.into(),
+    ]
+}
+
+/// The subscriber in `row`, whose columns from `at` on are [`COLUMNS`].
+pub(crate) fn from_row(row: &Row, at: usize) -> Result<Subscriber> {
+    Subscriber::try_from(SubscriberRecord {
+        uuid: row.text(at)?,
+        event: row.text(at + 1)?,
+        url: row.text(at + 2)?,
+        owner: row.opt_text(at + 3)?,
+        hmac_secret: row.text(at + 4)?,
+        hmac_digest: row.text(at + 5)?,
+        content_type: row.text(at + 6)?,
+        previous_secrets: row.text(at + 7)?,
+        standard_webhooks: row.opt_bool(at + 8)?,
+        created_at: row.text(at + 9)?,
+        updated_at: row.text(at + 10)?,
+        disabled_at: row.opt_int(at + 11)?,
+        disabled_reason: row.opt_text(at + 12)?,
+    })
+}
+
+async fn subscribers(
+    conn: &mut dyn Connection,
+    sql: &str,
+    params: Vec<Param>,
+) -> Result<Vec<Subscriber>> {
+    query(conn, sql, params, &KINDS)
+        .await?
+        .iter()
+        .map(|row| from_row(row, 0))
+        .collect()
+}
+
+/// Subscriptions stored in the application's database (SQLite or
+/// PostgreSQL), through any ORM that provides a [`Database`].
+///
+/// Implements [`SubscriberStore`] (who gets an event: the four pattern
+/// lookups on an indexed column) and [`SubscriptionStore`] (the REST API's
+/// create, read, update and delete). The ORM crates name it
+/// `thorn::diesel::DieselStore` and `thorn::seaorm::SeaOrmStore`.
+#[derive(Debug)]
+pub struct SqlStore<D> {
+    db: Arc<D>,
+}
+
+impl<D> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            db: self.db.clone(),
+        }
+    }
+}
+
+impl<D> SqlStore<D> {
+    /// The database.
+    pub fn database(&self) -> &D {
+        &self.db
+    }
+}
+
+impl<D: Database> SqlStore<D> {
+    /// A store over `db` (Thorn's migrations applied).
+    pub fn new(db: impl Into<D>) -> Self {
+        SqlStore {
+            db: Arc::new(db.into()),
+        }
+    }
+
+    fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>> {
+        self.db.run(work)
+    }
+
+    /// Every subscription with its status, oldest first; only the
+    /// disabled ones with `disabled_only`.
+    pub fn statuses(
+        &self,
+        disabled_only: bool,
+    ) -> BoxFuture<'static, Result<Vec<(Subscriber, SubscriberStatus)>>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let filter = if disabled_only {
+                    " WHERE disabled_at IS NOT NULL"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "SELECT {COLUMNS}, failing_since \
+                     FROM thorn_subscribers{filter} ORDER BY created_at ASC, uuid ASC"
+                );
+                let mut kinds = KINDS.to_vec();
+                kinds.push(Kind::BigInt);
+                query(conn, &sql, Vec::new(), &kinds)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok((
+                            from_row(row, 0)?,
+                            SubscriberStatus {
+                                failing_since: row.opt_int(13)?,
+                                disabled_at: row.opt_int(11)?,
+                                disabled_reason: row.opt_text(12)?,
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+        }))
+    }
+
+    /// Re-enables a disabled subscription, forgiving its failures so far;
+    /// `false` when there is no such subscription.
+    pub fn enable(&self, uuid: Uuid) -> BoxFuture<'static, Result<bool>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(
+                    conn,
+                    "UPDATE thorn_subscribers \
+                     SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL \
+                     WHERE uuid = $1",
+                    vec![uuid.to_string().into()],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        }))
+    }
+}
+
+impl<D: Database> SubscriberStore for SqlStore<D> {
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
+        let mut params: Vec<Param> = candidate_patterns(event)
+            .map(|p| Param::from(p.into_owned()))
+            .collect();
+        let patterns = placeholders(1, params.len());
+        let owner = match sender {
+            Some(sender) => {
+                params.push(owner_key(sender).into());
+                format!("(owner IS NULL OR owner = ${})", params.len())
+            }
+            None => "owner IS NULL".to_owned(),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM thorn_subscribers \
+             WHERE event IN ({patterns}) AND disabled_at IS NULL AND {owner}"
+        );
+        self.run(Box::new(move |conn| {
+            Box::pin(async move { subscribers(conn, &sql, params).await })
+        }))
+    }
+
+    /// Disables the subscription (it stays listed, with its reason, until
+    /// re-enabled or deleted).
+    fn mark_gone(&self, subscriber: Uuid) -> BoxFuture<'_, Result<()>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                execute(
+                    conn,
+                    "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
+                     WHERE uuid = $3 AND disabled_at IS NULL",
+                    vec![
+                        now_micros().into(),
+                        "the receiver answered 410 Gone".into(),
+                        subscriber.to_string().into(),
+                    ],
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+    }
+}
+
+impl<D: Database> SubscriptionStore for SqlStore<D> {
+    fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>> {
+        let owner = owner_key(owner);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM thorn_subscribers WHERE owner = $1 \
+                     ORDER BY created_at ASC, uuid ASC"
+                );
+                subscribers(conn, &sql, vec![owner.into()]).await
+            })
+        }))
+    }
+
+    fn get(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<Option<Subscriber>>> {
+        let owner = owner_key(owner);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM thorn_subscribers \
+                     WHERE uuid = $1 AND owner = $2 LIMIT 1"
+                );
+                Ok(
+                    subscribers(conn, &sql, vec![uuid.to_string().into(), owner.into()])
+                        .await?
+                        .pop(),
+                )
+            })
+        }))
+    }
+
+    fn insert(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<()>> {
+        let params = values(&subscriber);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO thorn_subscribers ({COLUMNS}) VALUES ({})",
+                    placeholders(1, KINDS.len())
+                );
+                execute(conn, &sql, params).await?;
+                Ok(())
+            })
+        }))
+    }
+
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        // The key and the owner select the row (an ownerless subscription
+        // is never updated here). The settings only: the disabled state
+        // (the last two values) is left as stored, changed by `set_active`
+        // and the workers.
+        let mut params = values(&subscriber);
+        let uuid = params.remove(0);
+        params.truncate(KINDS.len() - 3);
+        params.push(uuid);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(
+                    conn,
+                    "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
+                     hmac_secret = $4, hmac_digest = $5, content_type = $6, \
+                     previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
+                     updated_at = $10 \
+                     WHERE uuid = $11 AND owner = $3",
+                    params,
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        }))
+    }
+
+    fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
+        let owner = owner_key(owner);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(
+                    conn,
+                    "DELETE FROM thorn_subscribers WHERE uuid = $1 AND owner = $2",
+                    vec![uuid.to_string().into(), owner.into()],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        }))
+    }
+
+    fn set_active<'a>(
+        &'a self,
+        owner: &'a SenderId,
+        uuid: Uuid,
+        active: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let mut params: Vec<Param> = vec![uuid.to_string().into(), owner_key(owner).into()];
+        let sql = if active {
+            // Resumed: its failures so far are forgiven.
+            "UPDATE thorn_subscribers SET disabled_at = NULL, \
+             disabled_reason = NULL, failing_since = NULL \
+             WHERE uuid = $1 AND owner = $2"
+        } else {
+            // An already disabled one keeps its reason.
+            params.push(now_micros().into());
+            params.push(reason.into());
+            "UPDATE thorn_subscribers SET \
+             disabled_at = COALESCE(disabled_at, $3), \
+             disabled_reason = COALESCE(disabled_reason, $4) \
+             WHERE uuid = $1 AND owner = $2"
+        };
+        self.run(Box::new(move |conn| {
+            Box::pin(async move { Ok(execute(conn, sql, params).await? == 1) })
+        }))
+    }
+}

@@ -1,0 +1,248 @@
+//! How Thorn's SQL (in `thorn_core::sql`) runs on Diesel: a
+//! [`Connection`] over a Diesel connection and a [`Database`] over an r2d2
+//! pool. Every statement is `diesel::sql_query` with typed binds; rows
+//! come back as dynamically typed values.
+
+use diesel::connection::{LoadConnection, SimpleConnection, TransactionManager};
+use diesel::deserialize::{self, FromSql, QueryableByName};
+use diesel::query_builder::BoxedSqlQuery;
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use diesel::row::{Field, NamedRow};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
+use diesel::{QueryResult, RunQueryDsl};
+use thorn_core::Result;
+use thorn_core::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work, ready};
+use thorn_core::subscriber::BoxFuture;
+
+use crate::store::store_err;
+
+/// A Diesel connection as Thorn's SQL runs on it (its statements complete
+/// when first polled).
+pub struct DieselConn<'c, C>(pub &'c mut C);
+
+/// One result row, each value decoded by the type the database reports.
+struct DynRow(Vec<Value>);
+
+/// Binds `params` in order.
+fn bind<'f, DB>(
+    mut query: BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>,
+    params: Vec<Param>,
+) -> BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<Nullable<Text>>
+        + diesel::sql_types::HasSqlType<Nullable<BigInt>>
+        + diesel::sql_types::HasSqlType<Nullable<Integer>>
+        + diesel::sql_types::HasSqlType<Nullable<Bool>>,
+    Option<String>: diesel::serialize::ToSql<Nullable<Text>, DB>,
+    Option<i64>: diesel::serialize::ToSql<Nullable<BigInt>, DB>,
+    Option<i32>: diesel::serialize::ToSql<Nullable<Integer>, DB>,
+    Option<bool>: diesel::serialize::ToSql<Nullable<Bool>, DB>,
+{
+    for param in params {
+        query = match param {
+            Param::Text(v) => query.bind::<Nullable<Text>, _>(v),
+            Param::BigInt(v) => query.bind::<Nullable<BigInt>, _>(v),
+            Param::Int(v) => query.bind::<Nullable<Integer>, _>(v),
+            Param::Bool(v) => query.bind::<Nullable<Bool>, _>(v),
+        };
+    }
+    query
+}
+
+#[cfg(feature = "sqlite")]
+impl QueryableByName<diesel::sqlite::Sqlite> for DynRow {
+    fn build<'a>(row: &impl NamedRow<'a, diesel::sqlite::Sqlite>) -> deserialize::Result<Self> {
+        use diesel::sqlite::{Sqlite, SqliteType};
+        let mut values = Vec::with_capacity(row.field_count());
+        for i in 0..row.field_count() {
+            let field = diesel::row::Row::get(row, i).ok_or("a result column went missing")?;
+            let value = match field.value() {
+                None => Value::Null,
+                Some(raw) => match raw.value_type() {
+                    Some(SqliteType::Long | SqliteType::Integer | SqliteType::SmallInt) => {
+                        Value::Int(<i64 as FromSql<BigInt, Sqlite>>::from_sql(raw)?)
+                    }
+                    _ => Value::Text(<String as FromSql<Text, Sqlite>>::from_sql(raw)?),
+                },
+            };
+            values.push(value);
+        }
+        Ok(DynRow(values))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl QueryableByName<diesel::pg::Pg> for DynRow {
+    fn build<'a>(row: &impl NamedRow<'a, diesel::pg::Pg>) -> deserialize::Result<Self> {
+        use diesel::pg::Pg;
+        use diesel::sql_types::SmallInt;
+        let mut values = Vec::with_capacity(row.field_count());
+        for i in 0..row.field_count() {
+            let field = diesel::row::Row::get(row, i).ok_or("a result column went missing")?;
+            let value = match field.value() {
+                None => Value::Null,
+                // Type OIDs of pg_type.
+                Some(raw) => match raw.get_oid().get() {
+                    16 => Value::Bool(<bool as FromSql<Bool, Pg>>::from_sql(raw)?),
+                    20 => Value::Int(<i64 as FromSql<BigInt, Pg>>::from_sql(raw)?),
+                    21 => Value::Int(i64::from(<i16 as FromSql<SmallInt, Pg>>::from_sql(raw)?)),
+                    23 => Value::Int(i64::from(<i32 as FromSql<Integer, Pg>>::from_sql(raw)?)),
+                    _ => Value::Text(<String as FromSql<Text, Pg>>::from_sql(raw)?),
+                },
+            };
+            values.push(value);
+        }
+        Ok(DynRow(values))
+    }
+}
+
+fn done<T: Send + 'static>(result: QueryResult<T>) -> BoxFuture<'static, Result<T>> {
+    Box::pin(std::future::ready(result.map_err(store_err)))
+}
+
+macro_rules! connection_for {
+    ($conn:ty, $backend:ty, $dialect:expr) => {
+        impl Connection for DieselConn<'_, $conn> {
+            fn dialect(&self) -> Dialect {
+                $dialect
+            }
+
+            fn execute<'a>(
+                &'a mut self,
+                sql: &'a str,
+                params: Vec<Param>,
+            ) -> BoxFuture<'a, Result<u64>> {
+                let query = bind(diesel::sql_query(sql).into_boxed::<$backend>(), params);
+                done(query.execute(self.0).map(|n| n as u64))
+            }
+
+            fn query<'a>(
+                &'a mut self,
+                sql: &'a str,
+                params: Vec<Param>,
+                _columns: &'a [Kind],
+            ) -> BoxFuture<'a, Result<Vec<Row>>> {
+                let query = bind(diesel::sql_query(sql).into_boxed::<$backend>(), params);
+                done(
+                    query
+                        .load::<DynRow>(self.0)
+                        .map(|rows| rows.into_iter().map(|r| Row(r.0)).collect()),
+                )
+            }
+
+            fn batch<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {
+                done(self.0.batch_execute(sql))
+            }
+
+            fn begin(&mut self) -> BoxFuture<'_, Result<()>> {
+                done(<$conn as diesel::Connection>::TransactionManager::begin_transaction(self.0))
+            }
+
+            fn commit(&mut self) -> BoxFuture<'_, Result<()>> {
+                done(<$conn as diesel::Connection>::TransactionManager::commit_transaction(self.0))
+            }
+
+            fn rollback(&mut self) -> BoxFuture<'_, Result<()>> {
+                done(
+                    <$conn as diesel::Connection>::TransactionManager::rollback_transaction(self.0),
+                )
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+connection_for!(
+    diesel::SqliteConnection,
+    diesel::sqlite::Sqlite,
+    Dialect::Sqlite
+);
+#[cfg(feature = "postgres")]
+connection_for!(diesel::PgConnection, diesel::pg::Pg, Dialect::Postgres);
+
+/// Diesel connections Thorn's SQL runs on: `SqliteConnection` and
+/// `PgConnection` (feature `postgres`).
+pub trait SqlConnection: R2D2Connection + LoadConnection + 'static {
+    /// Which database this is.
+    const DIALECT: Dialect;
+
+    /// Runs `work` on this connection, on the calling thread.
+    fn run_here<T>(&mut self, work: Work<T>) -> Result<T>;
+}
+
+macro_rules! sql_connection_for {
+    ($conn:ty, $dialect:expr) => {
+        impl SqlConnection for $conn {
+            const DIALECT: Dialect = $dialect;
+
+            fn run_here<T>(&mut self, work: Work<T>) -> Result<T> {
+                ready(work(&mut DieselConn(self)))?
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+sql_connection_for!(diesel::SqliteConnection, Dialect::Sqlite);
+#[cfg(feature = "postgres")]
+sql_connection_for!(diesel::PgConnection, Dialect::Postgres);
+
+/// An r2d2 pool of Diesel connections as Thorn's stores use it.
+///
+/// Statements run on tokio's blocking threads, or on the calling thread
+/// for the synchronous methods of [`crate::DieselStore`] and
+/// [`crate::DieselOutbox`].
+pub struct DieselDb<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    here: bool,
+}
+
+impl<C: R2D2Connection + 'static> Clone for DieselDb<C> {
+    fn clone(&self) -> Self {
+        DieselDb {
+            pool: self.pool.clone(),
+            here: self.here,
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselDb<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DieselDb")
+            .field("pool", &self.pool.state())
+            .finish()
+    }
+}
+
+impl<C: SqlConnection> DieselDb<C> {
+    /// `pool`, its statements run on tokio's blocking threads.
+    pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
+        DieselDb { pool, here: false }
+    }
+
+    /// `pool`, its statements run on the thread that polls.
+    pub(crate) fn here(pool: Pool<ConnectionManager<C>>) -> Self {
+        DieselDb { pool, here: true }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<ConnectionManager<C>> {
+        &self.pool
+    }
+}
+
+impl<C: SqlConnection> Database for DieselDb<C> {
+    fn dialect(&self) -> Dialect {
+        C::DIALECT
+    }
+
+    fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>> {
+        let pool = self.pool.clone();
+        let job = move || -> Result<T> { pool.get().map_err(store_err)?.run_here(work) };
+        if self.here {
+            return Box::pin(std::future::ready(job()));
+        }
+        Box::pin(async move { tokio::task::spawn_blocking(job).await.map_err(store_err)? })
+    }
+}
