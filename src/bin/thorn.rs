@@ -297,9 +297,7 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
     let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(
         (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
     );
-    outbox
-        .counts()
-        .map_err(|e| format!("the outbox tables are not readable (run `thorn migrate`?): {e}"))?;
+    outbox.check_schema()?;
     let store = Arc::new(DieselStore::new(pool.clone()));
     let thorn = Thorn::builder(config).shared_store(store).build()?;
     let options = RelayOptions {
@@ -310,6 +308,7 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
         disable_after: (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
         ..RelayOptions::default()
     };
+    options.check(thorn.config())?;
     let worker_name = options.worker.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -330,7 +329,7 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
         let counters = Arc::new(RelayCounters::default());
         let relay = tokio::spawn(run_relay(
             thorn,
-            Arc::new(outbox),
+            Arc::new(outbox.store().clone()),
             options,
             wake,
             stopped,

@@ -16,6 +16,7 @@ mod model_events;
 mod outbox;
 mod patterns;
 mod receiver;
+mod relay;
 #[cfg(feature = "seaorm")]
 mod seaorm_funtests;
 #[cfg(feature = "seaorm")]

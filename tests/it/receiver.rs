@@ -253,6 +253,36 @@ impl Receiver {
         got
     }
 
+    /// The first `n` requests, waiting up to `within` for them.
+    #[allow(dead_code)]
+    pub(crate) fn first(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(r) => got.push(r),
+                Err(_) => panic!("expected {n} requests within {within:?}, got {}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Every request arriving until none has for `quiet` (at most `limit`
+    /// in all).
+    #[allow(dead_code)]
+    pub(crate) fn until_quiet(&self, quiet: Duration, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        while let Ok(r) = self
+            .rx
+            .recv_timeout(quiet.min(deadline.saturating_duration_since(Instant::now())))
+        {
+            got.push(r);
+        }
+        got
+    }
+
     /// Nothing arrives within `within`.
     pub(crate) fn expect_none(&self, within: Duration) {
         if let Ok(r) = self.rx.recv_timeout(within) {

@@ -190,7 +190,7 @@ fn a_killed_workers_deliveries_are_taken_over_after_its_lease() {
     let Some((schema, pool, thorn)) = setup(&receiver.url) else {
         return;
     };
-    let mut doomed = Worker::start(&schema, "doomed", "2", &[("THORN_EVENT_TIMEOUT", "25")]);
+    let mut doomed = Worker::start(&schema, "doomed", "3", &[("THORN_EVENT_TIMEOUT", "2")]);
     create_orders(&thorn, &pool, 5);
     let first = receiver.expect(5, Duration::from_secs(20));
     doomed.0.kill().unwrap();

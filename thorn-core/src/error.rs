@@ -46,8 +46,9 @@ pub enum Error {
         message: String,
     },
 
-    /// The subscriber store could not be read.
-    #[error("subscriber store failed: {0}")]
+    /// Thorn's tables (subscriptions or outbox) could not be read or
+    /// written: what the database or its driver reported.
+    #[error("database: {0}")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The HTTP request could not be completed (connection refused or reset,
@@ -144,6 +145,22 @@ pub enum Error {
         /// What the database reported.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Thorn's tables are missing or older than this version of Thorn
+    /// needs: found when a relay or worker starts.
+    #[error(
+        "Thorn's tables are {}, this version needs migration {needed}: run Thorn's \
+         migrations first ({migrate}, or `thorn migrate`)",
+        match found { Some(v) => format!("at migration {v}"), None => "missing".to_owned() }
+    )]
+    SchemaOutdated {
+        /// The newest migration applied, `None` without Thorn's tables.
+        found: Option<i64>,
+        /// The newest migration this version knows.
+        needed: i64,
+        /// The call that applies them, e.g. `thorn::diesel::migrate(conn)`.
+        migrate: &'static str,
     },
 
     /// The dispatcher was shut down before the delivery finished.

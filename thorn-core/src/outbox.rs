@@ -36,6 +36,7 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -540,14 +541,34 @@ pub trait OutboxStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Uuid>>>;
 
     /// Claims up to `limit` due deliveries: first attempts only when
-    /// `first` is true, retries only otherwise.
+    /// `first` is true, retries only otherwise; none of the subscriptions
+    /// in `skip` (their destinations are busy). What is claimed is loaded
+    /// in the same transaction: a claim never outlives a failure to load.
     fn claim_deliveries<'a>(
         &'a self,
         worker: &'a str,
         first: bool,
         limit: usize,
         lease: Duration,
+        skip: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>>;
+
+    /// Extends to `now + lease` the claims `worker` still holds on these
+    /// deliveries; returns how many it holds.
+    fn renew<'a>(
+        &'a self,
+        worker: &'a str,
+        deliveries: Vec<Uuid>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<usize>>;
+
+    /// Gives up the claims `worker` holds on these deliveries, unsent: any
+    /// worker may claim them again at once.
+    fn release<'a>(
+        &'a self,
+        worker: &'a str,
+        deliveries: Vec<Uuid>,
+    ) -> BoxFuture<'a, Result<usize>>;
 
     /// Records attempts and the deliveries' next states, releasing the
     /// claims, in one transaction. Returns how many deliveries were still
@@ -571,8 +592,12 @@ pub struct RelayOptions {
     pub retry_share: f64,
     /// Rows claimed per query.
     pub batch: usize,
-    /// How long a claim holds; must exceed the longest request timeout.
+    /// How long a claim holds; renewed every third of it while the
+    /// delivery is sent. Must exceed the request timeout.
     pub lease: Duration,
+    /// Deliveries in flight to one `host:port` at once; `None` takes
+    /// `THORN_MAX_PER_HOST` ([`crate::Config::max_per_host`]).
+    pub max_per_destination: Option<usize>,
     /// The longest wait between polls when nothing wakes the relay.
     pub poll: Duration,
     /// Disable a stored subscription whose deliveries have been failing
@@ -588,9 +613,31 @@ impl Default for RelayOptions {
             retry_share: 0.75,
             batch: 100,
             lease: Duration::from_secs(60),
+            max_per_destination: None,
             poll: Duration::from_secs(1),
             disable_after: Some(Duration::from_secs(3 * 24 * 3600)),
         }
+    }
+}
+
+impl RelayOptions {
+    /// Fails unless the lease is longer than the request timeout
+    /// (`THORN_EVENT_TIMEOUT`): a relay and `thorn worker` check it before
+    /// they start.
+    pub fn check(&self, config: &crate::Config) -> Result<()> {
+        let timeout = config.event_timeout;
+        if self.lease <= timeout {
+            return Err(Error::Config {
+                key: "lease".into(),
+                message: format!(
+                    "the claim lease ({}) must be longer than the request timeout \
+                     (THORN_EVENT_TIMEOUT, {})",
+                    humanize(self.lease),
+                    humanize(timeout)
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -649,12 +696,42 @@ impl RelayCounters {
     }
 }
 
+/// How long a claim on events holds: fan-out takes milliseconds, so a
+/// batch a failed worker claimed is taken over within seconds.
+const EVENT_LEASE: Duration = Duration::from_secs(10);
+
+/// Where a delivery goes, for the per-destination limit: `host:port`.
+fn destination(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// The deliveries a relay holds claims on, renewed until their attempts
+/// are recorded.
+type Held = Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>;
+
+fn held_lock(held: &Held) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs a relay until `stop` turns true, then stops claiming, lets the
 /// deliveries in flight finish and record their attempts, and returns.
 ///
 /// `wake` is notified by whatever learns of new events: this process's
 /// own outbox writes ([`Thorn::outbox_signal`]) or PostgreSQL's `LISTEN`.
 /// Without a wake-up the relay polls, at most `options.poll` apart.
+///
+/// Claims are renewed every third of `options.lease` while their
+/// deliveries are sent or wait, so a relay never sends its own work twice;
+/// the relay refuses a lease not longer than the request timeout
+/// (`THORN_EVENT_TIMEOUT`), and no request outlasts the lease. At most
+/// `options.max_per_destination` deliveries go to one `host:port` at a
+/// time: a busy destination's other deliveries stay in the outbox,
+/// unclaimed, and take no slot from other destinations.
 pub async fn run_relay(
     thorn: Thorn,
     store: Arc<dyn OutboxStore>,
@@ -663,30 +740,83 @@ pub async fn run_relay(
     mut stop: watch::Receiver<bool>,
     counters: Arc<RelayCounters>,
 ) -> Result<()> {
+    options.check(thorn.config())?;
     let client = HttpClient::new(thorn.config(), thorn.config().recipient_validators.clone())?;
     let concurrency = options.concurrency.max(1);
+    let per_destination = options
+        .max_per_destination
+        .unwrap_or(thorn.config().max_per_host)
+        .max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let retry_cap = ((concurrency as f64 * options.retry_share) as usize).clamp(1, concurrency);
     let retries_in_flight = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+    let held: Held = Arc::default();
     let shared = Arc::new(Shared {
         thorn,
         store,
         client,
         worker: options.worker.clone(),
         counters,
+        lease: options.lease,
     });
     // Attempts are recorded by one task, many per transaction.
     let (done, records) = mpsc::unbounded_channel();
-    let recorder = tokio::spawn(record_attempts(shared.clone(), records));
+    let recorder = tokio::spawn(record_attempts(shared.clone(), records, held.clone()));
+    let renewer = tokio::spawn(renew_claims(shared.clone(), held.clone()));
+    // Destinations: deliveries in flight to each, and the subscriptions
+    // seen going there (skipped by claims while it is at its limit).
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<String>();
+    let mut busy: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, HashSet<Uuid>> = HashMap::new();
     let mut idle = Duration::from_millis(1);
+    let spawn = |claimed: ClaimedDelivery,
+                 is_retry: bool,
+                 to: String,
+                 busy: &mut HashMap<String, usize>,
+                 tasks: &mut JoinSet<()>| {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            return Some((claimed, is_retry));
+        };
+        *busy.entry(to.clone()).or_default() += 1;
+        if is_retry {
+            retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        let (shared, retries_in_flight, done, finished) = (
+            shared.clone(),
+            retries_in_flight.clone(),
+            done.clone(),
+            finished_tx.clone(),
+        );
+        metrics::gauge!("thorn_deliveries_in_flight").increment(1.0);
+        tasks.spawn(async move {
+            let record = shared.deliver(claimed).await;
+            let _ = done.send(record);
+            metrics::gauge!("thorn_deliveries_in_flight").decrement(1.0);
+            if is_retry {
+                retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            drop(permit);
+            let _ = finished.send(to);
+        });
+        None
+    };
     while !*stop.borrow() {
         while tasks.try_join_next().is_some() {}
+        while let Ok(to) = finished.try_recv() {
+            if let Some(n) = busy.get_mut(&to) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let skip: Vec<Uuid> = seen
+            .iter()
+            .filter(|(to, _)| busy.get(*to).copied().unwrap_or(0) >= per_destination)
+            .flat_map(|(_, subs)| subs.iter().copied())
+            .collect();
         let mut found = 0;
         // New events first; their first deliveries come back claimed.
         let fresh = match shared
-            .fan_out(options.batch, options.lease, slots.available_permits())
+            .fan_out(options.batch, slots.available_permits())
             .await
         {
             Ok((events, claimed)) => {
@@ -702,7 +832,13 @@ pub async fn run_relay(
         let first = if free > 0 {
             shared
                 .store
-                .claim_deliveries(&shared.worker, true, free.min(options.batch), options.lease)
+                .claim_deliveries(
+                    &shared.worker,
+                    true,
+                    free.min(options.batch),
+                    options.lease,
+                    &skip,
+                )
                 .await
                 .unwrap_or_else(|error| {
                     shared.db_error("claim", &error);
@@ -721,6 +857,7 @@ pub async fn run_relay(
                     false,
                     free.min(retry_room).min(options.batch),
                     options.lease,
+                    &skip,
                 )
                 .await
                 .unwrap_or_else(|error| {
@@ -731,47 +868,46 @@ pub async fn run_relay(
             Vec::new()
         };
         found += fresh.len() + first.len() + retries.len();
-        for (claimed, is_retry) in fresh
+        let claimed: Vec<(ClaimedDelivery, bool)> = fresh
             .into_iter()
             .chain(first)
             .map(|c| (c, false))
             .chain(retries.into_iter().map(|c| (c, true)))
-        {
-            let permit = slots
-                .clone()
-                .try_acquire_owned()
-                .expect("claims never exceed free slots");
-            if is_retry {
-                retries_in_flight.fetch_add(1, Ordering::Relaxed);
+            .collect();
+        held_lock(&held).extend(claimed.iter().map(|(c, _)| c.id));
+        // A destination at its limit gets nothing more now: the rest goes
+        // back unsent, and its subscriptions are skipped by the next
+        // claims. A delivery is thus always sent right after its claim
+        // loaded the subscription.
+        let mut excess = Vec::new();
+        for (claimed, is_retry) in claimed {
+            let to = destination(&claimed.subscriber.url);
+            seen.entry(to.clone())
+                .or_default()
+                .insert(claimed.subscriber.uuid);
+            if busy.get(&to).copied().unwrap_or(0) >= per_destination {
+                excess.push(claimed.id);
+            } else if let Some((back, _)) = spawn(claimed, is_retry, to, &mut busy, &mut tasks) {
+                excess.push(back.id);
             }
-            let (shared, finished, retries_in_flight, done) = (
-                shared.clone(),
-                finished.clone(),
-                retries_in_flight.clone(),
-                done.clone(),
-            );
-            metrics::gauge!("thorn_deliveries_in_flight").increment(1.0);
-            tasks.spawn(async move {
-                let record = shared.deliver(claimed).await;
-                let _ = done.send(record);
-                metrics::gauge!("thorn_deliveries_in_flight").decrement(1.0);
-                if is_retry {
-                    retries_in_flight.fetch_sub(1, Ordering::Relaxed);
-                }
-                drop(permit);
-                finished.notify_one();
-            });
+        }
+        if !excess.is_empty() {
+            release(&shared, &held, excess).await;
         }
         if found > 0 && slots.available_permits() > 0 {
             idle = Duration::from_millis(1);
             continue;
         }
-        // Nothing to do (or no room): sleep until woken, a slot frees, or
-        // the poll interval passes. Right after a wake-up the events may
-        // not be committed yet, so polls start 1 ms apart and back off.
+        // Nothing to do (or no room): sleep until woken, a delivery ends,
+        // or the poll interval passes. Right after a wake-up the events
+        // may not be committed yet, so polls start 1 ms apart and back off.
         tokio::select! {
             _ = wake.notified() => idle = Duration::from_millis(1),
-            _ = finished.notified(), if slots.available_permits() == 0 => {}
+            Some(to) = finished.recv() => {
+                if let Some(n) = busy.get_mut(&to) {
+                    *n = n.saturating_sub(1);
+                }
+            }
             _ = tokio::time::sleep(idle) => idle = (idle * 2).min(options.poll),
             _ = stop.changed() => {}
         }
@@ -779,14 +915,50 @@ pub async fn run_relay(
     while tasks.join_next().await.is_some() {}
     drop(done);
     let _ = recorder.await;
+    renewer.abort();
     Ok(())
 }
 
+/// Gives claims back unsent and stops renewing them.
+async fn release(shared: &Shared, held: &Held, deliveries: Vec<Uuid>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    {
+        let mut held = held_lock(held);
+        for id in &deliveries {
+            held.remove(id);
+        }
+    }
+    if let Err(error) = shared.store.release(&shared.worker, deliveries).await {
+        shared.db_error("release", &error);
+    }
+}
+
+/// Renews the claims a relay holds, every third of its lease.
+async fn renew_claims(shared: Arc<Shared>, held: Held) {
+    let every = shared.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<Uuid> = held_lock(&held).iter().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(error) = shared.store.renew(&shared.worker, ids, shared.lease).await {
+            shared.db_error("lease renewal", &error);
+        }
+    }
+}
+
 /// Writes finished attempts: whatever has arrived, up to 256 per
-/// transaction, so a busy relay pays one commit for many deliveries.
+/// transaction, so a busy relay pays one commit for many deliveries. A
+/// failed write is tried again for about six seconds (the claims are
+/// renewed meanwhile); then the claims are left to expire, and another
+/// worker sends those deliveries again.
 async fn record_attempts(
     shared: Arc<Shared>,
     mut records: mpsc::UnboundedReceiver<(AttemptRecord, Next)>,
+    held: Held,
 ) {
     while let Some(first) = records.recv().await {
         let mut batch = vec![first];
@@ -796,14 +968,34 @@ async fn record_attempts(
                 Err(_) => break,
             }
         }
+        let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.delivery_id).collect();
         let n = batch.len();
-        match shared.store.finish(&shared.worker, batch).await {
-            Ok(held) if held < n => tracing::warn!(
-                lost = n - held,
-                "claims expired before their attempts were recorded; another worker may repeat them"
-            ),
-            Ok(_) => {}
-            Err(error) => shared.db_error("recording attempts", &error),
+        let mut pause = Duration::from_millis(100);
+        for tries_left in (0..7).rev() {
+            match shared.store.finish(&shared.worker, batch.clone()).await {
+                Ok(held) => {
+                    if held < n {
+                        tracing::warn!(
+                            lost = n - held,
+                            "claims expired before their attempts were recorded; \
+                             another worker may repeat them"
+                        );
+                    }
+                    break;
+                }
+                Err(error) => {
+                    shared.db_error("recording attempts", &error);
+                    if tries_left == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        let mut held = held_lock(&held);
+        for id in &ids {
+            held.remove(id);
         }
     }
 }
@@ -814,6 +1006,7 @@ struct Shared {
     client: HttpClient,
     worker: String,
     counters: Arc<RelayCounters>,
+    lease: Duration,
 }
 
 impl Shared {
@@ -825,13 +1018,12 @@ impl Shared {
 
     /// Fans out one batch of new events; returns how many, and up to
     /// `free` of their deliveries, claimed for sending now.
-    async fn fan_out(
-        &self,
-        batch: usize,
-        lease: Duration,
-        free: usize,
-    ) -> Result<(usize, Vec<ClaimedDelivery>)> {
-        let events = self.store.claim_events(&self.worker, batch, lease).await?;
+    async fn fan_out(&self, batch: usize, free: usize) -> Result<(usize, Vec<ClaimedDelivery>)> {
+        let lease = self.lease;
+        let events = self
+            .store
+            .claim_events(&self.worker, batch, EVENT_LEASE.min(lease))
+            .await?;
         if events.is_empty() {
             return Ok((0, Vec::new()));
         }
@@ -935,7 +1127,8 @@ impl Shared {
                 subscriber: claimed.subscriber,
                 body,
                 headers: event.headers(),
-                timeout: Duration::from_millis(event.options.timeout_ms),
+                // No request outlasts its claim.
+                timeout: Duration::from_millis(event.options.timeout_ms).min(self.lease),
                 keepalive: event.options.keepalive,
             };
             let started_at = now_micros();
@@ -1015,6 +1208,7 @@ impl BackgroundRelay {
         options: RelayOptions,
         wake: Arc<Notify>,
     ) -> Result<Self> {
+        options.check(thorn.config())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("thorn-relay")

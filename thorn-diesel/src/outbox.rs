@@ -39,12 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use thorn_core::outbox::{
-    AttemptRecord, BackgroundRelay, ClaimedDelivery, DeliveryState, FanOut, Next, OutboxStore,
-    RelayOptions, RelayStats, StoredEvent,
-};
+use thorn_core::outbox::{BackgroundRelay, DeliveryState, RelayOptions, RelayStats, StoredEvent};
 use thorn_core::sql::{SqlOutbox, ready};
-use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -171,10 +167,10 @@ where
 }
 
 /// The outbox tables in a Diesel database, over an r2d2 pool: Thorn's
-/// [`SqlOutbox`] on [`DieselDb`], the [`OutboxStore`] a relay or worker
+/// [`SqlOutbox`] on [`DieselDb`], the [`OutboxStore`](thorn_core::outbox::OutboxStore) a relay or worker
 /// claims from.
 ///
-/// As an [`OutboxStore`] its statements run on tokio's blocking threads;
+/// As an [`OutboxStore`](thorn_core::outbox::OutboxStore) its statements run on tokio's blocking threads;
 /// its own methods (counts, deliveries, retries) run on the calling
 /// thread.
 pub struct DieselOutbox<C: R2D2Connection + 'static> {
@@ -218,6 +214,18 @@ impl<C: SqlConnection> DieselOutbox<C> {
         self.outbox.database().pool()
     }
 
+    /// Thorn's SQL outbox on this pool, its statements run on tokio's
+    /// blocking threads: the [`OutboxStore`](thorn_core::outbox::OutboxStore) a relay claims from.
+    pub fn store(&self) -> &SqlOutbox<DieselDb<C>> {
+        &self.outbox
+    }
+
+    /// Fails with [`thorn_core::Error::SchemaOutdated`] unless Thorn's
+    /// migrations are applied.
+    pub fn check_schema(&self) -> Result<()> {
+        ready(self.here().check_schema("thorn::diesel::migrate(conn)"))?
+    }
+
     /// The same outbox, its statements run on the calling thread.
     fn here(&self) -> SqlOutbox<DieselDb<C>> {
         SqlOutbox::new(DieselDb::here(self.pool().clone()))
@@ -256,44 +264,6 @@ impl<C: SqlConnection> DieselOutbox<C> {
     /// event.
     pub fn replay_event(&self, id: Uuid) -> Result<bool> {
         ready(self.here().replay_event(id))?
-    }
-}
-
-impl<C: SqlConnection> OutboxStore for DieselOutbox<C> {
-    fn claim_events<'a>(
-        &'a self,
-        worker: &'a str,
-        limit: usize,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
-        self.outbox.claim_events(worker, limit, lease)
-    }
-
-    fn fan_out<'a>(
-        &'a self,
-        worker: &'a str,
-        events: Vec<FanOut>,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Uuid>>> {
-        self.outbox.fan_out(worker, events, lease)
-    }
-
-    fn claim_deliveries<'a>(
-        &'a self,
-        worker: &'a str,
-        first: bool,
-        limit: usize,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
-        self.outbox.claim_deliveries(worker, first, limit, lease)
-    }
-
-    fn finish<'a>(
-        &'a self,
-        worker: &'a str,
-        attempts: Vec<(AttemptRecord, Next)>,
-    ) -> BoxFuture<'a, Result<usize>> {
-        self.outbox.finish(worker, attempts)
     }
 }
 
@@ -403,12 +373,14 @@ impl Relay {
     where
         C: RelayConnection,
     {
+        let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(options.disable_after);
+        outbox.check_schema()?;
         let wake = thorn.outbox_signal().clone();
         let stop_listener = Arc::new(AtomicBool::new(false));
         let listener = C::start_listener(&pool, wake.clone(), stop_listener.clone());
         let relay = BackgroundRelay::start(
             thorn.clone(),
-            Arc::new(DieselOutbox::new(pool).disable_failing_after(options.disable_after)),
+            Arc::new(outbox.store().clone()),
             options,
             wake,
         )?;

@@ -147,6 +147,9 @@ impl Relay {
         db: DatabaseConnection,
         options: RelayOptions,
     ) -> Result<Self> {
+        let store = SeaOrmOutbox::new(db.clone()).disable_failing_after(options.disable_after);
+        options.check(thorn.config())?;
+        store.check_schema("thorn::seaorm::migrate(&db)").await?;
         let wake = thorn.outbox_signal().clone();
         let listener =
             if db.get_database_backend() == DbBackend::Postgres && !db.is_mock_connection() {
@@ -164,7 +167,6 @@ impl Relay {
             };
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
-        let store = SeaOrmOutbox::new(db).disable_failing_after(options.disable_after);
         let run = run_relay(
             thorn.clone(),
             Arc::new(store),

@@ -77,7 +77,7 @@ const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
     SET locked_until = $1, locked_by = $2, updated_at = $3
     WHERE id IN (SELECT d.id FROM thorn_deliveries d
         WHERE d.state = 'pending' AND d.run_at <= $3
-          AND (d.locked_until IS NULL OR d.locked_until < $3) AND {which}
+          AND (d.locked_until IS NULL OR d.locked_until < $3) AND {which}{skip}
           AND NOT EXISTS (SELECT 1 FROM thorn_subscribers s
                           WHERE s.uuid = d.subscriber_uuid AND s.disabled_at IS NOT NULL)
         ORDER BY d.run_at LIMIT $4 {lock})
@@ -184,6 +184,61 @@ impl<D: Database> SqlOutbox<D> {
 
     fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>> {
         self.db.run(work)
+    }
+
+    /// Runs `{sql} (ids...)` with `$1` = `first`, `$2` = `worker`, then the
+    /// delivery ids; returns the rows changed.
+    fn claims(
+        &self,
+        sql: &'static str,
+        first: Param,
+        worker: &str,
+        deliveries: Vec<Uuid>,
+    ) -> BoxFuture<'static, Result<usize>> {
+        if deliveries.is_empty() {
+            return Box::pin(std::future::ready(Ok(0)));
+        }
+        let sql = format!("{sql} ({})", placeholders(3, deliveries.len()));
+        let mut params = vec![first, worker.into()];
+        params.extend(deliveries.iter().map(|id| Param::from(id.to_string())));
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(conn, &sql, params).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+        }))
+    }
+
+    /// Fails with [`Error::SchemaOutdated`] naming `migrate` unless every
+    /// migration of this version of Thorn is applied: what a relay checks
+    /// before it starts.
+    pub fn check_schema(&self, migrate: &'static str) -> BoxFuture<'static, Result<()>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let found = match query(
+                    conn,
+                    "SELECT MAX(version) FROM thorn_schema_migrations",
+                    Vec::new(),
+                    &[Kind::BigInt],
+                )
+                .await
+                {
+                    Ok(rows) => rows.first().map(|r| r.opt_int(0)).transpose()?.flatten(),
+                    // No migrations table: no tables at all.
+                    Err(_) => None,
+                };
+                let needed = crate::schema::LATEST;
+                if found.is_some_and(|v| v >= needed) {
+                    Ok(())
+                } else {
+                    Err(Error::SchemaOutdated {
+                        found,
+                        needed,
+                        migrate,
+                    })
+                }
+            })
+        }))
     }
 
     /// How many events and deliveries are in each state.
@@ -484,6 +539,7 @@ async fn claim_deliveries(
     first: bool,
     max: usize,
     lease: Duration,
+    skip: Vec<String>,
 ) -> Result<Vec<ClaimedDelivery>> {
     let now = now_micros();
     let which = if first {
@@ -491,18 +547,29 @@ async fn claim_deliveries(
     } else {
         "d.attempts > 0"
     };
+    let skip_sql = if skip.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND d.subscriber_uuid NOT IN ({})",
+            placeholders(5, skip.len())
+        )
+    };
     let sql = CLAIM_DELIVERIES
         .replace("{lock}", conn.dialect().skip_locked())
-        .replace("{which}", which);
+        .replace("{which}", which)
+        .replace("{skip}", &skip_sql);
+    let mut params: Vec<Param> = vec![
+        now.saturating_add(micros(lease)).into(),
+        worker.into(),
+        now.into(),
+        limit(max).into(),
+    ];
+    params.extend(skip.into_iter().map(Param::from));
     let claimed = query(
         conn,
         &sql,
-        vec![
-            now.saturating_add(micros(lease)).into(),
-            worker.into(),
-            now.into(),
-            limit(max).into(),
-        ],
+        params,
         &[Kind::Text, Kind::Text, Kind::Text, Kind::Text, Kind::Int],
     )
     .await?;
@@ -753,16 +820,40 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
         first: bool,
         max: usize,
         lease: Duration,
+        skip: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
         let worker = worker.to_owned();
+        let skip = skip.iter().map(Uuid::to_string).collect();
         self.run(Box::new(move |conn| {
             Box::pin(async move {
                 atomically!(
                     conn,
-                    claim_deliveries(conn, worker, first, max, lease).await
+                    claim_deliveries(conn, worker, first, max, lease, skip).await
                 )
             })
         }))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        worker: &'a str,
+        deliveries: Vec<Uuid>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let until = now_micros().saturating_add(micros(lease));
+        let sql = "UPDATE thorn_deliveries SET locked_until = $1 \
+                   WHERE locked_by = $2 AND state = 'pending' AND id IN";
+        self.claims(sql, until.into(), worker, deliveries)
+    }
+
+    fn release<'a>(
+        &'a self,
+        worker: &'a str,
+        deliveries: Vec<Uuid>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let sql = "UPDATE thorn_deliveries SET locked_until = NULL, locked_by = NULL, \
+                   updated_at = $1 WHERE locked_by = $2 AND id IN";
+        self.claims(sql, now_micros().into(), worker, deliveries)
     }
 
     fn finish<'a>(
