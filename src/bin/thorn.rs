@@ -23,7 +23,7 @@ use thorn::diesel::outbox::RelayConnection;
 use thorn::diesel::{DieselOutbox, DieselStore};
 use thorn::outbox::{DeliveryState, RelayCounters, RelayOptions, run_relay};
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, Thorn};
+use thorn::{Config, RetryPolicy, Thorn};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -88,6 +88,15 @@ struct WorkerArgs {
     /// in between, for this many seconds (0: never). Default: 3 days.
     #[arg(long, default_value_t = 259_200)]
     disable_after: u64,
+    /// Retry every delivery this worker sends on this schedule, instead of
+    /// the policy each event was written with: waits such as
+    /// `5s,5m,30m,2h,5h,10h,10h`, each ±20% (env THORN_RETRY_SCHEDULE).
+    #[arg(long)]
+    retry_schedule: Option<String>,
+    /// Deliveries in flight to one host:port at once (env
+    /// THORN_MAX_PER_HOST; default 16).
+    #[arg(long)]
+    max_per_destination: Option<usize>,
     /// This worker's name in the attempts table (default: host:pid:random).
     #[arg(long)]
     name: Option<String>,
@@ -306,6 +315,18 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
         lease: Duration::from_secs_f64(args.lease.max(0.1)),
         poll: Duration::from_secs_f64(args.poll.max(0.01)),
         disable_after: (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
+        max_per_destination: args.max_per_destination,
+        retry: match args
+            .retry_schedule
+            .or_else(|| std::env::var("THORN_RETRY_SCHEDULE").ok())
+        {
+            Some(text) => Some(RetryPolicy::scheduled(
+                thorn::retry::parse_schedule(&text)
+                    .map_err(|e| format!("--retry-schedule / THORN_RETRY_SCHEDULE: {e}"))?,
+                0.2,
+            )),
+            None => None,
+        },
         ..RelayOptions::default()
     };
     options.check(thorn.config())?;

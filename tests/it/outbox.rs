@@ -65,7 +65,7 @@ fn outbox_thorn(url: &str, retry: RetryPolicy) -> Thorn {
     store.add(Subscriber::new("post.*", url).unwrap());
     let config = Config {
         outbox: true,
-        retry,
+        outbox_retry: retry,
         ..local_config()
     };
     Thorn::builder(config).store(store).build().unwrap()
@@ -308,7 +308,7 @@ macro_rules! outbox_suite {
                 }
                 let config = Config {
                     outbox: true,
-                    retry: RetryPolicy {
+                    outbox_retry: RetryPolicy {
                         max_retries: 100,
                         retry_delay: Duration::from_millis(50),
                         ..RetryPolicy::default()

@@ -205,7 +205,7 @@ fn claims_are_renewed_so_a_relay_never_sends_its_own_work_twice() {
     let writer = Thorn::new(Config {
         outbox: true,
         event_timeout: Duration::from_secs(5),
-        retry: thorn::RetryPolicy {
+        outbox_retry: thorn::RetryPolicy {
             max_retries: 2,
             retry_delay: Duration::from_millis(20),
             ..thorn::RetryPolicy::default()
@@ -359,4 +359,45 @@ fn a_relay_refuses_to_start_without_thorns_tables() {
         error.to_string().contains("thorn::diesel::migrate"),
         "{error}"
     );
+}
+
+#[test]
+fn the_outbox_retries_over_a_day_unless_the_relay_says_otherwise() {
+    let Some((_schema, pool, thorn)) = setup() else {
+        return;
+    };
+    let receiver = Receiver::scripted([Reply::Status(500), Reply::Status(500)]);
+    subscribe(&pool, &receiver.url);
+    write(&thorn, &pool, 1);
+    let outbox = DieselOutbox::new(pool.clone());
+    // The default schedule: the first retry 5 s (±20%) after the failure.
+    let relay = Relay::start_with(&thorn, pool.clone(), options(4)).unwrap();
+    receiver.first(1, Duration::from_secs(10));
+    wait_for(&pool, |c| c.claimed == 0);
+    relay.stop().unwrap();
+    let delivery = outbox.deliveries(None, 1).unwrap().remove(0);
+    let wait = delivery.run_at - thorn::outbox::now_micros();
+    assert!(
+        (3_500_000..6_100_000).contains(&wait),
+        "next attempt in {wait} µs"
+    );
+    // An operator's schedule replaces it for what this relay sends.
+    assert!(outbox.retry_delivery(delivery.id.parse().unwrap()).unwrap());
+    let relay = Relay::start_with(
+        &thorn,
+        pool.clone(),
+        RelayOptions {
+            retry: Some(thorn::RetryPolicy::scheduled(
+                vec![Duration::from_millis(100); 3],
+                0.0,
+            )),
+            ..options(4)
+        },
+    )
+    .unwrap();
+    let got = receiver.first(2, Duration::from_secs(5));
+    let counts = wait_for(&pool, |c| c.delivered == 1);
+    relay.stop().unwrap();
+    assert_eq!(counts.delivered, 1);
+    assert!(got[1].at - got[0].at < Duration::from_secs(2));
 }

@@ -9,6 +9,7 @@
 //! | `THORN_RETRY` | retry failed deliveries | `true` |
 //! | `THORN_RETRY_MAX` | retries before giving up | `10` |
 //! | `THORN_RETRY_DELAY` | seconds between retries | `60` |
+//! | `THORN_OUTBOX_RETRY_SCHEDULE` | waits between retries through the outbox, ±20% | `5s,5m,30m,2h,5h,10h,10h` |
 //! | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
 //! | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
 //! | `THORN_OUTBOX` | write model events to the outbox table instead of holding them in memory until COMMIT | `false` |
@@ -63,6 +64,11 @@ pub struct Config {
     /// Retries: `THORN_RETRY` (on), `THORN_RETRY_MAX` (10),
     /// `THORN_RETRY_DELAY` (60 s), fixed delay unless set otherwise.
     pub retry: RetryPolicy,
+    /// Retries through the outbox, where a delivery can wait for days:
+    /// [`RetryPolicy::outbox_default`] (7 retries over about a day),
+    /// `THORN_OUTBOX_RETRY_SCHEDULE` (`5s,5m,30m,2h,5h,10h,10h`, ±20%).
+    /// An event's own policy wins.
+    pub outbox_retry: RetryPolicy,
     /// Static and callback subscribers (`THORN_SUBSCRIBERS`).
     pub subscribers: StaticSubscribers,
     /// The dispatcher (`THORN_DISPATCHER`).
@@ -114,6 +120,7 @@ impl Default for Config {
         Config {
             event_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
+            outbox_retry: RetryPolicy::outbox_default(),
             subscribers: StaticSubscribers::default(),
             dispatcher: DispatcherKind::default(),
             outbox: false,
@@ -188,6 +195,11 @@ impl Config {
         let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
         if let Some(v) = get("THORN_EVENT_TIMEOUT") {
             c.event_timeout = parse_seconds("THORN_EVENT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("THORN_OUTBOX_RETRY_SCHEDULE") {
+            let delays = crate::retry::parse_schedule(&v)
+                .map_err(|m| invalid("THORN_OUTBOX_RETRY_SCHEDULE", m))?;
+            c.outbox_retry = RetryPolicy::scheduled(delays, 0.2);
         }
         if let Some(v) = get("THORN_RETRY") {
             c.retry.enabled = parse_bool("THORN_RETRY", &v)?;

@@ -120,6 +120,8 @@ pub struct Outgoing {
     pub extra_subscribers: Vec<Subscriber>,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Retry policy through the outbox.
+    pub(crate) outbox_retry: RetryPolicy,
     /// Reuse connections.
     pub keepalive: bool,
     /// Validators of the event, if not the configured ones.

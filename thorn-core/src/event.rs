@@ -253,9 +253,23 @@ impl Event {
         self
     }
 
-    /// The retry policy this event uses with `config`.
+    /// The retry policy this event uses with `config` in process.
     pub fn retry_policy(&self, config: &crate::Config) -> RetryPolicy {
-        let mut p = self.retry.unwrap_or(config.retry);
+        self.patched(self.retry.clone().unwrap_or_else(|| config.retry.clone()))
+    }
+
+    /// The retry policy this event's deliveries take through the outbox:
+    /// its own, else [`crate::Config::outbox_retry`].
+    pub fn outbox_retry_policy(&self, config: &crate::Config) -> RetryPolicy {
+        self.patched(
+            self.retry
+                .clone()
+                .unwrap_or_else(|| config.outbox_retry.clone()),
+        )
+    }
+
+    fn patched(&self, policy: RetryPolicy) -> RetryPolicy {
+        let mut p = policy;
         if let Some(on) = self.retry_patch.enabled {
             p.enabled = on;
         }
@@ -383,6 +397,7 @@ impl Event {
             headers: options.headers,
             extra_subscribers,
             retry: self.retry_policy(thorn.config()),
+            outbox_retry: self.outbox_retry_policy(thorn.config()),
             keepalive: self.allow_keepalive,
             validators: self.validators.clone(),
             callbacks: options.callbacks,

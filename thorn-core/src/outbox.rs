@@ -180,7 +180,7 @@ fn yes() -> bool {
 }
 
 /// A [`RetryPolicy`] as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRetry {
     /// Retry at all.
     pub enabled: bool,
@@ -195,6 +195,12 @@ pub struct StoredRetry {
     pub jitter: bool,
     /// Upper bound for `Retry-After`, milliseconds.
     pub max_retry_after_ms: u64,
+    /// The waits of a schedule, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_ms: Option<Vec<u64>>,
+    /// The spread of a schedule's waits (a fraction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_jitter: Option<f64>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -207,6 +213,13 @@ impl From<RetryPolicy> for StoredRetry {
             Backoff::Exponential { max, jitter } => (Some(millis(max)), jitter),
             _ => (None, false),
         };
+        let (schedule_ms, schedule_jitter) = match &p.backoff {
+            Backoff::Schedule { delays, jitter } => (
+                Some(delays.iter().map(|d| millis(*d)).collect()),
+                Some(*jitter),
+            ),
+            _ => (None, None),
+        };
         StoredRetry {
             enabled: p.enabled,
             max_retries: p.max_retries,
@@ -214,6 +227,8 @@ impl From<RetryPolicy> for StoredRetry {
             backoff_max_ms,
             jitter,
             max_retry_after_ms: millis(p.max_retry_after),
+            schedule_ms,
+            schedule_jitter,
         }
     }
 }
@@ -224,12 +239,19 @@ impl From<StoredRetry> for RetryPolicy {
             enabled: s.enabled,
             max_retries: s.max_retries,
             retry_delay: Duration::from_millis(s.delay_ms),
-            backoff: match s.backoff_max_ms {
-                Some(max) => Backoff::Exponential {
+            backoff: match (s.schedule_ms, s.backoff_max_ms) {
+                (Some(delays), _) => Backoff::schedule(
+                    delays
+                        .into_iter()
+                        .map(Duration::from_millis)
+                        .collect::<Vec<_>>(),
+                    s.schedule_jitter.unwrap_or(0.0),
+                ),
+                (None, Some(max)) => Backoff::Exponential {
                     max: Duration::from_millis(max),
                     jitter: s.jitter,
                 },
-                None => Backoff::Fixed,
+                (None, None) => Backoff::Fixed,
             },
             max_retry_after: Duration::from_millis(s.max_retry_after_ms),
         }
@@ -258,7 +280,7 @@ impl StoredEvent {
             options: StoredOptions {
                 headers,
                 timeout_ms: millis(outgoing.timeout),
-                retry: outgoing.retry.into(),
+                retry: outgoing.outbox_retry.into(),
                 keepalive: outgoing.keepalive,
                 subscribers: outgoing.extra_subscribers,
                 context: outgoing.context,
@@ -595,6 +617,9 @@ pub struct RelayOptions {
     /// How long a claim holds; renewed every third of it while the
     /// delivery is sent. Must exceed the request timeout.
     pub lease: Duration,
+    /// The retry policy for every delivery this relay sends, replacing
+    /// the one each event was written with; `None` keeps theirs.
+    pub retry: Option<RetryPolicy>,
     /// Deliveries in flight to one `host:port` at once; `None` takes
     /// `THORN_MAX_PER_HOST` ([`crate::Config::max_per_host`]).
     pub max_per_destination: Option<usize>,
@@ -614,6 +639,7 @@ impl Default for RelayOptions {
             batch: 100,
             lease: Duration::from_secs(60),
             max_per_destination: None,
+            retry: None,
             poll: Duration::from_secs(1),
             disable_after: Some(Duration::from_secs(3 * 24 * 3600)),
         }
@@ -759,6 +785,7 @@ pub async fn run_relay(
         worker: options.worker.clone(),
         counters,
         lease: options.lease,
+        retry: options.retry.clone(),
     });
     // Attempts are recorded by one task, many per transaction.
     let (done, records) = mpsc::unbounded_channel();
@@ -1007,6 +1034,7 @@ struct Shared {
     worker: String,
     counters: Arc<RelayCounters>,
     lease: Duration,
+    retry: Option<RetryPolicy>,
 }
 
 impl Shared {
@@ -1133,7 +1161,10 @@ impl Shared {
             };
             let started_at = now_micros();
             let attempt = self.client.attempt(&delivery, number).await;
-            let policy = RetryPolicy::from(event.options.retry);
+            let policy = self
+                .retry
+                .clone()
+                .unwrap_or_else(|| RetryPolicy::from(event.options.retry.clone()));
             let next = match attempt.verdict {
                 Verdict::Delivered => Next::Delivered,
                 Verdict::Retry(after) if policy.allows(number) => Next::Retry {
@@ -1291,8 +1322,9 @@ mod tests {
                 retry_delay: Duration::from_millis(250),
                 ..RetryPolicy::default()
             },
+            RetryPolicy::outbox_default(),
         ] {
-            let stored = StoredRetry::from(policy);
+            let stored = StoredRetry::from(policy.clone());
             let json = serde_json::to_string(&stored).unwrap();
             let back: StoredRetry = serde_json::from_str(&json).unwrap();
             assert_eq!(RetryPolicy::from(back), policy);

@@ -14,14 +14,20 @@
 //! let fixed = RetryPolicy::default();            // Thorn's: 10 retries, 60 s apart
 //! assert_eq!(fixed.delay(3, None), Duration::from_secs(60));
 //!
-//! let exp = RetryPolicy { backoff: Backoff::exponential(Duration::from_secs(3600)), ..fixed };
+//! let exp = RetryPolicy { backoff: Backoff::exponential(Duration::from_secs(3600)), ..fixed.clone() };
 //! assert!(exp.delay(3, None) <= Duration::from_secs(480));
+//!
+//! // The outbox's default: 7 retries over about a day, each ±20%.
+//! let day = RetryPolicy::outbox_default();
+//! assert_eq!(day.max_retries, 7);
+//! assert!(day.delay(1, None) <= Duration::from_secs(6));
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the wait between retries grows.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Backoff {
     /// Always [`RetryPolicy::delay`] (Thorn's behaviour).
@@ -34,6 +40,14 @@ pub enum Backoff {
         /// Spread retries of many deliveries apart.
         jitter: bool,
     },
+    /// Retry number `n` waits `delays[n - 1]` (the last one again past
+    /// the end), each drawn from `± jitter` of it (`0.2`: ±20%).
+    Schedule {
+        /// The waits, in order.
+        delays: Arc<[Duration]>,
+        /// The spread, a fraction of each wait (0 to 1).
+        jitter: f64,
+    },
 }
 
 impl Backoff {
@@ -41,10 +55,64 @@ impl Backoff {
     pub fn exponential(max: Duration) -> Self {
         Backoff::Exponential { max, jitter: true }
     }
+
+    /// A schedule of waits, each spread by `± jitter` (a fraction).
+    pub fn schedule(delays: impl Into<Arc<[Duration]>>, jitter: f64) -> Self {
+        Backoff::Schedule {
+            delays: delays.into(),
+            jitter: jitter.clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// The outbox's default waits: about a day in all.
+const OUTBOX_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// Parses a schedule written `5s,5m,30m,2h,5h,10h,10h` (units `ms`, `s`,
+/// `m`, `h`, `d`; a bare number is seconds). The error names the item.
+pub fn parse_schedule(text: &str) -> std::result::Result<Vec<Duration>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let split = item
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(item.len());
+            let (number, unit) = item.split_at(split);
+            let n: f64 = number
+                .parse()
+                .map_err(|_| format!("`{item}` is not a duration like 30s, 5m or 2h"))?;
+            let scale = match unit.trim() {
+                "ms" => 0.001,
+                "" | "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                other => return Err(format!("`{item}`: unknown unit `{other}` (ms, s, m, h, d)")),
+            };
+            Duration::try_from_secs_f64(n * scale)
+                .map_err(|_| format!("`{item}` is not a non-negative duration"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(|d| {
+            if d.is_empty() {
+                Err("the schedule is empty".into())
+            } else {
+                Ok(d)
+            }
+        })
 }
 
 /// When and how often a failed delivery is tried again.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retry at all (`THORN_RETRY`).
     pub enabled: bool,
@@ -79,6 +147,23 @@ impl RetryPolicy {
         }
     }
 
+    /// The outbox's default: 7 retries 5 s, 5 min, 30 min, 2 h, 5 h, 10 h
+    /// and 10 h after the failures before them (about a day), ±20%.
+    pub fn outbox_default() -> Self {
+        RetryPolicy::scheduled(OUTBOX_SCHEDULE.to_vec(), 0.2)
+    }
+
+    /// Retries after each of `delays` in turn (as many retries as
+    /// delays), each spread by `± jitter` (a fraction).
+    pub fn scheduled(delays: Vec<Duration>, jitter: f64) -> Self {
+        RetryPolicy {
+            max_retries: u32::try_from(delays.len()).unwrap_or(u32::MAX),
+            retry_delay: delays.first().copied().unwrap_or_default(),
+            backoff: Backoff::schedule(delays, jitter),
+            ..RetryPolicy::default()
+        }
+    }
+
     /// True when retry number `retry` (1 for the first retry) is allowed.
     pub fn allows(&self, retry: u32) -> bool {
         self.enabled && retry <= self.max_retries
@@ -90,9 +175,19 @@ impl RetryPolicy {
         if let Some(asked) = retry_after {
             return asked.min(self.max_retry_after);
         }
-        match self.backoff {
+        match &self.backoff {
             Backoff::Fixed => self.retry_delay,
-            Backoff::Exponential { max, jitter } => {
+            Backoff::Schedule { delays, jitter } => {
+                let i = usize::try_from(retry.max(1) - 1).unwrap_or(usize::MAX);
+                let base = delays
+                    .get(i)
+                    .or(delays.last())
+                    .copied()
+                    .unwrap_or(self.retry_delay);
+                // Uniform in [base × (1 - jitter), base × (1 + jitter)].
+                base.mul_f64((1.0 - jitter + 2.0 * jitter * random_unit()).max(0.0))
+            }
+            &Backoff::Exponential { max, jitter } => {
                 let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
                 let full = self.retry_delay.saturating_mul(factor).min(max);
                 if jitter {
@@ -113,6 +208,50 @@ fn random_unit() -> f64 {
         return 0.5;
     }
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_and_spread_within_their_jitter() {
+        let delays = parse_schedule("5s, 5m,30m,2h,500ms,1d,10").unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(
+            delays,
+            [
+                s(5),
+                s(300),
+                s(1800),
+                s(7200),
+                Duration::from_millis(500),
+                s(86400),
+                s(10)
+            ]
+        );
+        assert!(parse_schedule("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse_schedule("soon").unwrap_err().contains("soon"));
+        assert!(parse_schedule(" , ").is_err());
+        let day = RetryPolicy::outbox_default();
+        let total: Duration = (1..=7).map(|n| day.delay(n, None)).sum();
+        assert!(total > Duration::from_secs(18 * 3600) && total < Duration::from_secs(40 * 3600));
+        for _ in 0..100 {
+            let d = day.delay(2, None);
+            assert!(
+                d >= Duration::from_secs(240) && d <= Duration::from_secs(360),
+                "{d:?}"
+            );
+        }
+        assert!(day.allows(7) && !day.allows(8));
+        // Past the end, the last wait again; Retry-After still wins.
+        let short = RetryPolicy::scheduled(vec![Duration::from_secs(1)], 0.0);
+        assert_eq!(short.delay(5, None), Duration::from_secs(1));
+        assert_eq!(
+            short.delay(1, Some(Duration::from_secs(9))),
+            Duration::from_secs(9)
+        );
+    }
 }
 
 /// What an attempt's result means for the delivery.
