@@ -1,14 +1,18 @@
-//! `thorn`: run outbox workers and look after deliveries on PostgreSQL.
+//! `thorn`: run outbox workers and look after deliveries, on PostgreSQL or
+//! SQLite.
 //!
 //! ```text
 //! thorn migrate                        create or upgrade Thorn's tables
 //! thorn worker [--concurrency N]       deliver committed events until SIGTERM
-//! thorn deliveries counts|list|show|retry
+//! thorn deliveries counts|list|show|retry|recover
 //! thorn events replay <id>
+//! thorn prune --older-than 30d | --owner <json>
+//! thorn subscribers list|enable
 //! ```
 //!
-//! The database comes from `--database-url` or `DATABASE_URL`; delivery
-//! settings from the `THORN_*` variables (timeouts, retries, signer...).
+//! The database comes from `--database-url` or `DATABASE_URL`
+//! (`postgres://...`, or a SQLite file: `sqlite://app.db`, `app.db`);
+//! delivery settings from the `THORN_*` variables (timeouts, signer...).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -17,10 +21,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use diesel::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
+use diesel::{PgConnection, SqliteConnection};
 use thorn::diesel::outbox::RelayConnection;
-use thorn::diesel::{DieselOutbox, DieselStore};
+use thorn::diesel::{DieselOutbox, DieselStore, Migrate, SqliteBusyTimeout};
 use thorn::outbox::{DeliveryState, RelayCounters, RelayOptions, run_relay};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, RetryPolicy, Thorn};
@@ -34,7 +38,8 @@ use uuid::Uuid;
     about = "Thorn for Rust: outbox workers and delivery tools"
 )]
 struct Cli {
-    /// PostgreSQL URL (default: $DATABASE_URL).
+    /// `postgres://...`, or a SQLite file (`sqlite://app.db`, `app.db`)
+    /// (default: $DATABASE_URL).
     #[arg(long, global = true)]
     database_url: Option<String>,
     #[command(subcommand)]
@@ -56,6 +61,18 @@ enum Command {
     /// Stored subscriptions and their health.
     #[command(subcommand)]
     Subscribers(Subscribers),
+    /// Delete old finished deliveries, or one owner's data.
+    Prune {
+        /// Finished (delivered, dead, cancelled) deliveries last changed
+        /// longer ago than this, e.g. `30d` or `12h`, their attempts, and
+        /// the events left without deliveries.
+        #[arg(long, conflicts_with = "owner", required_unless_present = "owner")]
+        older_than: Option<String>,
+        /// Every delivery, attempt and event of this owner, as stored:
+        /// JSON, e.g. `7` or `'"alice"'`.
+        #[arg(long)]
+        owner: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +101,10 @@ struct WorkerArgs {
     /// Longest wait between polls, in seconds (LISTEN/NOTIFY wakes earlier).
     #[arg(long, default_value_t = 1.0)]
     poll: f64,
+    /// Prune finished deliveries older than this (e.g. `30d`) at start and
+    /// every 10 minutes (default: keep everything).
+    #[arg(long)]
+    retention: Option<String>,
     /// Disable a subscription whose deliveries have failed, with no success
     /// in between, for this many seconds (0: never). Default: 3 days.
     #[arg(long, default_value_t = 259_200)]
@@ -127,16 +148,29 @@ enum Deliveries {
         /// Delivery id.
         id: Uuid,
     },
-    /// Make a delivery due now (a dead one gets another attempt).
+    /// Make a delivery due now (a dead one gets another attempt), same id.
     Retry {
         /// Delivery id.
         id: Uuid,
+    },
+    /// Send again one subscription's dead deliveries of a time window,
+    /// same ids.
+    Recover {
+        /// Subscription uuid.
+        subscription: Uuid,
+        /// Window start: RFC 3339 time, or a duration ago (`24h`, `7d`).
+        #[arg(long, default_value = "1d")]
+        since: String,
+        /// Window end (default: now), same forms.
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum Events {
-    /// Send an event again to today's subscribers (new delivery ids).
+    /// Send an event again to the stored subscriptions matching it now
+    /// (prints the new delivery ids).
     Replay {
         /// Event id.
         id: Uuid,
@@ -160,21 +194,83 @@ fn main() -> ExitCode {
     }
 }
 
-fn pool(url: Option<String>, size: u32) -> Result<Pool<ConnectionManager<PgConnection>>, Failure> {
+/// The database of `--database-url` / `DATABASE_URL`.
+enum Database {
+    Postgres(String),
+    Sqlite(String),
+}
+
+fn database(url: Option<String>) -> Result<Database, Failure> {
     let url = url
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .ok_or("no database: pass --database-url or set DATABASE_URL")?;
-    Pool::builder()
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres(url));
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(&url);
+    if path.contains("://") {
+        return Err(format!("`{url}`: not a PostgreSQL URL or a SQLite file").into());
+    }
+    Ok(Database::Sqlite(path.to_owned()))
+}
+
+fn connect<C: R2D2Connection + 'static>(
+    url: &str,
+    size: u32,
+    customize: Option<Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>>,
+) -> Result<Pool<ConnectionManager<C>>, Failure> {
+    let mut builder = Pool::builder()
         .max_size(size)
-        .connection_timeout(Duration::from_secs(10))
+        .connection_timeout(Duration::from_secs(10));
+    if let Some(c) = customize {
+        builder = builder.connection_customizer(c);
+    }
+    builder
         .build(ConnectionManager::new(url))
         .map_err(|e| format!("cannot connect to the database: {e}").into())
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+    // A worker's statements need a connection per few deliveries in flight.
+    let size = match &cli.command {
+        Command::Worker(args) => u32::try_from(args.concurrency / 4 + 4).unwrap_or(32),
+        _ => 1,
+    };
+    match database(cli.database_url)? {
+        Database::Postgres(url) => run_on::<PgConnection>(connect(&url, size, None)?, cli.command),
+        Database::Sqlite(path) => run_on::<SqliteConnection>(
+            connect(&path, size, Some(Box::new(SqliteBusyTimeout::default())))?,
+            cli.command,
+        ),
+    }
+}
+
+fn parse_duration(what: &str, text: &str) -> Result<Duration, Failure> {
+    match thorn::retry::parse_schedule(text)?.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(format!("{what}: `{text}` is not one duration").into()),
+    }
+}
+
+/// An RFC 3339 time, or a duration before now.
+fn parse_time(what: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let ago = parse_duration(what, text)
+        .map_err(|_| format!("{what}: `{text}` is neither an RFC 3339 time nor a duration"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago)?)
+}
+
+fn run_on<C>(pool: Pool<ConnectionManager<C>>, command: Command) -> Result<(), Failure>
+where
+    C: RelayConnection + Migrate,
+{
+    match command {
         Command::Migrate => {
-            let pool = pool(cli.database_url, 1)?;
             let applied = thorn::diesel::migrate(&mut *pool.get()?)?;
             if applied.is_empty() {
                 println!("up to date");
@@ -183,14 +279,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Worker(args) => worker(cli.database_url, args),
-        Command::Deliveries(d) => {
-            let outbox = DieselOutbox::new(pool(cli.database_url, 1)?);
-            deliveries(&outbox, d)
-        }
+        Command::Worker(args) => worker(pool, args),
+        Command::Deliveries(d) => deliveries(&DieselOutbox::new(pool), d),
         Command::Subscribers(Subscribers::List { disabled }) => {
-            let store = DieselStore::new(pool(cli.database_url, 1)?);
-            for (sub, status) in store.statuses(disabled)? {
+            let store = DieselStore::new(pool);
+            let all = store.statuses(disabled)?;
+            if all.is_empty() {
+                println!("no subscriptions");
+            }
+            for (sub, status) in all {
                 let state = match (&status.disabled_at, &status.failing_since) {
                     (Some(at), _) => format!(
                         "disabled {} ({})",
@@ -205,27 +302,47 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Subscribers(Subscribers::Enable { uuid }) => {
-            let store = DieselStore::new(pool(cli.database_url, 1)?);
-            if store.enable(uuid)? {
+            if DieselStore::new(pool).enable(uuid)? {
                 println!("subscription {uuid} enabled");
                 Ok(())
             } else {
                 Err(format!("no subscription {uuid}").into())
             }
         }
-        Command::Events(Events::Replay { id }) => {
-            let outbox = DieselOutbox::new(pool(cli.database_url, 1)?);
-            if outbox.replay_event(id)? {
-                println!("event {id} will be sent again");
+        Command::Events(Events::Replay { id }) => match DieselOutbox::new(pool).replay_event(id)? {
+            Some(ids) => {
+                println!("event {id}: {} new deliveries", ids.len());
+                for id in ids {
+                    println!("{id}");
+                }
                 Ok(())
-            } else {
-                Err(format!("no event {id}").into())
             }
+            None => Err(format!("no event {id}").into()),
+        },
+        Command::Prune { older_than, owner } => {
+            let outbox = DieselOutbox::new(pool);
+            let pruned = match (older_than, owner) {
+                (Some(age), _) => outbox.prune(parse_duration("--older-than", &age)?)?,
+                (None, Some(owner)) => {
+                    let owner: thorn::SenderId = serde_json::from_str(&owner)
+                        .map_err(|e| format!("--owner: `{owner}` is not a JSON id: {e}"))?;
+                    outbox.prune_owner(&owner)?
+                }
+                (None, None) => return Err("pass --older-than or --owner".into()),
+            };
+            println!(
+                "deleted {} deliveries, {} attempts, {} events",
+                pruned.deliveries, pruned.attempts, pruned.events
+            );
+            Ok(())
         }
     }
 }
 
-fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Result<(), Failure> {
+fn deliveries<C: RelayConnection>(
+    outbox: &DieselOutbox<C>,
+    command: Deliveries,
+) -> Result<(), Failure> {
     match command {
         Deliveries::Counts => {
             let c = outbox.counts()?;
@@ -284,6 +401,19 @@ fn deliveries(outbox: &DieselOutbox<PgConnection>, command: Deliveries) -> Resul
                 return Err(format!("no delivery {id} (or a worker holds it now)").into());
             }
         }
+        Deliveries::Recover {
+            subscription,
+            since,
+            until,
+        } => {
+            let from = parse_time("--since", &since)?;
+            let until = until.map(|u| parse_time("--until", &u)).transpose()?;
+            let ids = outbox.recover(subscription, from, until)?;
+            println!("{} dead deliveries are due again", ids.len());
+            for id in ids {
+                println!("{id}");
+            }
+        }
     }
     Ok(())
 }
@@ -294,15 +424,16 @@ fn time(micros: i64) -> String {
         .unwrap_or_else(|| micros.to_string())
 }
 
-fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
+fn worker<C: RelayConnection>(
+    pool: Pool<ConnectionManager<C>>,
+    args: WorkerArgs,
+) -> Result<(), Failure> {
     let mut config = Config::from_env()?;
     config.outbox = true;
     if args.insecure_allow_any_recipient {
         tracing::warn!("--insecure-allow-any-recipient: recipient URLs are not checked");
         config.recipient_validators = Validators::new([ensure_protocol(["http", "https"])]);
     }
-    let size = u32::try_from(args.concurrency / 4 + 4).unwrap_or(32);
-    let pool = pool(url, size)?;
     let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(
         (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
     );
@@ -316,6 +447,10 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
         poll: Duration::from_secs_f64(args.poll.max(0.01)),
         disable_after: (args.disable_after > 0).then(|| Duration::from_secs(args.disable_after)),
         max_per_destination: args.max_per_destination,
+        retention: args
+            .retention
+            .map(|r| parse_duration("--retention", &r))
+            .transpose()?,
         retry: match args
             .retry_schedule
             .or_else(|| std::env::var("THORN_RETRY_SCHEDULE").ok())
@@ -345,12 +480,12 @@ fn worker(url: Option<String>, args: WorkerArgs) -> Result<(), Failure> {
         }
         let wake = Arc::new(Notify::new());
         let stop_listener = Arc::new(AtomicBool::new(false));
-        let listener = PgConnection::start_listener(&pool, wake.clone(), stop_listener.clone());
+        let listener = C::start_listener(&pool, wake.clone(), stop_listener.clone());
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
         let relay = tokio::spawn(run_relay(
             thorn,
-            Arc::new(outbox.store().clone()),
+            Arc::new(outbox.sql().clone()),
             options,
             wake,
             stopped,

@@ -4,6 +4,7 @@
 mod api;
 mod buffering;
 mod codec;
+mod conformance;
 mod db;
 mod diesel_funtests;
 mod diesel_sqlite;

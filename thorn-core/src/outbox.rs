@@ -400,6 +400,17 @@ pub struct DeliveryInfo {
     pub locked_by: Option<String>,
 }
 
+/// What a prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events.
+    pub events: u64,
+    /// Deliveries.
+    pub deliveries: u64,
+    /// Attempts.
+    pub attempts: u64,
+}
+
 /// A delivery with its attempts, oldest first.
 pub type DeliveryHistory = (DeliveryInfo, Vec<AttemptInfo>);
 
@@ -584,6 +595,11 @@ pub trait OutboxStore: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<usize>>;
 
+    /// Deletes finished deliveries (delivered, dead, cancelled) last
+    /// changed more than `older_than` ago, their attempts, and the events
+    /// left with no delivery.
+    fn prune(&self, older_than: Duration) -> BoxFuture<'_, Result<Pruned>>;
+
     /// Gives up the claims `worker` holds on these deliveries, unsent: any
     /// worker may claim them again at once.
     fn release<'a>(
@@ -617,6 +633,9 @@ pub struct RelayOptions {
     /// How long a claim holds; renewed every third of it while the
     /// delivery is sent. Must exceed the request timeout.
     pub lease: Duration,
+    /// Prune finished deliveries older than this, at start and every 10
+    /// minutes ([`OutboxStore::prune`]); `None` keeps everything.
+    pub retention: Option<Duration>,
     /// The retry policy for every delivery this relay sends, replacing
     /// the one each event was written with; `None` keeps theirs.
     pub retry: Option<RetryPolicy>,
@@ -640,6 +659,7 @@ impl Default for RelayOptions {
             lease: Duration::from_secs(60),
             max_per_destination: None,
             retry: None,
+            retention: None,
             poll: Duration::from_secs(1),
             disable_after: Some(Duration::from_secs(3 * 24 * 3600)),
         }
@@ -791,6 +811,9 @@ pub async fn run_relay(
     let (done, records) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record_attempts(shared.clone(), records, held.clone()));
     let renewer = tokio::spawn(renew_claims(shared.clone(), held.clone()));
+    let pruner = options
+        .retention
+        .map(|keep| tokio::spawn(prune_every(shared.clone(), keep)));
     // Destinations: deliveries in flight to each, and the subscriptions
     // seen going there (skipped by claims while it is at its limit).
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<String>();
@@ -943,6 +966,9 @@ pub async fn run_relay(
     drop(done);
     let _ = recorder.await;
     renewer.abort();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     Ok(())
 }
 
@@ -959,6 +985,22 @@ async fn release(shared: &Shared, held: &Held, deliveries: Vec<Uuid>) {
     }
     if let Err(error) = shared.store.release(&shared.worker, deliveries).await {
         shared.db_error("release", &error);
+    }
+}
+
+/// Prunes what is older than `keep`, now and every 10 minutes.
+async fn prune_every(shared: Arc<Shared>, keep: Duration) {
+    loop {
+        match shared.store.prune(keep).await {
+            Ok(p) => tracing::info!(
+                events = p.events,
+                deliveries = p.deliveries,
+                attempts = p.attempts,
+                "outbox pruned"
+            ),
+            Err(error) => shared.db_error("prune", &error),
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
     }
 }
 

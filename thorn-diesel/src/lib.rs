@@ -55,6 +55,8 @@ pub mod store;
 pub use diesel as __diesel;
 pub use migrate::{Migrate, migrate};
 pub use outbox::{DieselOutbox, OutboxConnection, Relay};
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteBusyTimeout;
 pub use store::DieselStore;
 
 use diesel::query_dsl::LoadQuery;

@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use thorn_core::outbox::{BackgroundRelay, DeliveryState, RelayOptions, RelayStats, StoredEvent};
+use thorn_core::outbox::{
+    BackgroundRelay, DeliveryState, Pruned, RelayOptions, RelayStats, StoredEvent,
+};
 use thorn_core::sql::{SqlOutbox, ready};
 use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;
@@ -216,7 +218,7 @@ impl<C: SqlConnection> DieselOutbox<C> {
 
     /// Thorn's SQL outbox on this pool, its statements run on tokio's
     /// blocking threads: the [`OutboxStore`](thorn_core::outbox::OutboxStore) a relay claims from.
-    pub fn store(&self) -> &SqlOutbox<DieselDb<C>> {
+    pub fn sql(&self) -> &SqlOutbox<DieselDb<C>> {
         &self.outbox
     }
 
@@ -259,11 +261,33 @@ impl<C: SqlConnection> DieselOutbox<C> {
         ready(self.here().retry_delivery(id))?
     }
 
-    /// Sends an event again: it is fanned out anew to today's
-    /// subscribers, with new delivery ids. `false` when there is no such
-    /// event.
-    pub fn replay_event(&self, id: Uuid) -> Result<bool> {
+    /// Sends an event again to the stored subscriptions matching it now
+    /// (and its own recipients): new deliveries, whose ids this returns;
+    /// `None` when there is no such event.
+    pub fn replay_event(&self, id: Uuid) -> Result<Option<Vec<Uuid>>> {
         ready(self.here().replay_event(id))?
+    }
+
+    /// Sends again the dead deliveries of one subscription created in
+    /// `from..until` (now when `None`), same ids; returns them.
+    pub fn recover(
+        &self,
+        subscription: Uuid,
+        from: chrono::DateTime<chrono::Utc>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uuid>> {
+        ready(self.here().recover(subscription, from, until))?
+    }
+
+    /// Deletes finished deliveries last changed more than `older_than`
+    /// ago, their attempts, and the events left with none.
+    pub fn prune(&self, older_than: Duration) -> Result<Pruned> {
+        ready(self.here().prune_older(older_than))?
+    }
+
+    /// Deletes one owner's deliveries, attempts and events.
+    pub fn prune_owner(&self, owner: &thorn_core::SenderId) -> Result<Pruned> {
+        ready(self.here().prune_owner(owner))?
     }
 }
 
@@ -378,12 +402,8 @@ impl Relay {
         let wake = thorn.outbox_signal().clone();
         let stop_listener = Arc::new(AtomicBool::new(false));
         let listener = C::start_listener(&pool, wake.clone(), stop_listener.clone());
-        let relay = BackgroundRelay::start(
-            thorn.clone(),
-            Arc::new(outbox.store().clone()),
-            options,
-            wake,
-        )?;
+        let relay =
+            BackgroundRelay::start(thorn.clone(), Arc::new(outbox.sql().clone()), options, wake)?;
         Ok(Relay {
             relay: Some(relay),
             listener,

@@ -246,3 +246,32 @@ impl<C: SqlConnection> Database for DieselDb<C> {
         Box::pin(async move { tokio::task::spawn_blocking(job).await.map_err(store_err)? })
     }
 }
+
+/// Sets up each SQLite connection of an r2d2 pool for several writers:
+/// `busy_timeout` (a writer waits for the lock instead of failing with
+/// "database is locked") and WAL journaling (readers do not block the
+/// writer). Give it to `Pool::builder().connection_customizer(...)`.
+#[cfg(feature = "sqlite")]
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteBusyTimeout(pub std::time::Duration);
+
+#[cfg(feature = "sqlite")]
+impl Default for SqliteBusyTimeout {
+    /// Five seconds.
+    fn default() -> Self {
+        SqliteBusyTimeout(std::time::Duration::from_secs(5))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl diesel::r2d2::CustomizeConnection<diesel::SqliteConnection, diesel::r2d2::Error>
+    for SqliteBusyTimeout
+{
+    fn on_acquire(&self, conn: &mut diesel::SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL;",
+            self.0.as_millis()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}

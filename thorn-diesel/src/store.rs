@@ -181,6 +181,12 @@ impl<C: SqlConnection> DieselStore<C> {
         self.store.database().pool()
     }
 
+    /// Thorn's SQL store on this pool, its statements run on tokio's
+    /// blocking threads.
+    pub fn sql(&self) -> &SqlStore<DieselDb<C>> {
+        &self.store
+    }
+
     /// The same store, its statements run on the calling thread.
     fn here(&self) -> SqlStore<DieselDb<C>> {
         SqlStore::new(DieselDb::here(self.pool().clone()))

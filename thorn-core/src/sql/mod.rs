@@ -18,6 +18,8 @@ use std::fmt;
 use crate::subscriber::BoxFuture;
 use crate::{Error, Result};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod outbox;
 pub mod store;
 
@@ -279,7 +281,8 @@ pub(crate) async fn query(
 }
 
 /// Runs `body` inside a transaction on `conn`: committed when it returns
-/// `Ok`, rolled back otherwise.
+/// `Ok`, rolled back otherwise. `body` is one call (an `.await`ed async
+/// fn): a `?` inside the macro's argument would skip the rollback.
 macro_rules! atomically {
     ($conn:ident, $body:expr) => {{
         $conn.begin().await?;

@@ -21,10 +21,11 @@ use super::{
 };
 use crate::outbox::{
     AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo, DeliveryState,
-    FanOut, Health, Next, OutboxCounts, OutboxStore, StoredEvent, micros, now_micros,
+    FanOut, Health, Next, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros, now_micros,
 };
 use crate::subscriber::BoxFuture;
-use crate::{Error, Result, Subscriber};
+use crate::{Error, Result, SenderId, Subscriber};
+use chrono::{DateTime, Utc};
 
 /// The columns of `thorn_events` an event is written to and read from.
 const EVENT_COLUMNS: &str = "id, name, message, sender, options, created_at";
@@ -335,22 +336,215 @@ impl<D: Database> SqlOutbox<D> {
         }))
     }
 
-    /// Sends an event again: it is fanned out anew to today's subscribers,
-    /// with new delivery ids. `false` when there is no such event.
-    pub fn replay_event(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
+    /// Sends an event again, to the subscriptions stored in
+    /// `thorn_subscribers` that match it now and to its own per-event
+    /// recipients: new deliveries, due at once, whose ids this returns
+    /// (receivers see them as `Hook-Delivery`). `None` when there is no
+    /// such event. Static subscribers of a `Thorn` are not in the
+    /// database: replay does not reach them.
+    pub fn replay_event(&self, id: Uuid) -> BoxFuture<'static, Result<Option<Vec<Uuid>>>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move { atomically!(conn, replay(conn, id).await) })
+        }))
+    }
+
+    /// Sends again the dead deliveries of one subscription created in
+    /// `from..until` (`until`: now when `None`), keeping their ids:
+    /// receivers de-duplicate them by `Hook-Delivery`. Returns the ids.
+    pub fn recover(
+        &self,
+        subscription: Uuid,
+        from: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'static, Result<Vec<Uuid>>> {
         self.run(Box::new(move |conn| {
             Box::pin(async move {
-                let n = execute(
+                let now = now_micros();
+                query(
                     conn,
-                    "UPDATE thorn_events SET fanned_out_at = NULL, locked_until = NULL, \
-                     locked_by = NULL WHERE id = $1",
-                    vec![id.to_string().into()],
+                    "UPDATE thorn_deliveries SET state = 'pending', run_at = $1, updated_at = $1 \
+                     WHERE subscriber_uuid = $2 AND state = 'dead' \
+                       AND created_at >= $3 AND created_at < $4 \
+                       AND (locked_until IS NULL OR locked_until < $1) \
+                     RETURNING id",
+                    vec![
+                        now.into(),
+                        subscription.to_string().into(),
+                        from.timestamp_micros().into(),
+                        until
+                            .map_or(now.saturating_add(1), |t| t.timestamp_micros())
+                            .into(),
+                    ],
+                    &[Kind::Text],
                 )
-                .await?;
-                Ok(n == 1)
+                .await?
+                .iter()
+                .map(|r| uuid_of(&r.text(0)?))
+                .collect()
             })
         }))
     }
+
+    /// Deletes finished deliveries (delivered, dead, cancelled) last
+    /// changed more than `older_than` ago, their attempts, and the events
+    /// left with no delivery. Pending deliveries are kept.
+    pub fn prune_older(&self, older_than: Duration) -> BoxFuture<'static, Result<Pruned>> {
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let cutoff = now_micros().saturating_sub(micros(older_than));
+                let which = "SELECT id FROM thorn_deliveries \
+                     WHERE state IN ('delivered', 'dead', 'cancelled') AND updated_at < $1";
+                atomically!(
+                    conn,
+                    prune_deliveries(conn, which, vec![cutoff.into()], Some(cutoff)).await
+                )
+            })
+        }))
+    }
+
+    /// Deletes one owner's data: every delivery (and attempt) of the
+    /// subscriptions it owns, and every event it sent with their
+    /// deliveries. Its subscriptions themselves are the store's.
+    pub fn prune_owner(&self, owner: &SenderId) -> BoxFuture<'static, Result<Pruned>> {
+        let owner = crate::schema::owner_key(owner);
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let which = "SELECT d.id FROM thorn_deliveries d \
+                     LEFT JOIN thorn_events e ON e.id = d.event_id \
+                     WHERE d.subscriber_uuid IN (SELECT uuid FROM thorn_subscribers WHERE owner = $1) \
+                        OR e.sender = $1";
+                atomically!(conn, prune_owner(conn, which, owner).await)
+            })
+        }))
+    }
+}
+
+/// Deletes the deliveries `which` selects (with `params`), their attempts
+/// and — with `events_before` — the events fanned out before it that have
+/// no delivery left.
+async fn prune_deliveries(
+    conn: &mut dyn Connection,
+    which: &str,
+    params: Vec<Param>,
+    events_before: Option<i64>,
+) -> Result<Pruned> {
+    let attempts = execute(
+        conn,
+        &format!("DELETE FROM thorn_attempts WHERE delivery_id IN ({which})"),
+        params.clone(),
+    )
+    .await?;
+    let deliveries = execute(
+        conn,
+        &format!("DELETE FROM thorn_deliveries WHERE id IN ({which})"),
+        params,
+    )
+    .await?;
+    let events = match events_before {
+        Some(cutoff) => {
+            execute(
+                conn,
+                "DELETE FROM thorn_events WHERE fanned_out_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_deliveries d WHERE d.event_id = thorn_events.id)",
+                vec![cutoff.into()],
+            )
+            .await?
+        }
+        None => 0,
+    };
+    Ok(Pruned {
+        events,
+        deliveries,
+        attempts,
+    })
+}
+
+async fn prune_owner(conn: &mut dyn Connection, which: &str, owner: String) -> Result<Pruned> {
+    let mut pruned = prune_deliveries(conn, which, vec![owner.clone().into()], None).await?;
+    pruned.events += execute(
+        conn,
+        "DELETE FROM thorn_events WHERE sender = $1",
+        vec![owner.into()],
+    )
+    .await?;
+    Ok(pruned)
+}
+
+fn uuid_of(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| Error::Store(format!("`{text}` is not a uuid: {e}").into()))
+}
+
+/// New deliveries of event `id` to today's stored subscriptions and its
+/// own recipients.
+async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM thorn_events WHERE id = $1");
+    let Some(row) = query(conn, &sql, vec![id.to_string().into()], &EVENT_KINDS)
+        .await?
+        .pop()
+    else {
+        return Ok(None);
+    };
+    let event = event_from_row(&row, 0)?;
+    let mut subscribers = super::store::matching(conn, &event.name, event.sender.as_ref()).await?;
+    subscribers.extend(
+        event
+            .options
+            .subscribers
+            .iter()
+            .filter(|s| s.accepts_sender(event.sender.as_ref()))
+            .cloned(),
+    );
+    let now = now_micros();
+    let mut ids = Vec::with_capacity(subscribers.len());
+    let mut rows: Vec<Param> = Vec::new();
+    for subscriber in &subscribers {
+        let delivery = Uuid::now_v7();
+        ids.push(delivery);
+        rows.extend(delivery_row(
+            delivery,
+            &id.to_string(),
+            subscriber,
+            now,
+            None,
+        )?);
+    }
+    insert_rows(
+        conn,
+        "thorn_deliveries",
+        DELIVERY_COLUMNS,
+        DELIVERY_ROW,
+        "",
+        rows,
+    )
+    .await?;
+    Ok(Some(ids))
+}
+
+/// The values of [`DELIVERY_ROW`] for a new pending delivery, claimed by
+/// `claim` (worker, lease end) when given.
+fn delivery_row(
+    id: Uuid,
+    event_id: &str,
+    subscriber: &Subscriber,
+    now: i64,
+    claim: Option<(&str, i64)>,
+) -> Result<[Param; 12]> {
+    let snapshot = serde_json::to_string(subscriber)
+        .map_err(|e| Error::Store(format!("subscriber {} as JSON: {e}", subscriber.uuid).into()))?;
+    Ok([
+        id.to_string().into(),
+        event_id.into(),
+        subscriber.uuid.to_string().into(),
+        snapshot.into(),
+        subscriber.url.to_string().into(),
+        DeliveryState::Pending.as_str().into(),
+        0i32.into(),
+        now.into(),
+        claim.map(|(_, until)| until).into(),
+        claim.map(|(worker, _)| worker.to_owned()).into(),
+        now.into(),
+        now.into(),
+    ])
 }
 
 fn int32(n: i64) -> i32 {
@@ -439,7 +633,12 @@ async fn claim_events(
     .await?
     .iter()
     .map(|row| event_from_row(row, 0))
-    .collect()
+    .collect::<Result<Vec<_>>>()
+    .map(|mut events| {
+        // `RETURNING` keeps no order: oldest first again.
+        events.sort_by_key(|e| (e.created_at, e.id));
+        events
+    })
 }
 
 async fn fan_out(
@@ -474,23 +673,8 @@ async fn fan_out(
         }
         written.push(plan.event);
         for d in &plan.deliveries {
-            let snapshot = serde_json::to_string(&d.subscriber).map_err(|e| {
-                Error::Store(format!("subscriber {} as JSON: {e}", d.subscriber.uuid).into())
-            })?;
-            rows.extend([
-                d.id.to_string().into(),
-                event_id.as_str().into(),
-                d.subscriber.uuid.to_string().into(),
-                snapshot.into(),
-                d.subscriber.url.to_string().into(),
-                DeliveryState::Pending.as_str().into(),
-                0i32.into(),
-                now.into(),
-                d.claimed.then_some(locked_until).into(),
-                d.claimed.then(|| worker.clone()).into(),
-                now.into(),
-                now.into(),
-            ]);
+            let claim = d.claimed.then_some((worker.as_str(), locked_until));
+            rows.extend(delivery_row(d.id, event_id, &d.subscriber, now, claim)?);
         }
     }
     insert_rows(
@@ -844,6 +1028,10 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
         let sql = "UPDATE thorn_deliveries SET locked_until = $1 \
                    WHERE locked_by = $2 AND state = 'pending' AND id IN";
         self.claims(sql, until.into(), worker, deliveries)
+    }
+
+    fn prune(&self, older_than: Duration) -> BoxFuture<'_, Result<Pruned>> {
+        self.prune_older(older_than)
     }
 
     fn release<'a>(

@@ -84,6 +84,31 @@ async fn subscribers(
         .collect()
 }
 
+/// The active subscriptions that get `event` from `sender`: the four
+/// pattern lookups on the indexed `event` column, and the owner.
+pub(crate) async fn matching(
+    conn: &mut dyn Connection,
+    event: &str,
+    sender: Option<&SenderId>,
+) -> Result<Vec<Subscriber>> {
+    let mut params: Vec<Param> = candidate_patterns(event)
+        .map(|p| Param::from(p.into_owned()))
+        .collect();
+    let patterns = placeholders(1, params.len());
+    let owner = match sender {
+        Some(sender) => {
+            params.push(owner_key(sender).into());
+            format!("(owner IS NULL OR owner = ${})", params.len())
+        }
+        None => "owner IS NULL".to_owned(),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM thorn_subscribers \
+         WHERE event IN ({patterns}) AND disabled_at IS NULL AND {owner}"
+    );
+    subscribers(conn, &sql, params).await
+}
+
 /// Subscriptions stored in the application's database (SQLite or
 /// PostgreSQL), through any ORM that provides a [`Database`].
 ///
@@ -185,23 +210,10 @@ impl<D: Database> SubscriberStore for SqlStore<D> {
         event: &'a str,
         sender: Option<&'a SenderId>,
     ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
-        let mut params: Vec<Param> = candidate_patterns(event)
-            .map(|p| Param::from(p.into_owned()))
-            .collect();
-        let patterns = placeholders(1, params.len());
-        let owner = match sender {
-            Some(sender) => {
-                params.push(owner_key(sender).into());
-                format!("(owner IS NULL OR owner = ${})", params.len())
-            }
-            None => "owner IS NULL".to_owned(),
-        };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM thorn_subscribers \
-             WHERE event IN ({patterns}) AND disabled_at IS NULL AND {owner}"
-        );
+        let event = event.to_owned();
+        let sender = sender.cloned();
         self.run(Box::new(move |conn| {
-            Box::pin(async move { subscribers(conn, &sql, params).await })
+            Box::pin(async move { matching(conn, &event, sender.as_ref()).await })
         }))
     }
 

@@ -1,0 +1,561 @@
+//! The conformance suite of Thorn's SQL: every store and outbox operation,
+//! run against one database through one ORM's [`Database`]. The ORM
+//! integrations' tests run it on SQLite and PostgreSQL (feature
+//! `conformance`); a third-party [`Database`] can run it too.
+//!
+//! [`run`] wants a database with Thorn's migrations applied and nothing
+//! else in its tables. It panics, naming the check, on the first
+//! operation that does not behave.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::outbox::write_events;
+use super::{Database, SqlOutbox, SqlStore};
+use crate::outbox::{
+    AttemptRecord, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent,
+    StoredOptions, now_micros,
+};
+use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
+
+const WORKER: &str = "conformance-worker";
+const OTHER: &str = "conformance-other";
+const LEASE: Duration = Duration::from_secs(60);
+
+fn event(name: &str, sender: Option<SenderId>, extra: Vec<Subscriber>) -> StoredEvent {
+    StoredEvent {
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        message: serde_json::json!({"event": name, "data": {"n": 1}}),
+        sender,
+        options: StoredOptions {
+            headers: vec![("x-test".into(), "1".into())],
+            timeout_ms: 1000,
+            retry: crate::RetryPolicy::outbox_default().into(),
+            keepalive: true,
+            subscribers: extra,
+            context: None,
+        },
+        created_at: now_micros(),
+    }
+}
+
+fn attempt(delivery: Uuid, subscriber: Uuid, number: u32, status: u16) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: delivery,
+        subscriber,
+        number,
+        started_at: now_micros(),
+        status: Some(status),
+        latency_us: 1500,
+        error: (status >= 300).then(|| format!("HTTP {status}")),
+        response: Some("ok".into()),
+        worker: WORKER.into(),
+    }
+}
+
+/// Runs every check on `db` (see the module docs).
+pub async fn run<D: Database + Clone>(db: D) {
+    let store = SqlStore::<D>::new(db.clone());
+    let outbox = SqlOutbox::<D>::new(db.clone());
+    outbox
+        .check_schema("migrate")
+        .await
+        .expect("check_schema: the migrations are applied");
+    subscriptions(&store).await;
+    // The outbox checks start from no subscriptions.
+    for (s, _) in store.statuses(false).await.unwrap() {
+        let owner = s
+            .owner
+            .clone()
+            .expect("the checks' subscriptions have owners");
+        assert!(store.delete(&owner, s.uuid).await.unwrap());
+    }
+    outbox_operations(db, &store, &outbox).await;
+}
+
+async fn subscriptions<D: Database>(store: &SqlStore<D>) {
+    let alice = SenderId::from("alice");
+    let seven = SenderId::Int(7);
+    let a = Subscriber::new("article.*", "https://a.example/hook")
+        .unwrap()
+        .with_owner(alice.clone());
+    let b = Subscriber::new("article.created", "https://b.example/hook")
+        .unwrap()
+        .with_owner(seven.clone())
+        .with_standard_webhooks(true);
+    store.insert(a.clone()).await.expect("insert");
+    store.insert(b.clone()).await.expect("insert");
+    assert!(
+        store.insert(a.clone()).await.is_err(),
+        "insert: a duplicate uuid is refused"
+    );
+
+    let got = store.get(&alice, a.uuid).await.unwrap().expect("get: own");
+    assert_eq!(got, a, "get: every field round-trips");
+    assert_eq!(
+        store.get(&seven, a.uuid).await.unwrap(),
+        None,
+        "get: another owner's"
+    );
+    assert_eq!(
+        store.list(&alice).await.unwrap(),
+        vec![a.clone()],
+        "list: own only"
+    );
+
+    let found = |event: &'static str, sender: Option<SenderId>| async move {
+        let mut uuids: Vec<Uuid> = store
+            .subscribers_for(event, sender.as_ref())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.uuid)
+            .collect();
+        uuids.sort();
+        uuids
+    };
+    assert_eq!(
+        found("article.created", Some(alice.clone())).await,
+        vec![a.uuid],
+        "match: owner"
+    );
+    assert_eq!(
+        found("article.created", Some(seven.clone())).await,
+        vec![b.uuid]
+    );
+    assert!(
+        found("article.created", None).await.is_empty(),
+        "match: owned need a sender"
+    );
+    assert!(
+        found("comment.created", Some(alice.clone()))
+            .await
+            .is_empty()
+    );
+
+    let mut changed = a.clone().rotate_secret("a-new-secret");
+    changed.url = "https://a2.example/hook".parse().unwrap();
+    changed.touch();
+    assert!(store.update(changed.clone()).await.unwrap(), "update");
+    let got = store.get(&alice, a.uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (got.url.as_str(), got.hmac_secret.as_str()),
+        ("https://a2.example/hook", "a-new-secret")
+    );
+    assert_eq!(
+        got.previous_secrets, changed.previous_secrets,
+        "update: earlier secrets"
+    );
+    let mut foreign = changed.clone();
+    foreign.owner = Some(seven.clone());
+    assert!(
+        !store.update(foreign).await.unwrap(),
+        "update: another owner's is refused"
+    );
+
+    assert!(
+        store
+            .set_active(&alice, a.uuid, false, "paused by alice")
+            .await
+            .unwrap()
+    );
+    assert!(
+        found("article.created", Some(alice.clone()))
+            .await
+            .is_empty(),
+        "paused: no match"
+    );
+    let statuses = store.statuses(true).await.unwrap();
+    assert_eq!(statuses.len(), 1, "statuses: the disabled one");
+    assert_eq!(
+        statuses[0].1.disabled_reason.as_deref(),
+        Some("paused by alice")
+    );
+    assert!(store.set_active(&alice, a.uuid, true, "").await.unwrap());
+    assert_eq!(
+        found("article.created", Some(alice.clone())).await,
+        vec![a.uuid],
+        "resumed"
+    );
+
+    store.mark_gone(b.uuid).await.unwrap();
+    let gone = store.statuses(true).await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(
+        gone[0]
+            .1
+            .disabled_reason
+            .as_deref()
+            .unwrap()
+            .contains("410")
+    );
+    assert!(store.enable(b.uuid).await.unwrap(), "enable");
+    assert!(
+        !store.enable(Uuid::new_v4()).await.unwrap(),
+        "enable: unknown"
+    );
+    assert!(store.statuses(true).await.unwrap().is_empty());
+
+    assert!(
+        !store.delete(&seven, a.uuid).await.unwrap(),
+        "delete: another owner's"
+    );
+    assert!(store.delete(&alice, a.uuid).await.unwrap(), "delete");
+    assert_eq!(store.get(&alice, a.uuid).await.unwrap(), None);
+}
+
+async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outbox: &SqlOutbox<D>) {
+    let alice = SenderId::from("alice");
+    let stored = Subscriber::new("order.*", "https://stored.example/hook")
+        .unwrap()
+        .with_owner(alice.clone());
+    store.insert(stored.clone()).await.unwrap();
+    // A recipient with no row: its snapshot travels with the delivery.
+    let snapshot = Subscriber::new("order.*", "https://static.example/hook").unwrap();
+
+    let events = vec![
+        event("order.created", Some(alice.clone()), vec![snapshot.clone()]),
+        event("order.paid", Some(alice.clone()), Vec::new()),
+    ];
+    let written = events.clone();
+    db.run(Box::new(move |conn| {
+        Box::pin(async move { write_events(conn, &written, "migrate").await })
+    }))
+    .await
+    .expect("write_events");
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(
+        (counts.new_events, counts.pending),
+        (2, 0),
+        "counts after writing"
+    );
+
+    let claimed = outbox.claim_events(WORKER, 10, LEASE).await.unwrap();
+    assert_eq!(
+        claimed, events,
+        "claim_events: every column round-trips, oldest first"
+    );
+    assert!(
+        outbox
+            .claim_events(OTHER, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claim_events: claimed events are not claimed twice"
+    );
+
+    let plan = |e: &StoredEvent, claimed: bool| FanOut {
+        event: e.id,
+        deliveries: [stored.clone(), snapshot.clone()]
+            .into_iter()
+            .filter(|s| e.options.subscribers.contains(s) || s.uuid == stored.uuid)
+            .map(|subscriber| NewDelivery {
+                id: Uuid::now_v7(),
+                subscriber,
+                claimed,
+            })
+            .collect(),
+    };
+    let plans = vec![plan(&events[0], false), plan(&events[1], true)];
+    let lost = outbox.fan_out(OTHER, plans.clone(), LEASE).await.unwrap();
+    assert!(
+        lost.is_empty(),
+        "fan_out: a worker without the claim writes nothing"
+    );
+    let fanned = outbox.fan_out(WORKER, plans.clone(), LEASE).await.unwrap();
+    assert_eq!(fanned, vec![events[0].id, events[1].id], "fan_out");
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(
+        (counts.new_events, counts.pending, counts.claimed),
+        (0, 3, 1),
+        "{counts:?}"
+    );
+
+    // The paid event's delivery was written claimed by WORKER.
+    let first = outbox
+        .claim_deliveries(OTHER, true, 10, LEASE, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        first.len(),
+        2,
+        "claim_deliveries: the two unclaimed first attempts"
+    );
+    let to_stored = first
+        .iter()
+        .find(|d| d.subscriber.uuid == stored.uuid)
+        .unwrap();
+    let to_static = first
+        .iter()
+        .find(|d| d.subscriber.uuid == snapshot.uuid)
+        .unwrap();
+    assert_eq!(to_static.subscriber, snapshot, "a recipient's snapshot");
+    assert_eq!(
+        *to_stored.event, events[0],
+        "the claimed event, loaded with it"
+    );
+    assert_eq!(to_stored.attempts, 0);
+    assert_eq!(
+        outbox
+            .release(OTHER, vec![to_stored.id, to_static.id])
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(
+        outbox
+            .claim_deliveries(OTHER, true, 10, LEASE, &[stored.uuid, snapshot.uuid])
+            .await
+            .unwrap()
+            .is_empty(),
+        "claim_deliveries: skipped subscriptions"
+    );
+
+    // The subscription changes: the next claim sends with its new secret.
+    let mut rekeyed = stored.clone().rotate_secret("rotated");
+    rekeyed.touch();
+    assert!(store.update(rekeyed).await.unwrap());
+    let again = outbox
+        .claim_deliveries(WORKER, true, 10, LEASE, &[])
+        .await
+        .unwrap();
+    let to_stored = again
+        .iter()
+        .find(|d| d.subscriber.uuid == stored.uuid)
+        .unwrap()
+        .clone();
+    let to_static = again
+        .iter()
+        .find(|d| d.subscriber.uuid == snapshot.uuid)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        to_stored.subscriber.hmac_secret, "rotated",
+        "the subscription at send time"
+    );
+    assert_eq!(
+        outbox
+            .renew(WORKER, vec![to_stored.id, to_static.id], LEASE)
+            .await
+            .unwrap(),
+        2,
+        "renew"
+    );
+    assert_eq!(
+        outbox
+            .renew(OTHER, vec![to_stored.id], LEASE)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Attempts: one delivered, one to retry; a record repeated is kept once.
+    let retry_at = now_micros() - 1;
+    let records = vec![
+        (attempt(to_stored.id, stored.uuid, 1, 200), Next::Delivered),
+        (
+            attempt(to_static.id, snapshot.uuid, 1, 503),
+            Next::Retry { at: retry_at },
+        ),
+    ];
+    assert_eq!(
+        outbox.finish(WORKER, records.clone()).await.unwrap(),
+        2,
+        "finish"
+    );
+    assert_eq!(
+        outbox.finish(WORKER, records).await.unwrap(),
+        0,
+        "finish: claims released"
+    );
+    let (info, attempts) = outbox
+        .delivery(to_stored.id)
+        .await
+        .unwrap()
+        .expect("delivery");
+    assert_eq!(
+        (info.state.as_str(), info.attempts, info.event.as_str()),
+        ("delivered", 1, "order.created")
+    );
+    assert_eq!(attempts.len(), 1, "the attempt recorded once");
+    assert_eq!(
+        (attempts[0].status, attempts[0].worker.as_str()),
+        (Some(200), WORKER)
+    );
+    assert_eq!(outbox.delivery(Uuid::now_v7()).await.unwrap(), None);
+
+    let retries = outbox
+        .claim_deliveries(WORKER, false, 10, LEASE, &[])
+        .await
+        .unwrap();
+    assert_eq!(retries.len(), 1, "claim_deliveries: the due retry");
+    assert_eq!((retries[0].id, retries[0].attempts), (to_static.id, 1));
+    assert!(
+        !outbox.retry_delivery(to_static.id).await.unwrap(),
+        "retry: not while claimed"
+    );
+    outbox
+        .finish(
+            WORKER,
+            vec![(attempt(to_static.id, snapshot.uuid, 2, 500), Next::Dead)],
+        )
+        .await
+        .unwrap();
+
+    // The paid event's delivery, claimed at fan-out, for a deleted subscription.
+    assert!(store.delete(&alice, stored.uuid).await.unwrap());
+    outbox
+        .release(WORKER, vec![plans[1].deliveries[0].id])
+        .await
+        .unwrap();
+    assert!(
+        outbox
+            .claim_deliveries(WORKER, true, 10, LEASE, &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a deleted subscription's delivery is not sent"
+    );
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.pending,
+            counts.delivered,
+            counts.dead,
+            counts.cancelled
+        ),
+        (0, 1, 1, 1),
+        "{counts:?}"
+    );
+    let dead = outbox
+        .deliveries(Some(DeliveryState::Dead), 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "deliveries: by state");
+    assert_eq!(dead[0].id, to_static.id.to_string());
+    assert_eq!(outbox.deliveries(None, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        outbox.deliveries(None, 2).await.unwrap().len(),
+        2,
+        "deliveries: at most max"
+    );
+
+    // Recover: the dead one again, same id; then retry; then replay.
+    let ids = outbox
+        .recover(snapshot.uuid, Utc::now() - chrono::Duration::hours(1), None)
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![to_static.id], "recover: same id");
+    assert!(
+        outbox
+            .recover(snapshot.uuid, Utc::now() - chrono::Duration::hours(1), None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "recover: only dead ones"
+    );
+    assert!(
+        outbox.retry_delivery(to_stored.id).await.unwrap(),
+        "retry: same id"
+    );
+    assert!(!outbox.retry_delivery(Uuid::now_v7()).await.unwrap());
+    let replayed = outbox
+        .replay_event(events[0].id)
+        .await
+        .unwrap()
+        .expect("replay");
+    assert_eq!(
+        replayed.len(),
+        1,
+        "replay: its own recipient (the subscription is gone)"
+    );
+    assert!(!replayed.contains(&to_static.id), "replay: new ids");
+    assert_eq!(outbox.replay_event(Uuid::now_v7()).await.unwrap(), None);
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(counts.pending, 3, "{counts:?}");
+
+    // Health: a failing stored subscription is disabled after the window.
+    let failing = Subscriber::new("order.*", "https://failing.example/hook")
+        .unwrap()
+        .with_owner(alice.clone());
+    store.insert(failing.clone()).await.unwrap();
+    let strict = SqlOutbox::<D>::new(db.clone()).disable_failing_after(Some(Duration::ZERO));
+    let e = event("order.shipped", Some(alice.clone()), Vec::new());
+    let written = vec![e.clone()];
+    db.run(Box::new(move |conn| {
+        Box::pin(async move { write_events(conn, &written, "migrate").await })
+    }))
+    .await
+    .unwrap();
+    strict.claim_events(WORKER, 10, LEASE).await.unwrap();
+    let d = NewDelivery {
+        id: Uuid::now_v7(),
+        subscriber: failing.clone(),
+        claimed: true,
+    };
+    let extra = NewDelivery {
+        id: Uuid::now_v7(),
+        subscriber: failing.clone(),
+        claimed: false,
+    };
+    strict
+        .fan_out(
+            WORKER,
+            vec![FanOut {
+                event: e.id,
+                deliveries: vec![d.clone(), extra.clone()],
+            }],
+            LEASE,
+        )
+        .await
+        .unwrap();
+    strict
+        .finish(
+            WORKER,
+            vec![(
+                attempt(d.id, failing.uuid, 1, 500),
+                Next::Retry { at: now_micros() },
+            )],
+        )
+        .await
+        .unwrap();
+    let disabled = store.statuses(true).await.unwrap();
+    assert_eq!(
+        disabled.len(),
+        1,
+        "failing for longer than the window: disabled"
+    );
+    let (info, _) = outbox.delivery(extra.id).await.unwrap().unwrap();
+    assert_eq!(info.state, "dead", "its pending deliveries are dead");
+
+    // Prune: nothing recent; everything finished with a zero age; then an owner.
+    let none = outbox.prune_older(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(none, Default::default(), "prune: nothing that recent");
+    let pruned = outbox.prune_older(Duration::ZERO).await.unwrap();
+    assert!(
+        pruned.deliveries >= 2 && pruned.attempts >= 1,
+        "prune: {pruned:?}"
+    );
+    assert_eq!(outbox.counts().await.unwrap().delivered, 0);
+    assert!(
+        outbox.counts().await.unwrap().pending > 0,
+        "prune keeps pending deliveries"
+    );
+    let owner = outbox.prune_owner(&alice).await.unwrap();
+    assert!(owner.events >= 1, "prune_owner: {owner:?}");
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.new_events,
+            counts.pending,
+            counts.delivered,
+            counts.dead,
+            counts.cancelled
+        ),
+        (0, 0, 0, 0, 0),
+        "prune_owner: every event alice sent, and its deliveries: {counts:?}"
+    );
+}
