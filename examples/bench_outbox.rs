@@ -1,6 +1,7 @@
 //! Outbox benchmark on PostgreSQL: commit → receipt latency through the
-//! in-process relay and through one `thorn worker` process, and delivery
-//! throughput with one and two worker processes.
+//! in-process relay and through one `thorn worker` process, delivery
+//! throughput with one and two worker processes, and one worker's
+//! throughput to a fast destination while another answers in 2 s.
 //!
 //! ```text
 //! cargo build --release --features cli            # builds target/release/thorn
@@ -64,6 +65,11 @@ struct Receipts {
 }
 
 fn start_receiver(receipts: Arc<Receipts>) -> String {
+    start_receiver_after(receipts, Duration::ZERO)
+}
+
+/// A receiver answering 200 `pause` after each request.
+fn start_receiver_after(receipts: Arc<Receipts>, pause: Duration) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -81,6 +87,9 @@ fn start_receiver(receipts: Arc<Receipts>) -> String {
                         if let Some(id) = v["data"]["id"].as_i64() {
                             receipts.at.lock().unwrap().insert(id, now);
                         }
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                     receipts.count.fetch_add(1, Ordering::SeqCst);
                     StatusCode::OK
@@ -249,6 +258,43 @@ impl Bench {
         THROUGHPUT_EVENTS as f64 / started.elapsed().as_secs_f64()
     }
 
+    /// [`Bench::throughput`] of one worker to the fast receiver while a
+    /// second subscription's receiver answers each request in 2 s.
+    fn throughput_beside_a_slow_destination(&self) -> (f64, usize) {
+        let slow = Arc::new(Receipts::default());
+        let url = start_receiver_after(slow.clone(), Duration::from_secs(2));
+        let sub = Subscriber::new("item.*", &url).unwrap();
+        let mut conn = self.pool.get().unwrap();
+        diesel::insert_into(thorn_subscribers::table)
+            .values(SubscriberRow::from(&sub))
+            .execute(&mut *conn)
+            .unwrap();
+        for _ in 0..THROUGHPUT_EVENTS / 100 {
+            conn.transaction::<_, diesel::result::Error, _>(|c| {
+                for _ in 0..100 {
+                    self.insert(c);
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        let before = self.receipts.count.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let worker = self.worker("mixed");
+        let deadline = started + Duration::from_secs(300);
+        while self.receipts.count.load(Ordering::SeqCst) - before < THROUGHPUT_EVENTS {
+            assert!(Instant::now() < deadline, "mixed run did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rate = THROUGHPUT_EVENTS as f64 / started.elapsed().as_secs_f64();
+        // The slow subscription goes: its pending deliveries are cancelled.
+        diesel::delete(thorn_subscribers::table.find(sub.uuid.to_string()))
+            .execute(&mut *conn)
+            .unwrap();
+        drop(worker);
+        (rate, slow.count.load(Ordering::SeqCst))
+    }
+
     fn worker(&self, name: &str) -> Worker {
         let exe = std::env::current_exe().unwrap();
         let bin = exe
@@ -266,6 +312,11 @@ impl Bench {
                     "64",
                 ])
                 .args(["--name", name, "--poll", "0.05"])
+                .args(
+                    std::env::var("BENCH_WORKER_ARGS")
+                        .unwrap_or_default()
+                        .split_whitespace(),
+                )
                 .env("DATABASE_URL", self.worker_url())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -319,4 +370,10 @@ fn main() {
     let two = bench.throughput(2);
     println!("throughput, 2 worker processes: {two:.0} deliveries/s ({THROUGHPUT_EVENTS} events)");
     println!("2 workers / 1 worker: {:.2}x", two / one);
+    let (mixed, slow) = bench.throughput_beside_a_slow_destination();
+    println!(
+        "throughput to a fast destination beside one answering in 2 s, 1 worker: \
+         {mixed:.0} deliveries/s ({slow} slow ones meanwhile); {:.2} of alone",
+        mixed / one
+    );
 }

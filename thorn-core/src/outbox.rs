@@ -820,6 +820,7 @@ pub async fn run_relay(
     let mut busy: HashMap<String, usize> = HashMap::new();
     let mut seen: HashMap<String, HashSet<Uuid>> = HashMap::new();
     let mut idle = Duration::from_millis(1);
+    let refill = per_destination.div_ceil(2);
     let spawn = |claimed: ClaimedDelivery,
                  is_retry: bool,
                  to: String,
@@ -863,10 +864,21 @@ pub async fn run_relay(
             .filter(|(to, _)| busy.get(*to).copied().unwrap_or(0) >= per_destination)
             .flat_map(|(_, subs)| subs.iter().copied())
             .collect();
+        // Claim no more than the destinations can take now: the room of
+        // those seen (a full one is skipped), or one destination's worth.
+        let room_known: usize = seen
+            .keys()
+            .map(|to| per_destination.saturating_sub(busy.get(to).copied().unwrap_or(0)))
+            .sum();
+        let mut room = if room_known > 0 {
+            room_known
+        } else {
+            per_destination
+        };
         let mut found = 0;
         // New events first; their first deliveries come back claimed.
         let fresh = match shared
-            .fan_out(options.batch, slots.available_permits())
+            .fan_out(options.batch, slots.available_permits().min(room))
             .await
         {
             Ok((events, claimed)) => {
@@ -878,7 +890,11 @@ pub async fn run_relay(
                 Vec::new()
             }
         };
-        let free = slots.available_permits().saturating_sub(fresh.len());
+        room = room.saturating_sub(fresh.len());
+        let free = slots
+            .available_permits()
+            .saturating_sub(fresh.len())
+            .min(room);
         let first = if free > 0 {
             shared
                 .store
@@ -918,6 +934,7 @@ pub async fn run_relay(
             Vec::new()
         };
         found += fresh.len() + first.len() + retries.len();
+        let room_left = room.saturating_sub(first.len() + retries.len());
         let claimed: Vec<(ClaimedDelivery, bool)> = fresh
             .into_iter()
             .chain(first)
@@ -944,22 +961,42 @@ pub async fn run_relay(
         if !excess.is_empty() {
             release(&shared, &held, excess).await;
         }
-        if found > 0 && slots.available_permits() > 0 {
+        // More may be waiting where there is still room: look again now.
+        if found > 0 && room_left > 0 && slots.available_permits() > 0 {
             idle = Duration::from_millis(1);
             continue;
         }
         // Nothing to do (or no room): sleep until woken, a delivery ends,
         // or the poll interval passes. Right after a wake-up the events
         // may not be committed yet, so polls start 1 ms apart and back off.
-        tokio::select! {
-            _ = wake.notified() => idle = Duration::from_millis(1),
-            Some(to) = finished.recv() => {
-                if let Some(n) = busy.get_mut(&to) {
-                    *n = n.saturating_sub(1);
+        // Ended deliveries wake the relay once half a destination's share
+        // (or a quarter of the slots) is free: claims stay batched instead
+        // of one statement per delivery.
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {
+                    idle = Duration::from_millis(1);
+                    break;
                 }
+                Some(to) = finished.recv() => {
+                    if let Some(n) = busy.get_mut(&to) {
+                        *n = n.saturating_sub(1);
+                        if *n + refill <= per_destination {
+                            break;
+                        }
+                    }
+                    if slots.available_permits() >= concurrency.div_ceil(4) {
+                        break;
+                    }
+                }
+                _ = &mut sleep => {
+                    idle = (idle * 2).min(options.poll);
+                    break;
+                }
+                _ = stop.changed() => break,
             }
-            _ = tokio::time::sleep(idle) => idle = (idle * 2).min(options.poll),
-            _ = stop.changed() => {}
         }
     }
     while tasks.join_next().await.is_some() {}

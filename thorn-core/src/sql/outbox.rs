@@ -16,7 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    Connection, Database, Kind, Param, Row, Work, atomically, execute, insert_rows, limit,
+    Connection, Database, Dialect, Kind, Param, Row, Work, atomically, execute, insert_rows, limit,
     placeholders, query,
 };
 use crate::outbox::{
@@ -750,6 +750,9 @@ async fn claim_deliveries(
         limit(max).into(),
     ];
     params.extend(skip.into_iter().map(Param::from));
+    if conn.dialect() == Dialect::Postgres {
+        return claim_deliveries_joined(conn, &sql, params, now).await;
+    }
     let claimed = query(
         conn,
         &sql,
@@ -811,6 +814,79 @@ async fn claim_deliveries(
             attempts: u32::try_from(row.int(4)?).unwrap_or(0),
         });
     }
+    cancel(conn, cancelled, now).await?;
+    Ok(out)
+}
+
+/// On PostgreSQL: the claim and what it needs — events and current
+/// subscriptions — in one statement, one round trip.
+async fn claim_deliveries_joined(
+    conn: &mut dyn Connection,
+    claim: &str,
+    params: Vec<Param>,
+    now: i64,
+) -> Result<Vec<ClaimedDelivery>> {
+    let sql = format!(
+        "WITH c AS ({claim}) \
+         SELECT c.id, c.recipient, c.attempts, {events}, {subs} \
+         FROM c JOIN thorn_events e ON e.id = c.event_id \
+         LEFT JOIN thorn_subscribers s ON s.uuid = c.subscriber_uuid",
+        events = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        subs = super::store::COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let mut kinds = vec![Kind::Text, Kind::Text, Kind::Int];
+    kinds.extend(EVENT_KINDS);
+    kinds.extend(super::store::KINDS);
+    let rows = query(conn, &sql, params, &kinds).await?;
+    let mut events: HashMap<String, Arc<StoredEvent>> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    let mut cancelled = Vec::new();
+    let subs_at = 3 + EVENT_KINDS.len();
+    for row in &rows {
+        let id = row.text(0)?;
+        let corrupt = |what, detail: &dyn std::fmt::Display| {
+            crate::schema::corrupt("thorn_deliveries", &id, what, detail)
+        };
+        let subscriber = match row.opt_text(1)? {
+            Some(snapshot) => {
+                serde_json::from_str(&snapshot).map_err(|e| corrupt("recipient", &e))?
+            }
+            None if row.opt_text(subs_at)?.is_none() => {
+                cancelled.push(id);
+                continue;
+            }
+            None => super::store::from_row(row, subs_at)?,
+        };
+        let event_id = row.text(3)?;
+        let event = match events.get(&event_id) {
+            Some(e) => e.clone(),
+            None => {
+                let e = Arc::new(event_from_row(row, 3)?);
+                events.insert(event_id, e.clone());
+                e
+            }
+        };
+        out.push(ClaimedDelivery {
+            id: Uuid::parse_str(&id).map_err(|e| corrupt("id", &e))?,
+            event,
+            subscriber,
+            attempts: u32::try_from(row.int(2)?).unwrap_or(0),
+        });
+    }
+    cancel(conn, cancelled, now).await?;
+    Ok(out)
+}
+
+/// Marks deliveries whose subscription was deleted cancelled.
+async fn cancel(conn: &mut dyn Connection, cancelled: Vec<String>, now: i64) -> Result<()> {
     if !cancelled.is_empty() {
         let mut params: Vec<Param> = vec![now.into()];
         let sql = format!(
@@ -822,7 +898,7 @@ async fn claim_deliveries(
         params.extend(cancelled.into_iter().map(Param::from));
         execute(conn, &sql, params).await?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Deliveries finished with the same outcome, released by one statement:
@@ -1010,10 +1086,15 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
         let skip = skip.iter().map(Uuid::to_string).collect();
         self.run(Box::new(move |conn| {
             Box::pin(async move {
-                atomically!(
-                    conn,
+                // On PostgreSQL one statement; on SQLite a transaction.
+                if conn.dialect() == Dialect::Postgres {
                     claim_deliveries(conn, worker, first, max, lease, skip).await
-                )
+                } else {
+                    atomically!(
+                        conn,
+                        claim_deliveries(conn, worker, first, max, lease, skip).await
+                    )
+                }
             })
         }))
     }
