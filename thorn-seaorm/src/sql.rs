@@ -90,9 +90,17 @@ fn no_transaction() -> BoxFuture<'static, Result<()>> {
     ))))
 }
 
+/// See [`Connection::max_statement_bytes`]: sqlx sends without
+/// `TCP_NODELAY`, so statements stay below one 16 KiB socket write.
+const STATEMENT_BYTES: usize = 12 * 1024;
+
 impl<C: ConnectionTrait> Connection for SeaConn<'_, C> {
     fn dialect(&self) -> Dialect {
         dialect(self.0.get_database_backend())
+    }
+
+    fn max_statement_bytes(&self) -> usize {
+        STATEMENT_BYTES
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, params: Vec<Param>) -> BoxFuture<'a, Result<u64>> {
@@ -137,6 +145,10 @@ struct PoolConn {
 impl Connection for PoolConn {
     fn dialect(&self) -> Dialect {
         dialect(self.db.get_database_backend())
+    }
+
+    fn max_statement_bytes(&self) -> usize {
+        STATEMENT_BYTES
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, params: Vec<Param>) -> BoxFuture<'a, Result<u64>> {

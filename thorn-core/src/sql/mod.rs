@@ -231,6 +231,15 @@ pub trait Connection: Send {
         columns: &'a [Kind],
     ) -> BoxFuture<'a, Result<Vec<Row>>>;
 
+    /// The most bytes of values one multi-row `INSERT` should carry (when
+    /// its rows allow); unbounded by default. SeaORM's sqlx does not set
+    /// `TCP_NODELAY`: a message larger than the socket's first send buffer
+    /// (16 KiB on Linux) is written in two parts, the second held back by
+    /// Nagle's algorithm until PostgreSQL's delayed ACK, 40 ms later.
+    fn max_statement_bytes(&self) -> usize {
+        usize::MAX
+    }
+
     /// Runs several statements without parameters (a migration).
     fn batch<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>>;
 
@@ -317,13 +326,6 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
 /// The most rows one `INSERT` carries.
 const ROWS_PER_INSERT: usize = 500;
 
-/// The most bytes of values one `INSERT` carries (when its rows allow).
-/// sqlx does not set `TCP_NODELAY`, and a message larger than the socket's
-/// first send buffer (16 KiB by default on Linux) is written in two parts,
-/// the second held back by Nagle's algorithm until PostgreSQL's delayed
-/// ACK, 40 ms later. Statements below this size go out in one write.
-const BYTES_PER_INSERT: usize = 12 * 1024;
-
 /// `template` with each `$N` shifted to `$(N + offset)`.
 fn renumber(template: &str, offset: usize, out: &mut String) {
     use std::fmt::Write as _;
@@ -347,7 +349,7 @@ fn renumber(template: &str, offset: usize, out: &mut String) {
 /// Runs `INSERT INTO {table} ({columns}) VALUES row, row...{tail}` for
 /// `values`, each row `row` — a tuple whose placeholders `$1`..`$cols`
 /// are that row's values — in statements of at most [`ROWS_PER_INSERT`]
-/// rows and (unless one row is larger) [`BYTES_PER_INSERT`] bytes.
+/// rows and (unless one row is larger) [`Connection::max_statement_bytes`].
 pub(crate) async fn insert_rows(
     conn: &mut dyn Connection,
     table: &str,
@@ -357,13 +359,14 @@ pub(crate) async fn insert_rows(
     values: Vec<Param>,
 ) -> Result<()> {
     let cols = columns.split(',').count();
+    let max_bytes = conn.max_statement_bytes();
     debug_assert_eq!(values.len() % cols, 0, "{table}: values are whole rows");
     // Rows per statement, decided in one pass; then the values move once.
     let mut statements = Vec::new();
-    let (mut rows, mut bytes) = (0, 0);
+    let (mut rows, mut bytes) = (0, 0_usize);
     for values in values.chunks(cols) {
         let size: usize = values.iter().map(Param::wire_size).sum();
-        if rows == ROWS_PER_INSERT || (rows > 0 && bytes + size > BYTES_PER_INSERT) {
+        if rows == ROWS_PER_INSERT || (rows > 0 && bytes.saturating_add(size) > max_bytes) {
             statements.push(rows);
             (rows, bytes) = (0, 0);
         }

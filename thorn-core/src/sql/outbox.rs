@@ -73,14 +73,17 @@ const CLAIM_EVENTS: &str = "UPDATE thorn_events SET locked_until = $1, locked_by
 
 /// Claims up to `$4` pending deliveries due at `$3` — first attempts or
 /// retries, `{which}` — whose lease (if any) ended and whose subscription
-/// is not paused: lease `$1` for worker `$2`.
+/// is not paused: lease `$1` for worker `$2`. The pause check is a scalar
+/// subquery, not `NOT EXISTS`: PostgreSQL turns the latter into an anti
+/// join over every pending delivery (a sort of the whole backlog per
+/// claim) instead of walking the `run_at` index and stopping at the limit.
 const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
     SET locked_until = $1, locked_by = $2, updated_at = $3
     WHERE id IN (SELECT d.id FROM thorn_deliveries d
         WHERE d.state = 'pending' AND d.run_at <= $3
           AND (d.locked_until IS NULL OR d.locked_until < $3) AND {which}{skip}
-          AND NOT EXISTS (SELECT 1 FROM thorn_subscribers s
-                          WHERE s.uuid = d.subscriber_uuid AND s.disabled_at IS NOT NULL)
+          AND (SELECT s.disabled_at FROM thorn_subscribers s
+               WHERE s.uuid = d.subscriber_uuid) IS NULL
         ORDER BY d.run_at LIMIT $4 {lock})
     RETURNING id, event_id, subscriber_uuid, recipient, attempts";
 
