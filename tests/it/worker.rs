@@ -283,3 +283,99 @@ fn http_get(addr: &str, path: &str) -> String {
     stream.read_to_string(&mut body).unwrap();
     body
 }
+
+/// `thorn` on a SQLite file: migrate, a worker delivering what the
+/// application wrote, counts, prune, and a clear error for a bad state.
+#[test]
+fn the_command_works_on_a_sqlite_file() {
+    use diesel::r2d2::{ConnectionManager, Pool};
+    use thorn::diesel::SqliteBusyTimeout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sqlite3");
+    let url = format!("sqlite://{}", path.display());
+    let thorn_cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_thorn"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("thorn runs")
+    };
+    let out = thorn_cmd(&["migrate"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations [1, 2, 3]"));
+
+    let receiver = Receiver::start();
+    let pool: Pool<ConnectionManager<diesel::SqliteConnection>> = Pool::builder()
+        .max_size(4)
+        .connection_customizer(Box::new(SqliteBusyTimeout::default()))
+        .build(ConnectionManager::new(path.to_str().unwrap()))
+        .unwrap();
+    let mut conn = pool.get().unwrap();
+    diesel::sql_query(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, customer_id INTEGER NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .unwrap();
+    diesel::insert_into(thorn_subscribers::table)
+        .values(SubscriberRow::from(
+            &Subscriber::new("order.*", &receiver.url).unwrap(),
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+    let thorn = Thorn::new(Config {
+        outbox: true,
+        ..Config::default()
+    })
+    .unwrap();
+    thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+        for i in 0..5 {
+            let _: Order = thorn::diesel::insert(
+                &thorn,
+                conn,
+                diesel::insert_into(orders::table)
+                    .values(orders::customer_id.eq(i))
+                    .returning(Order::as_returning()),
+            )?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })
+    .unwrap();
+
+    let mut worker = Worker(
+        Command::new(env!("CARGO_BIN_EXE_thorn"))
+            .args(["worker", "--insecure-allow-any-recipient", "--poll", "0.1"])
+            .env("DATABASE_URL", &url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let got = receiver.expect(5, Duration::from_secs(20));
+    assert_eq!(got.len(), 5);
+    let outbox = DieselOutbox::new(pool.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox.counts().unwrap().delivered < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(worker.terminate().success());
+
+    let counts = thorn_cmd(&["deliveries", "counts"]);
+    assert!(
+        String::from_utf8_lossy(&counts.stdout).contains("delivered 5"),
+        "{counts:?}"
+    );
+    let pruned = thorn_cmd(&["prune", "--older-than", "0s"]);
+    assert!(
+        String::from_utf8_lossy(&pruned.stdout)
+            .contains("deleted 5 deliveries, 5 attempts, 5 events"),
+        "{pruned:?}"
+    );
+    let bogus = thorn_cmd(&["deliveries", "list", "--state", "bogus"]);
+    assert!(!bogus.status.success());
+    assert!(
+        String::from_utf8_lossy(&bogus.stderr)
+            .contains("none of pending, delivered, dead, cancelled"),
+        "{bogus:?}"
+    );
+}
