@@ -746,6 +746,10 @@ impl RelayCounters {
 /// batch a failed worker claimed is taken over within seconds.
 const EVENT_LEASE: Duration = Duration::from_secs(10);
 
+/// How often a relay looks for due retries (at once again while a claim
+/// comes back full), and, while kept busy, for new events.
+const RETRY_CHECK: Duration = Duration::from_millis(50);
+
 /// Where a delivery goes, for the per-destination limit: `host:port`.
 fn destination(url: &url::Url) -> String {
     format!(
@@ -821,6 +825,9 @@ pub async fn run_relay(
     let mut seen: HashMap<String, HashSet<Uuid>> = HashMap::new();
     let mut idle = Duration::from_millis(1);
     let refill = per_destination.div_ceil(2);
+    let mut events_maybe = true;
+    let mut events_checked = std::time::Instant::now();
+    let mut retries_checked = std::time::Instant::now() - RETRY_CHECK;
     let spawn = |claimed: ClaimedDelivery,
                  is_retry: bool,
                  to: String,
@@ -876,19 +883,29 @@ pub async fn run_relay(
             per_destination
         };
         let mut found = 0;
-        // New events first; their first deliveries come back claimed.
-        let fresh = match shared
-            .fan_out(options.batch, slots.available_permits().min(room))
-            .await
-        {
-            Ok((events, claimed)) => {
-                found += events;
-                claimed
+        // New events first; their first deliveries come back claimed. They
+        // are looked for when something may have written some: a wake-up,
+        // a poll, or a full batch last time.
+        // A relay kept busy looks anyway, every 50 ms.
+        events_maybe |= events_checked.elapsed() >= RETRY_CHECK;
+        let fresh = if events_maybe {
+            events_checked = std::time::Instant::now();
+            match shared
+                .fan_out(options.batch, slots.available_permits().min(room))
+                .await
+            {
+                Ok((events, claimed)) => {
+                    found += events;
+                    events_maybe = events >= options.batch;
+                    claimed
+                }
+                Err(error) => {
+                    shared.db_error("fan-out", &error);
+                    Vec::new()
+                }
             }
-            Err(error) => {
-                shared.db_error("fan-out", &error);
-                Vec::new()
-            }
+        } else {
+            Vec::new()
         };
         room = room.saturating_sub(fresh.len());
         let free = slots
@@ -915,21 +932,22 @@ pub async fn run_relay(
         };
         let free = free.saturating_sub(first.len());
         let retry_room = retry_cap.saturating_sub(retries_in_flight.load(Ordering::Relaxed));
-        let retries = if free.min(retry_room) > 0 {
-            shared
+        // Retries are due at their `run_at`: looked for every 50 ms, or
+        // at once while a claim comes back full.
+        let want = free.min(retry_room).min(options.batch);
+        let retries = if want > 0 && retries_checked.elapsed() >= RETRY_CHECK {
+            let got = shared
                 .store
-                .claim_deliveries(
-                    &shared.worker,
-                    false,
-                    free.min(retry_room).min(options.batch),
-                    options.lease,
-                    &skip,
-                )
+                .claim_deliveries(&shared.worker, false, want, options.lease, &skip)
                 .await
                 .unwrap_or_else(|error| {
                     shared.db_error("claim", &error);
                     Vec::new()
-                })
+                });
+            if got.len() < want {
+                retries_checked = std::time::Instant::now();
+            }
+            got
         } else {
             Vec::new()
         };
@@ -978,6 +996,7 @@ pub async fn run_relay(
             tokio::select! {
                 _ = wake.notified() => {
                     idle = Duration::from_millis(1);
+                    events_maybe = true;
                     break;
                 }
                 Some(to) = finished.recv() => {
@@ -993,6 +1012,7 @@ pub async fn run_relay(
                 }
                 _ = &mut sleep => {
                     idle = (idle * 2).min(options.poll);
+                    events_maybe = true;
                     break;
                 }
                 _ = stop.changed() => break,
@@ -1067,11 +1087,17 @@ async fn record_attempts(
     held: Held,
 ) {
     while let Some(first) = records.recv().await {
+        // What arrives within 2 ms joins the batch: one commit for many.
         let mut batch = vec![first];
+        let window = tokio::time::sleep(Duration::from_millis(2));
+        tokio::pin!(window);
         while batch.len() < 256 {
-            match records.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+            tokio::select! {
+                r = records.recv() => match r {
+                    Some(r) => batch.push(r),
+                    None => break,
+                },
+                _ = &mut window => break,
             }
         }
         let ids: Vec<Uuid> = batch.iter().map(|(a, _)| a.delivery_id).collect();
