@@ -227,10 +227,8 @@ impl Bench {
         )
     }
 
-    /// Writes `THROUGHPUT_EVENTS` events with no worker running, then
-    /// times `workers` processes delivering them all.
-    fn throughput(&self, workers: usize) -> f64 {
-        let mut conn = self.pool.get().unwrap();
+    /// Commits `THROUGHPUT_EVENTS` events, 100 per transaction.
+    fn write_backlog(&self, conn: &mut PgConnection) {
         for _ in 0..THROUGHPUT_EVENTS / 100 {
             conn.transaction::<_, diesel::result::Error, _>(|c| {
                 for _ in 0..100 {
@@ -240,6 +238,13 @@ impl Bench {
             })
             .unwrap();
         }
+    }
+
+    /// Writes `THROUGHPUT_EVENTS` events with no worker running, then
+    /// times `workers` processes delivering them all.
+    fn throughput(&self, workers: usize) -> f64 {
+        let mut conn = self.pool.get().unwrap();
+        self.write_backlog(&mut conn);
         let before = self.receipts.count.load(Ordering::SeqCst);
         let started = Instant::now();
         let _workers: Vec<Worker> = (0..workers)
@@ -269,15 +274,7 @@ impl Bench {
             .values(SubscriberRow::from(&sub))
             .execute(&mut *conn)
             .unwrap();
-        for _ in 0..THROUGHPUT_EVENTS / 100 {
-            conn.transaction::<_, diesel::result::Error, _>(|c| {
-                for _ in 0..100 {
-                    self.insert(c);
-                }
-                Ok(())
-            })
-            .unwrap();
-        }
+        self.write_backlog(&mut conn);
         let before = self.receipts.count.load(Ordering::SeqCst);
         let started = Instant::now();
         let worker = self.worker("mixed");

@@ -235,6 +235,15 @@ impl Receiver {
     /// Exactly `n` requests: waits up to `within` for them, then a short
     /// grace period to make sure no extra one arrives.
     pub(crate) fn expect(&self, n: usize, within: Duration) -> Vec<Received> {
+        let got = self.first(n, within);
+        if let Ok(extra) = self.rx.recv_timeout(Duration::from_millis(200)) {
+            panic!("expected exactly {n} requests, got another: {extra:#?}");
+        }
+        got
+    }
+
+    /// The first `n` requests, waiting up to `within` for them.
+    pub(crate) fn first(&self, n: usize, within: Duration) -> Vec<Received> {
         let deadline = Instant::now() + within;
         let mut got = Vec::with_capacity(n);
         while got.len() < n {
@@ -245,24 +254,6 @@ impl Receiver {
                     "expected {n} requests within {within:?}, got {}: {got:#?}",
                     got.len()
                 ),
-            }
-        }
-        if let Ok(extra) = self.rx.recv_timeout(Duration::from_millis(200)) {
-            panic!("expected exactly {n} requests, got another: {extra:#?}");
-        }
-        got
-    }
-
-    /// The first `n` requests, waiting up to `within` for them.
-    #[allow(dead_code)]
-    pub(crate) fn first(&self, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::with_capacity(n);
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(r) => got.push(r),
-                Err(_) => panic!("expected {n} requests within {within:?}, got {}", got.len()),
             }
         }
         got

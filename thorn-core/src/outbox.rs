@@ -126,11 +126,10 @@ pub fn humanize(d: Duration) -> String {
     }
 }
 
-/// True when a database error `message` says the outbox table does not
-/// exist (SQLite's `no such table`, PostgreSQL's `relation ... does not
-/// exist`), so integrations can answer with [`Error::OutboxMissing`].
-pub fn is_missing_table(message: &str) -> bool {
-    message.contains("thorn_events")
+/// True when a database error message (SQLite's or PostgreSQL's) says
+/// `table` does not exist.
+pub(crate) fn names_missing_table(message: &str, table: &str) -> bool {
+    message.contains(table)
         && (message.contains("no such table") || message.contains("does not exist"))
 }
 

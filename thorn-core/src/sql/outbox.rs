@@ -116,7 +116,9 @@ pub async fn write_events(
     insert_rows(conn, "thorn_events", EVENT_COLUMNS, &template, "", values)
         .await
         .map_err(|error| match error {
-            Error::Store(source) if crate::outbox::is_missing_table(&source.to_string()) => {
+            Error::Store(source)
+                if crate::outbox::names_missing_table(&source.to_string(), "thorn_events") =>
+            {
                 Error::OutboxMissing { migrate, source }
             }
             other => other,
@@ -228,8 +230,17 @@ impl<D: Database> SqlOutbox<D> {
                 .await
                 {
                     Ok(rows) => rows.first().map(|r| r.opt_int(0)).transpose()?.flatten(),
-                    // No migrations table: no tables at all.
-                    Err(_) => None,
+                    // No migrations table: no tables at all. Any other
+                    // error (the database went away) is that error.
+                    Err(Error::Store(e))
+                        if crate::outbox::names_missing_table(
+                            &e.to_string(),
+                            "thorn_schema_migrations",
+                        ) =>
+                    {
+                        None
+                    }
+                    Err(other) => return Err(other),
                 };
                 let needed = crate::schema::LATEST;
                 if found.is_some_and(|v| v >= needed) {
@@ -792,33 +803,47 @@ async fn claim_deliveries(
     let mut cancelled = Vec::new();
     for row in &claimed {
         let id = row.text(0)?;
-        let corrupt = |what, detail: &dyn std::fmt::Display| {
-            crate::schema::corrupt("thorn_deliveries", &id, what, detail)
+        let recipient = row.opt_text(3)?;
+        let stored = match &recipient {
+            Some(_) => None,
+            None => subscriptions.get(&row.text(2)?).cloned(),
         };
-        let subscriber = match row.opt_text(3)? {
-            Some(snapshot) => {
-                serde_json::from_str(&snapshot).map_err(|e| corrupt("recipient", &e))?
-            }
-            None => match subscriptions.get(&row.text(2)?) {
-                Some(s) => s.clone(),
-                None => {
-                    cancelled.push(id);
-                    continue;
-                }
-            },
-        };
-        out.push(ClaimedDelivery {
-            id: Uuid::parse_str(&id).map_err(|e| corrupt("id", &e))?,
-            event: events
-                .get(&row.text(1)?)
-                .cloned()
-                .ok_or_else(|| corrupt("event_id", &"no such event"))?,
-            subscriber,
-            attempts: u32::try_from(row.int(4)?).unwrap_or(0),
-        });
+        let event = events.get(&row.text(1)?).cloned();
+        match claimed_delivery(&id, recipient, stored, event, row.int(4)?)? {
+            Some(d) => out.push(d),
+            None => cancelled.push(id),
+        }
     }
     cancel(conn, cancelled, now).await?;
     Ok(out)
+}
+
+/// A claimed delivery from its columns: sent to `recipient` (a snapshot)
+/// or to `stored` (the subscription now); `None` when it has neither, its
+/// subscription deleted. Errors name the row and the column.
+fn claimed_delivery(
+    id: &str,
+    recipient: Option<String>,
+    stored: Option<Subscriber>,
+    event: Option<Arc<StoredEvent>>,
+    attempts: i64,
+) -> Result<Option<ClaimedDelivery>> {
+    let corrupt = |what, detail: &dyn std::fmt::Display| {
+        crate::schema::corrupt("thorn_deliveries", id, what, detail)
+    };
+    let subscriber = match (recipient, stored) {
+        (Some(snapshot), _) => {
+            serde_json::from_str(&snapshot).map_err(|e| corrupt("recipient", &e))?
+        }
+        (None, Some(subscription)) => subscription,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(ClaimedDelivery {
+        id: Uuid::parse_str(id).map_err(|e| corrupt("id", &e))?,
+        event: event.ok_or_else(|| corrupt("event_id", &"no such event"))?,
+        subscriber,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+    }))
 }
 
 /// On PostgreSQL: the claim and what it needs — events and current
@@ -855,18 +880,10 @@ async fn claim_deliveries_joined(
     let subs_at = 3 + EVENT_KINDS.len();
     for row in &rows {
         let id = row.text(0)?;
-        let corrupt = |what, detail: &dyn std::fmt::Display| {
-            crate::schema::corrupt("thorn_deliveries", &id, what, detail)
-        };
-        let subscriber = match row.opt_text(1)? {
-            Some(snapshot) => {
-                serde_json::from_str(&snapshot).map_err(|e| corrupt("recipient", &e))?
-            }
-            None if row.opt_text(subs_at)?.is_none() => {
-                cancelled.push(id);
-                continue;
-            }
-            None => super::store::from_row(row, subs_at)?,
+        let recipient = row.opt_text(1)?;
+        let stored = match (&recipient, row.opt_text(subs_at)?) {
+            (None, Some(_)) => Some(super::store::from_row(row, subs_at)?),
+            _ => None,
         };
         let event_id = row.text(3)?;
         let event = match events.get(&event_id) {
@@ -877,12 +894,10 @@ async fn claim_deliveries_joined(
                 e
             }
         };
-        out.push(ClaimedDelivery {
-            id: Uuid::parse_str(&id).map_err(|e| corrupt("id", &e))?,
-            event,
-            subscriber,
-            attempts: u32::try_from(row.int(2)?).unwrap_or(0),
-        });
+        match claimed_delivery(&id, recipient, stored, Some(event), row.int(2)?)? {
+            Some(d) => out.push(d),
+            None => cancelled.push(id),
+        }
     }
     cancel(conn, cancelled, now).await?;
     Ok(out)
