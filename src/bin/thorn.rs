@@ -224,7 +224,10 @@ fn connect<C: R2D2Connection + 'static>(
 ) -> Result<Pool<ConnectionManager<C>>, Failure> {
     let mut builder = Pool::builder()
         .max_size(size)
-        .connection_timeout(Duration::from_secs(10));
+        .connection_timeout(Duration::from_secs(10))
+        // No `SELECT 1` before every statement: thorn::diesel drops a
+        // connection that lost the server from the pool.
+        .test_on_check_out(false);
     if let Some(c) = customize {
         builder = builder.connection_customizer(c);
     }

@@ -36,7 +36,7 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -767,6 +767,88 @@ fn held_lock(held: &Held) -> std::sync::MutexGuard<'_, std::collections::HashSet
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Claimed deliveries waiting for a lane, by destination.
+type Queues = Arc<std::sync::Mutex<HashMap<String, VecDeque<(ClaimedDelivery, bool)>>>>;
+
+fn queues_lock(
+    queues: &Queues,
+) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<(ClaimedDelivery, bool)>>> {
+    queues
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How many deliveries wait in each non-empty queue.
+fn queued_by_destination(queues: &Queues) -> HashMap<String, usize> {
+    queues_lock(queues)
+        .iter()
+        .filter(|(_, q)| !q.is_empty())
+        .map(|(to, q)| (to.clone(), q.len()))
+        .collect()
+}
+
+/// A destination whose requests take less than this on average gets a
+/// second share of deliveries claimed ahead, queued while its share is
+/// sent: its next claim overlaps the requests instead of waiting for
+/// them. A delivery so queued waits about one such request before it is
+/// sent.
+const AHEAD_WITHIN: Duration = Duration::from_millis(100);
+
+/// What a relay knows of one destination.
+#[derive(Default)]
+struct Destination {
+    /// Lanes sending to it.
+    lanes: usize,
+    /// The subscriptions seen going there (skipped by claims while it is
+    /// full).
+    subscriptions: HashSet<Uuid>,
+    /// How long its requests take, averaged.
+    pace: Option<Duration>,
+}
+
+/// What a lane reports.
+enum Lane {
+    /// A delivery to this destination was sent and took this long.
+    Sent(String, Duration),
+    /// The lane found its queue empty and ended.
+    Ended(String),
+}
+
+impl Lane {
+    fn destination(&self) -> &str {
+        match self {
+            Lane::Sent(to, _) | Lane::Ended(to) => to,
+        }
+    }
+}
+
+/// How many deliveries a destination may hold, in flight and queued:
+/// `per_destination`, twice that while its requests are quick.
+fn share(d: Option<&Destination>, per_destination: usize) -> usize {
+    if d.is_some_and(|d| d.pace.is_some_and(|p| p < AHEAD_WITHIN)) {
+        2 * per_destination
+    } else {
+        per_destination
+    }
+}
+
+fn note(dests: &mut HashMap<String, Destination>, event: Lane) {
+    match event {
+        Lane::Sent(to, took) => {
+            let d = dests.entry(to).or_default();
+            d.pace = Some(match d.pace {
+                Some(pace) => (pace * 4 + took) / 5,
+                None => took,
+            });
+        }
+        Lane::Ended(to) => {
+            if let Some(d) = dests.get_mut(&to) {
+                d.lanes = d.lanes.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// Runs a relay until `stop` turns true, then stops claiming, lets the
 /// deliveries in flight finish and record their attempts, and returns.
 ///
@@ -780,7 +862,11 @@ fn held_lock(held: &Held) -> std::sync::MutexGuard<'_, std::collections::HashSet
 /// (`THORN_EVENT_TIMEOUT`), and no request outlasts the lease. At most
 /// `options.max_per_destination` deliveries go to one `host:port` at a
 /// time: a busy destination's other deliveries stay in the outbox,
-/// unclaimed, and take no slot from other destinations.
+/// unclaimed, and take no slot from other destinations. A destination
+/// whose requests take under 100 ms on average gets one more share
+/// claimed ahead, queued in memory while the first is sent, so claims
+/// overlap requests; a queued delivery waits about one such request and
+/// is sent to its subscription as the claim loaded it.
 pub async fn run_relay(
     thorn: Thorn,
     store: Arc<dyn OutboxStore>,
@@ -798,7 +884,8 @@ pub async fn run_relay(
         .max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let retry_cap = ((concurrency as f64 * options.retry_share) as usize).clamp(1, concurrency);
-    let retries_in_flight = Arc::new(AtomicUsize::new(0));
+    // Retries claimed and not yet sent.
+    let retries_held = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let held: Held = Arc::default();
     let shared = Arc::new(Shared {
@@ -817,82 +904,100 @@ pub async fn run_relay(
     let pruner = options
         .retention
         .map(|keep| tokio::spawn(prune_every(shared.clone(), keep)));
-    // Destinations: deliveries in flight to each, and the subscriptions
-    // seen going there (skipped by claims while it is at its limit).
-    let (finished_tx, mut finished) = mpsc::unbounded_channel::<String>();
-    let mut busy: HashMap<String, usize> = HashMap::new();
-    let mut seen: HashMap<String, HashSet<Uuid>> = HashMap::new();
+    // Each destination has a queue of claimed deliveries and up to
+    // `per_destination` lanes (tasks) sending from it one after another.
+    let queues: Queues = Arc::default();
+    let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (lane_tx, mut lane_events) = mpsc::unbounded_channel::<Lane>();
+    let mut dests: HashMap<String, Destination> = HashMap::new();
     let mut idle = Duration::from_millis(1);
     let refill = per_destination.div_ceil(2);
     let mut events_maybe = true;
     let mut events_checked = std::time::Instant::now();
     let mut retries_checked = std::time::Instant::now() - RETRY_CHECK;
-    let spawn = |claimed: ClaimedDelivery,
-                 is_retry: bool,
-                 to: String,
-                 busy: &mut HashMap<String, usize>,
-                 tasks: &mut JoinSet<()>| {
+    let spawn_lane = |to: String, tasks: &mut JoinSet<()>| -> bool {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            return Some((claimed, is_retry));
+            return false;
         };
-        *busy.entry(to.clone()).or_default() += 1;
-        if is_retry {
-            retries_in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        let (shared, retries_in_flight, done, finished) = (
+        let (shared, queues, halt, retries_held, done, lanes) = (
             shared.clone(),
-            retries_in_flight.clone(),
+            queues.clone(),
+            halt.clone(),
+            retries_held.clone(),
             done.clone(),
-            finished_tx.clone(),
+            lane_tx.clone(),
         );
-        metrics::gauge!("thorn_deliveries_in_flight").increment(1.0);
         tasks.spawn(async move {
-            let record = shared.deliver(claimed).await;
-            let _ = done.send(record);
-            metrics::gauge!("thorn_deliveries_in_flight").decrement(1.0);
-            if is_retry {
-                retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+            while !halt.load(Ordering::Relaxed) {
+                let next = queues_lock(&queues)
+                    .get_mut(&to)
+                    .and_then(VecDeque::pop_front);
+                let Some((claimed, is_retry)) = next else {
+                    break;
+                };
+                metrics::gauge!("thorn_deliveries_in_flight").increment(1.0);
+                let started = std::time::Instant::now();
+                let record = shared.deliver(claimed).await;
+                let _ = done.send(record);
+                metrics::gauge!("thorn_deliveries_in_flight").decrement(1.0);
+                if is_retry {
+                    retries_held.fetch_sub(1, Ordering::Relaxed);
+                }
+                let took = started.elapsed();
+                let _ = lanes.send(Lane::Sent(to.clone(), took));
             }
             drop(permit);
-            let _ = finished.send(to);
+            let _ = lanes.send(Lane::Ended(to));
         });
-        None
+        true
     };
     while !*stop.borrow() {
         while tasks.try_join_next().is_some() {}
-        while let Ok(to) = finished.try_recv() {
-            if let Some(n) = busy.get_mut(&to) {
-                *n = n.saturating_sub(1);
-            }
+        while let Ok(event) = lane_events.try_recv() {
+            note(&mut dests, event);
         }
-        let skip: Vec<Uuid> = seen
+        let queued = queued_by_destination(&queues);
+        let total_queued: usize = queued.values().sum();
+        let want = |dests: &HashMap<String, Destination>, to: &str| {
+            let d = dests.get(to);
+            let holding = d.map_or(0, |d| d.lanes) + queued.get(to).copied().unwrap_or(0);
+            share(d, per_destination).saturating_sub(holding)
+        };
+        let skip: Vec<Uuid> = dests
             .iter()
-            .filter(|(to, _)| busy.get(*to).copied().unwrap_or(0) >= per_destination)
-            .flat_map(|(_, subs)| subs.iter().copied())
+            .filter(|(to, _)| want(&dests, to) == 0)
+            .flat_map(|(_, d)| d.subscriptions.iter().copied())
             .collect();
         // Claim no more than the destinations can take now: the room of
-        // those seen (a full one is skipped), or one destination's worth.
-        let room_known: usize = seen
-            .keys()
-            .map(|to| per_destination.saturating_sub(busy.get(to).copied().unwrap_or(0)))
-            .sum();
+        // those seen (a full one is skipped), or one destination's worth;
+        // and never more than twice the slots, queued and in flight.
+        let room_known: usize = dests.keys().map(|to| want(&dests, to)).sum();
+        let in_flight = concurrency - slots.available_permits();
         let mut room = if room_known > 0 {
             room_known
         } else {
             per_destination
-        };
+        }
+        .min((2 * concurrency).saturating_sub(in_flight + total_queued));
         let mut found = 0;
         // New events first; their first deliveries come back claimed. They
         // are looked for when something may have written some: a wake-up,
         // a poll, or a full batch last time.
         // A relay kept busy looks anyway, every 50 ms.
         events_maybe |= events_checked.elapsed() >= RETRY_CHECK;
-        let fresh = if events_maybe {
+        let fresh = if events_maybe && room > 0 {
             events_checked = std::time::Instant::now();
-            match shared
-                .fan_out(options.batch, slots.available_permits().min(room))
-                .await
-            {
+            // Claimed at once: what each destination has room for.
+            let mut left: HashMap<String, usize> = HashMap::new();
+            let mut claim = |s: &Subscriber| {
+                let to = destination(&s.url);
+                let n = left.entry(to).or_insert_with_key(|to| want(&dests, to));
+                *n > 0 && {
+                    *n -= 1;
+                    true
+                }
+            };
+            match shared.fan_out(options.batch, room, &mut claim).await {
                 Ok((events, claimed)) => {
                     found += events;
                     events_maybe = events >= options.batch;
@@ -907,17 +1012,13 @@ pub async fn run_relay(
             Vec::new()
         };
         room = room.saturating_sub(fresh.len());
-        let free = slots
-            .available_permits()
-            .saturating_sub(fresh.len())
-            .min(room);
-        let first = if free > 0 {
+        let first = if room > 0 {
             shared
                 .store
                 .claim_deliveries(
                     &shared.worker,
                     true,
-                    free.min(options.batch),
+                    room.min(options.batch),
                     options.lease,
                     &skip,
                 )
@@ -929,21 +1030,21 @@ pub async fn run_relay(
         } else {
             Vec::new()
         };
-        let free = free.saturating_sub(first.len());
-        let retry_room = retry_cap.saturating_sub(retries_in_flight.load(Ordering::Relaxed));
+        room = room.saturating_sub(first.len());
+        let retry_room = retry_cap.saturating_sub(retries_held.load(Ordering::Relaxed));
         // Retries are due at their `run_at`: looked for every 50 ms, or
         // at once while a claim comes back full.
-        let want = free.min(retry_room).min(options.batch);
-        let retries = if want > 0 && retries_checked.elapsed() >= RETRY_CHECK {
+        let wanted = room.min(retry_room).min(options.batch);
+        let retries = if wanted > 0 && retries_checked.elapsed() >= RETRY_CHECK {
             let got = shared
                 .store
-                .claim_deliveries(&shared.worker, false, want, options.lease, &skip)
+                .claim_deliveries(&shared.worker, false, wanted, options.lease, &skip)
                 .await
                 .unwrap_or_else(|error| {
                     shared.db_error("claim", &error);
                     Vec::new()
                 });
-            if got.len() < want {
+            if got.len() < wanted {
                 retries_checked = std::time::Instant::now();
             }
             got
@@ -951,7 +1052,8 @@ pub async fn run_relay(
             Vec::new()
         };
         found += fresh.len() + first.len() + retries.len();
-        let room_left = room.saturating_sub(first.len() + retries.len());
+        room = room.saturating_sub(retries.len());
+        retries_held.fetch_add(retries.len(), Ordering::Relaxed);
         let claimed: Vec<(ClaimedDelivery, bool)> = fresh
             .into_iter()
             .chain(first)
@@ -959,35 +1061,51 @@ pub async fn run_relay(
             .chain(retries.into_iter().map(|c| (c, true)))
             .collect();
         held_lock(&held).extend(claimed.iter().map(|(c, _)| c.id));
-        // A destination at its limit gets nothing more now: the rest goes
-        // back unsent, and its subscriptions are skipped by the next
-        // claims. A delivery is thus always sent right after its claim
-        // loaded the subscription.
+        // Each goes to its destination's queue, unless that one is full
+        // (it goes back unsent, and its subscription is skipped by the
+        // next claims).
         let mut excess = Vec::new();
-        for (claimed, is_retry) in claimed {
-            let to = destination(&claimed.subscriber.url);
-            seen.entry(to.clone())
-                .or_default()
-                .insert(claimed.subscriber.uuid);
-            if busy.get(&to).copied().unwrap_or(0) >= per_destination {
-                excess.push(claimed.id);
-            } else if let Some((back, _)) = spawn(claimed, is_retry, to, &mut busy, &mut tasks) {
-                excess.push(back.id);
+        {
+            let mut queues = queues_lock(&queues);
+            let mut taken: HashMap<String, usize> = HashMap::new();
+            for (claimed, is_retry) in claimed {
+                let to = destination(&claimed.subscriber.url);
+                let d = dests.entry(to.clone()).or_default();
+                d.subscriptions.insert(claimed.subscriber.uuid);
+                let n = taken.entry(to.clone()).or_default();
+                if *n >= want(&dests, &to) {
+                    if is_retry {
+                        retries_held.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    excess.push(claimed.id);
+                    continue;
+                }
+                *n += 1;
+                queues.entry(to).or_default().push_back((claimed, is_retry));
+            }
+        }
+        // Lanes for every queue that has deliveries waiting and room.
+        for (to, waiting) in queued_by_destination(&queues) {
+            let d = dests.entry(to.clone()).or_default();
+            let mut wanted = waiting.min(per_destination.saturating_sub(d.lanes));
+            while wanted > 0 && spawn_lane(to.clone(), &mut tasks) {
+                d.lanes += 1;
+                wanted -= 1;
             }
         }
         if !excess.is_empty() {
             release(&shared, &held, excess).await;
         }
         // More may be waiting where there is still room: look again now.
-        if found > 0 && room_left > 0 && slots.available_permits() > 0 {
+        if found > 0 && room > 0 && slots.available_permits() > 0 {
             idle = Duration::from_millis(1);
             continue;
         }
-        // Nothing to do (or no room): sleep until woken, a delivery ends,
-        // or the poll interval passes. Right after a wake-up the events
-        // may not be committed yet, so polls start 1 ms apart and back off.
-        // Ended deliveries wake the relay once half a destination's share
-        // (or a quarter of the slots) is free: claims stay batched instead
+        // Nothing to do (or no room): sleep until woken, a lane needs
+        // more, or the poll interval passes. Right after a wake-up the
+        // events may not be committed yet, so polls start 1 ms apart and
+        // back off. A destination is refilled once half its share is
+        // free (or a quarter of the slots): claims stay batched instead
         // of one statement per delivery.
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
@@ -998,14 +1116,17 @@ pub async fn run_relay(
                     events_maybe = true;
                     break;
                 }
-                Some(to) = finished.recv() => {
-                    if let Some(n) = busy.get_mut(&to) {
-                        *n = n.saturating_sub(1);
-                        if *n + refill <= per_destination {
-                            break;
-                        }
-                    }
-                    if slots.available_permits() >= concurrency.div_ceil(4) {
+                Some(event) = lane_events.recv() => {
+                    let to = event.destination().to_owned();
+                    let ended = matches!(event, Lane::Ended(_));
+                    note(&mut dests, event);
+                    let queued = queues_lock(&queues).get(&to).map_or(0, VecDeque::len);
+                    let d = dests.get(&to);
+                    let holding = d.map_or(0, |d| d.lanes) + queued;
+                    if (ended && queued > 0)
+                        || holding + refill <= share(d, per_destination)
+                        || slots.available_permits() >= concurrency.div_ceil(4)
+                    {
                         break;
                     }
                 }
@@ -1018,7 +1139,14 @@ pub async fn run_relay(
             }
         }
     }
+    // Deliveries in flight finish; those still queued go back unsent.
+    halt.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    let unsent: Vec<Uuid> = queues_lock(&queues)
+        .drain()
+        .flat_map(|(_, q)| q.into_iter().map(|(c, _)| c.id))
+        .collect();
+    release(&shared, &held, unsent).await;
     drop(done);
     let _ = recorder.await;
     renewer.abort();
@@ -1150,7 +1278,14 @@ impl Shared {
 
     /// Fans out one batch of new events; returns how many, and up to
     /// `free` of their deliveries, claimed for sending now.
-    async fn fan_out(&self, batch: usize, free: usize) -> Result<(usize, Vec<ClaimedDelivery>)> {
+    /// Fans out up to `batch` events; claims the new deliveries `claim`
+    /// accepts (at most `free`).
+    async fn fan_out(
+        &self,
+        batch: usize,
+        free: usize,
+        claim: &mut (dyn FnMut(&Subscriber) -> bool + Send),
+    ) -> Result<(usize, Vec<ClaimedDelivery>)> {
         let lease = self.lease;
         let events = self
             .store
@@ -1193,8 +1328,10 @@ impl Shared {
             let deliveries = subscribers
                 .into_iter()
                 .map(|subscriber| {
-                    let claimed = budget > 0;
-                    budget = budget.saturating_sub(1);
+                    let claimed = budget > 0 && claim(&subscriber);
+                    if claimed {
+                        budget -= 1;
+                    }
                     NewDelivery {
                         id: Uuid::now_v7(),
                         subscriber,

@@ -1,14 +1,14 @@
 //! How Thorn's SQL (in `thorn_core::sql`) runs on Diesel: a
 //! [`Connection`] over a Diesel connection and a [`Database`] over an r2d2
-//! pool. Every statement is `diesel::sql_query` with typed binds; rows
-//! come back as dynamically typed values.
+//! pool. Statements are prepared once per connection (Diesel's statement
+//! cache) with typed binds; rows come back as dynamically typed values.
 
 use diesel::connection::{LoadConnection, SimpleConnection, TransactionManager};
 use diesel::deserialize::{self, FromSql, QueryableByName};
-use diesel::query_builder::BoxedSqlQuery;
+use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::row::{Field, NamedRow};
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 use thorn_core::Result;
 use thorn_core::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work, ready};
@@ -23,7 +23,84 @@ pub struct DieselConn<'c, C>(pub &'c mut C);
 /// One result row, each value decoded by the type the database reports.
 struct DynRow(Vec<Value>);
 
-/// Binds `params` in order.
+/// A statement of Thorn's SQL with its parameters, as Diesel runs it:
+/// prepared once per connection and text (Diesel's statement cache), its
+/// placeholders (`$N` on PostgreSQL, `?N` on SQLite) bound in order of
+/// appearance, a parameter used twice bound twice.
+struct Prepared<'q> {
+    sql: &'q str,
+    params: Vec<Param>,
+}
+
+/// Where the next placeholder in `sql` starts and ends, and its number.
+fn next_placeholder(sql: &str) -> Option<(usize, usize, usize)> {
+    let bytes = sql.as_bytes();
+    let mut at = 0;
+    while let Some(found) = sql[at..].find(['$', '?']) {
+        let start = at + found;
+        let digits = bytes[start + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0
+            && let Ok(n) = sql[start + 1..start + 1 + digits].parse::<usize>()
+        {
+            return Some((start, start + 1 + digits, n));
+        }
+        at = start + 1;
+    }
+    None
+}
+
+impl<DB> QueryFragment<DB> for Prepared<'_>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<Nullable<Text>>
+        + diesel::sql_types::HasSqlType<Nullable<BigInt>>
+        + diesel::sql_types::HasSqlType<Nullable<Integer>>
+        + diesel::sql_types::HasSqlType<Nullable<Bool>>,
+    Option<String>: diesel::serialize::ToSql<Nullable<Text>, DB>,
+    Option<i64>: diesel::serialize::ToSql<Nullable<BigInt>, DB>,
+    Option<i32>: diesel::serialize::ToSql<Nullable<Integer>, DB>,
+    Option<bool>: diesel::serialize::ToSql<Nullable<Bool>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let mut rest = self.sql;
+        while let Some((start, end, n)) = next_placeholder(rest) {
+            out.push_sql(&rest[..start]);
+            let param = n
+                .checked_sub(1)
+                .and_then(|i| self.params.get(i))
+                .ok_or_else(|| {
+                    diesel::result::Error::QueryBuilderError(
+                        format!("placeholder {n} has no parameter").into(),
+                    )
+                })?;
+            match param {
+                Param::Text(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Param::BigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Param::Int(v) => out.push_bind_param::<Nullable<Integer>, _>(v)?,
+                Param::Bool(v) => out.push_bind_param::<Nullable<Bool>, _>(v)?,
+            }
+            rest = &rest[end..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl QueryId for Prepared<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Prepared<'_> {
+    type SqlType = Untyped;
+}
+
+impl<C: diesel::Connection> RunQueryDsl<C> for Prepared<'_> {}
+
+/// Binds `params` in order (a statement run once, not prepared).
 fn bind<'f, DB>(
     mut query: BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>,
     params: Vec<Param>,
@@ -101,6 +178,22 @@ fn done<T: Send + 'static>(result: QueryResult<T>) -> BoxFuture<'static, Result<
     Box::pin(std::future::ready(result.map_err(store_err)))
 }
 
+/// `result`, after marking `conn` broken when it lost the server: r2d2
+/// then drops it instead of lending it out again, so a pool needs no
+/// `test_on_check_out` round trip to recover from a restarted database.
+fn checked<C: diesel::Connection, T>(conn: &mut C, result: QueryResult<T>) -> QueryResult<T> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    if let Err(Error::DatabaseError(
+        DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+        _,
+    )) = &result
+    {
+        <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
+            .set_in_error();
+    }
+    result
+}
+
 macro_rules! connection_for {
     ($conn:ty, $backend:ty, $dialect:expr) => {
         impl Connection for DieselConn<'_, $conn> {
@@ -113,8 +206,18 @@ macro_rules! connection_for {
                 sql: &'a str,
                 params: Vec<Param>,
             ) -> BoxFuture<'a, Result<u64>> {
+                let result = Prepared { sql, params }.execute(self.0);
+                done(checked(self.0, result).map(|n| n as u64))
+            }
+
+            fn execute_once<'a>(
+                &'a mut self,
+                sql: &'a str,
+                params: Vec<Param>,
+            ) -> BoxFuture<'a, Result<u64>> {
                 let query = bind(diesel::sql_query(sql).into_boxed::<$backend>(), params);
-                done(query.execute(self.0).map(|n| n as u64))
+                let result = query.execute(self.0);
+                done(checked(self.0, result).map(|n| n as u64))
             }
 
             fn query<'a>(
@@ -123,30 +226,34 @@ macro_rules! connection_for {
                 params: Vec<Param>,
                 _columns: &'a [Kind],
             ) -> BoxFuture<'a, Result<Vec<Row>>> {
-                let query = bind(diesel::sql_query(sql).into_boxed::<$backend>(), params);
+                let result = Prepared { sql, params }.load::<DynRow>(self.0);
                 done(
-                    query
-                        .load::<DynRow>(self.0)
+                    checked(self.0, result)
                         .map(|rows| rows.into_iter().map(|r| Row(r.0)).collect()),
                 )
             }
 
             fn batch<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {
-                done(self.0.batch_execute(sql))
+                let result = self.0.batch_execute(sql);
+                done(checked(self.0, result))
             }
 
             fn begin(&mut self) -> BoxFuture<'_, Result<()>> {
-                done(<$conn as diesel::Connection>::TransactionManager::begin_transaction(self.0))
+                let result =
+                    <$conn as diesel::Connection>::TransactionManager::begin_transaction(self.0);
+                done(checked(self.0, result))
             }
 
             fn commit(&mut self) -> BoxFuture<'_, Result<()>> {
-                done(<$conn as diesel::Connection>::TransactionManager::commit_transaction(self.0))
+                let result =
+                    <$conn as diesel::Connection>::TransactionManager::commit_transaction(self.0);
+                done(checked(self.0, result))
             }
 
             fn rollback(&mut self) -> BoxFuture<'_, Result<()>> {
-                done(
-                    <$conn as diesel::Connection>::TransactionManager::rollback_transaction(self.0),
-                )
+                let result =
+                    <$conn as diesel::Connection>::TransactionManager::rollback_transaction(self.0);
+                done(checked(self.0, result))
             }
         }
     };

@@ -231,6 +231,18 @@ pub trait Connection: Send {
         columns: &'a [Kind],
     ) -> BoxFuture<'a, Result<Vec<Row>>>;
 
+    /// Runs a statement whose text is unlikely to repeat (a multi-row
+    /// `INSERT` sized to its rows). A connection that keeps statements
+    /// prepared (Diesel's cache keeps every text it prepares) runs this one
+    /// unprepared; by default it is [`Connection::execute`].
+    fn execute_once<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        self.execute(sql, params)
+    }
+
     /// The most bytes of values one multi-row `INSERT` should carry (when
     /// its rows allow); unbounded by default. SeaORM's sqlx does not set
     /// `TCP_NODELAY`: a message larger than the socket's first send buffer
@@ -323,6 +335,46 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
     sql
 }
 
+/// `column` is one of `ids` (with `negate`, none of them) — ids that
+/// contain no comma, such as uuids — its parameters pushed onto `params`.
+///
+/// On PostgreSQL the list is one text parameter split by
+/// `string_to_array`, so the statement's text, and the plan prepared for
+/// it, is the same for any number of ids; on SQLite (which prepares
+/// locally) it is one placeholder per id.
+pub(crate) fn among(
+    dialect: Dialect,
+    column: &str,
+    negate: bool,
+    ids: impl IntoIterator<Item = String>,
+    params: &mut Vec<Param>,
+) -> String {
+    match dialect {
+        Dialect::Postgres => {
+            let mut list = String::new();
+            for id in ids {
+                debug_assert!(!id.contains(','), "an id with a comma: {id}");
+                if !list.is_empty() {
+                    list.push(',');
+                }
+                list.push_str(&id);
+            }
+            params.push(list.into());
+            let op = if negate { "<> ALL" } else { "= ANY" };
+            format!("{column} {op}(string_to_array(${}, ','))", params.len())
+        }
+        Dialect::Sqlite => {
+            let from = params.len() + 1;
+            params.extend(ids.into_iter().map(Param::from));
+            let not = if negate { " NOT" } else { "" };
+            format!(
+                "{column}{not} IN ({})",
+                placeholders(from, params.len() + 1 - from)
+            )
+        }
+    }
+}
+
 /// The most rows one `INSERT` carries.
 const ROWS_PER_INSERT: usize = 500;
 
@@ -387,7 +439,8 @@ pub(crate) async fn insert_rows(
         }
         sql.push_str(tail);
         let batch: Vec<Param> = values.by_ref().take(rows * cols).collect();
-        execute(conn, &sql, batch).await?;
+        let sql = conn.dialect().sql(&sql).into_owned();
+        conn.execute_once(&sql, batch).await?;
     }
     Ok(())
 }
@@ -428,6 +481,19 @@ mod tests {
         let mut out = String::new();
         renumber("($1, f($2), $1)", 10, &mut out);
         assert_eq!(out, "($11, f($12), $11)");
+    }
+
+    #[test]
+    fn id_lists_have_one_text_on_postgres() {
+        let mut params = vec![Param::from(1_i64)];
+        let ids = || ["a".to_owned(), "b".to_owned()];
+        let sql = among(Dialect::Postgres, "id", false, ids(), &mut params);
+        assert_eq!(sql, "id = ANY(string_to_array($2, ','))");
+        assert_eq!(params[1], Param::from("a,b"));
+        let mut params = vec![Param::from(1_i64)];
+        let sql = among(Dialect::Sqlite, "id", true, ids(), &mut params);
+        assert_eq!(sql, "id NOT IN ($2, $3)");
+        assert_eq!(params.len(), 3);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    Connection, Database, Dialect, Kind, Param, Row, Work, atomically, execute, insert_rows, limit,
-    placeholders, query,
+    Connection, Database, Dialect, Kind, Param, Row, Work, among, atomically, execute, insert_rows,
+    limit, placeholders, query,
 };
 use crate::outbox::{
     AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo, DeliveryState,
@@ -192,8 +192,8 @@ impl<D: Database> SqlOutbox<D> {
         self.db.run(work)
     }
 
-    /// Runs `{sql} (ids...)` with `$1` = `first`, `$2` = `worker`, then the
-    /// delivery ids; returns the rows changed.
+    /// Runs `{sql} id is one of deliveries` with `$1` = `first`, `$2` =
+    /// `worker`; returns the rows changed.
     fn claims(
         &self,
         sql: &'static str,
@@ -204,9 +204,12 @@ impl<D: Database> SqlOutbox<D> {
         if deliveries.is_empty() {
             return Box::pin(std::future::ready(Ok(0)));
         }
-        let sql = format!("{sql} ({})", placeholders(3, deliveries.len()));
         let mut params = vec![first, worker.into()];
-        params.extend(deliveries.iter().map(|id| Param::from(id.to_string())));
+        let ids = deliveries.iter().map(Uuid::to_string);
+        let sql = format!(
+            "{sql} {}",
+            among(self.db.dialect(), "id", false, ids, &mut params)
+        );
         self.run(Box::new(move |conn| {
             Box::pin(async move {
                 let n = execute(conn, &sql, params).await?;
@@ -668,11 +671,10 @@ async fn fan_out(
     let locked_until = now.saturating_add(micros(lease));
     let ids: Vec<String> = events.iter().map(|p| p.event.to_string()).collect();
     let mut params: Vec<Param> = vec![now.into(), worker.clone().into()];
-    params.extend(ids.iter().map(|id| Param::from(id.as_str())));
     let sql = format!(
         "UPDATE thorn_events SET fanned_out_at = $1, locked_until = NULL, locked_by = NULL \
-         WHERE locked_by = $2 AND fanned_out_at IS NULL AND id IN ({}) RETURNING id",
-        placeholders(3, ids.len())
+         WHERE locked_by = $2 AND fanned_out_at IS NULL AND {} RETURNING id",
+        among(conn.dialect(), "id", false, ids.clone(), &mut params)
     );
     let held = query(conn, &sql, params, &[Kind::Text])
         .await?
@@ -711,12 +713,12 @@ async fn subscriptions(
     if uuids.is_empty() {
         return Ok(HashMap::new());
     }
+    let mut params = Vec::new();
     let sql = format!(
-        "SELECT {} FROM thorn_subscribers WHERE uuid IN ({})",
+        "SELECT {} FROM thorn_subscribers WHERE {}",
         super::store::COLUMNS,
-        placeholders(1, uuids.len())
+        among(conn.dialect(), "uuid", false, uuids, &mut params)
     );
-    let params = uuids.into_iter().map(Param::from).collect();
     query(conn, &sql, params, &super::store::KINDS)
         .await?
         .iter()
@@ -745,25 +747,18 @@ async fn claim_deliveries(
     } else {
         "d.attempts > 0"
     };
-    let skip_sql = if skip.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " AND d.subscriber_uuid NOT IN ({})",
-            placeholders(5, skip.len())
-        )
-    };
-    let sql = CLAIM_DELIVERIES
-        .replace("{lock}", conn.dialect().skip_locked())
-        .replace("{which}", which)
-        .replace("{skip}", &skip_sql);
     let mut params: Vec<Param> = vec![
         now.saturating_add(micros(lease)).into(),
         worker.into(),
         now.into(),
         limit(max).into(),
     ];
-    params.extend(skip.into_iter().map(Param::from));
+    // One statement text whatever is skipped (on PostgreSQL).
+    let skip = among(conn.dialect(), "d.subscriber_uuid", true, skip, &mut params);
+    let sql = CLAIM_DELIVERIES
+        .replace("{lock}", conn.dialect().skip_locked())
+        .replace("{which}", which)
+        .replace("{skip}", &format!(" AND {skip}"));
     if conn.dialect() == Dialect::Postgres {
         return claim_deliveries_joined(conn, &sql, params, now).await;
     }
@@ -789,12 +784,12 @@ async fn claim_deliveries(
     event_ids.dedup();
     stored.sort_unstable();
     stored.dedup();
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM thorn_events WHERE id IN ({})",
-        placeholders(1, event_ids.len())
-    );
     let mut events = HashMap::with_capacity(event_ids.len());
-    let params = event_ids.into_iter().map(Param::from).collect();
+    let mut params = Vec::new();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM thorn_events WHERE {}",
+        among(conn.dialect(), "id", false, event_ids, &mut params)
+    );
     for row in query(conn, &sql, params, &EVENT_KINDS).await? {
         events.insert(row.text(0)?, Arc::new(event_from_row(&row, 0)?));
     }
@@ -910,10 +905,9 @@ async fn cancel(conn: &mut dyn Connection, cancelled: Vec<String>, now: i64) -> 
         let sql = format!(
             "UPDATE thorn_deliveries SET state = 'cancelled', locked_until = NULL, \
              locked_by = NULL, last_error = 'subscription deleted', updated_at = $1 \
-             WHERE id IN ({})",
-            placeholders(2, cancelled.len())
+             WHERE {}",
+            among(conn.dialect(), "id", false, cancelled, &mut params)
         );
-        params.extend(cancelled.into_iter().map(Param::from));
         execute(conn, &sql, params).await?;
     }
     Ok(())
@@ -978,14 +972,6 @@ async fn finish(
     let mut held = 0;
     for ((state, run_at, status, error), ids) in groups {
         // `attempts` counts the attempts recorded, nothing else.
-        let sql = format!(
-            "UPDATE thorn_deliveries SET state = $1, run_at = $2, locked_until = NULL, \
-             locked_by = NULL, last_status = $3, last_error = $4, updated_at = $5, \
-             attempts = (SELECT COUNT(*) FROM thorn_attempts a \
-                         WHERE a.delivery_id = thorn_deliveries.id) \
-             WHERE locked_by = $6 AND id IN ({})",
-            placeholders(7, ids.len())
-        );
         let mut params: Vec<Param> = vec![
             state.into(),
             run_at.into(),
@@ -994,7 +980,14 @@ async fn finish(
             now.into(),
             worker.clone().into(),
         ];
-        params.extend(ids.into_iter().map(Param::from));
+        let sql = format!(
+            "UPDATE thorn_deliveries SET state = $1, run_at = $2, locked_until = NULL, \
+             locked_by = NULL, last_status = $3, last_error = $4, updated_at = $5, \
+             attempts = (SELECT COUNT(*) FROM thorn_attempts a \
+                         WHERE a.delivery_id = thorn_deliveries.id) \
+             WHERE locked_by = $6 AND {}",
+            among(conn.dialect(), "id", false, ids, &mut params)
+        );
         held += execute(conn, &sql, params).await?;
     }
     track_health(conn, &attempts, now, disable_after).await?;
@@ -1014,56 +1007,58 @@ async fn track_health(
         recovered: ok,
         failing: failed,
     } = Health::of(attempts);
-    let list = |head: Vec<Param>, ids: &[String]| {
+    let dialect = conn.dialect();
+    // `head`, then the uuids: (the condition on `column`, the parameters).
+    let uuids_in = |head: Vec<Param>, column: &str, ids: &[String]| {
         let mut params = head;
-        params.extend(ids.iter().map(|id| Param::from(id.as_str())));
-        params
+        let sql = among(dialect, column, false, ids.iter().cloned(), &mut params);
+        (sql, params)
     };
     if !ok.is_empty() {
+        let (uuids, params) = uuids_in(Vec::new(), "uuid", &ok);
         let sql = format!(
             "UPDATE thorn_subscribers SET failing_since = NULL \
-             WHERE failing_since IS NOT NULL AND uuid IN ({})",
-            placeholders(1, ok.len())
+             WHERE failing_since IS NOT NULL AND {uuids}"
         );
-        execute(conn, &sql, list(Vec::new(), &ok)).await?;
+        execute(conn, &sql, params).await?;
     }
     if failed.is_empty() {
         return Ok(());
     }
+    let (uuids, params) = uuids_in(vec![now.into()], "uuid", &failed);
     let sql = format!(
         "UPDATE thorn_subscribers SET failing_since = $1 \
-         WHERE failing_since IS NULL AND uuid IN ({})",
-        placeholders(2, failed.len())
+         WHERE failing_since IS NULL AND {uuids}"
     );
-    execute(conn, &sql, list(vec![now.into()], &failed)).await?;
+    execute(conn, &sql, params).await?;
     let Some(window) = window else {
         return Ok(());
     };
     let since = now.saturating_sub(micros(window));
-    let sql = format!(
-        "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
-         WHERE disabled_at IS NULL AND failing_since <= $3 AND uuid IN ({}) \
-         RETURNING uuid, url",
-        placeholders(4, failed.len())
-    );
     let head = vec![
         now.into(),
         Health::disabled_reason(window).into(),
         since.into(),
     ];
-    for row in query(conn, &sql, list(head, &failed), &[Kind::Text, Kind::Text]).await? {
+    let (uuids, params) = uuids_in(head, "uuid", &failed);
+    let sql = format!(
+        "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
+         WHERE disabled_at IS NULL AND failing_since <= $3 AND {uuids} \
+         RETURNING uuid, url"
+    );
+    for row in query(conn, &sql, params, &[Kind::Text, Kind::Text]).await? {
         Health::log_disabled(&row.text(0)?, &row.text(1)?, window);
     }
     // Nothing more is attempted for a subscription disabled for failing.
+    let (uuids, params) = uuids_in(vec![now.into()], "uuid", &failed);
     let sql = format!(
         "UPDATE thorn_deliveries SET state = 'dead', last_error = 'subscriber disabled', \
          updated_at = $1 \
          WHERE state = 'pending' AND (locked_until IS NULL OR locked_until < $1) \
          AND subscriber_uuid IN (SELECT uuid FROM thorn_subscribers \
-             WHERE disabled_at IS NOT NULL AND uuid IN ({}))",
-        placeholders(2, failed.len())
+             WHERE disabled_at IS NOT NULL AND {uuids})"
     );
-    execute(conn, &sql, list(vec![now.into()], &failed)).await?;
+    execute(conn, &sql, params).await?;
     Ok(())
 }
 
@@ -1125,7 +1120,7 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
     ) -> BoxFuture<'a, Result<usize>> {
         let until = now_micros().saturating_add(micros(lease));
         let sql = "UPDATE thorn_deliveries SET locked_until = $1 \
-                   WHERE locked_by = $2 AND state = 'pending' AND id IN";
+                   WHERE locked_by = $2 AND state = 'pending' AND";
         self.claims(sql, until.into(), worker, deliveries)
     }
 
@@ -1139,7 +1134,7 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
         deliveries: Vec<Uuid>,
     ) -> BoxFuture<'a, Result<usize>> {
         let sql = "UPDATE thorn_deliveries SET locked_until = NULL, locked_by = NULL, \
-                   updated_at = $1 WHERE locked_by = $2 AND id IN";
+                   updated_at = $1 WHERE locked_by = $2 AND";
         self.claims(sql, now_micros().into(), worker, deliveries)
     }
 
