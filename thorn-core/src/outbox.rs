@@ -572,17 +572,17 @@ pub trait OutboxStore: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Uuid>>>;
 
-    /// Claims up to `limit` due deliveries: first attempts only when
-    /// `first` is true, retries only otherwise; none of the subscriptions
-    /// in `skip` (their destinations are busy). What is claimed is loaded
-    /// in the same transaction: a claim never outlives a failure to load.
+    /// Claims up to `limit` due deliveries of the subscriptions `among`
+    /// names: first attempts only when `first` is true, retries only
+    /// otherwise. What is claimed is loaded in the same transaction: a
+    /// claim never outlives a failure to load.
     fn claim_deliveries<'a>(
         &'a self,
         worker: &'a str,
         first: bool,
         limit: usize,
         lease: Duration,
-        skip: &'a [Uuid],
+        among: Among<'a>,
     ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>>;
 
     /// Extends to `now + lease` the claims `worker` still holds on these
@@ -615,6 +615,19 @@ pub trait OutboxStore: Send + Sync + 'static {
         worker: &'a str,
         attempts: Vec<(AttemptRecord, Next)>,
     ) -> BoxFuture<'a, Result<usize>>;
+}
+
+/// Whose deliveries a claim takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Among<'a> {
+    /// Any subscription's but these (their destinations are busy), the
+    /// longest due first: one walk of the due index, past the skipped.
+    AllBut(&'a [Uuid]),
+    /// Only these subscriptions', each from its own range of an index:
+    /// what a relay claims while a busy destination's backlog fills the
+    /// head of the due index (an [`Among::AllBut`] claim would read past
+    /// all of it every time).
+    Only(&'a [Uuid]),
 }
 
 /// How a relay works.
@@ -749,6 +762,10 @@ const EVENT_LEASE: Duration = Duration::from_secs(10);
 /// comes back full), and, while kept busy, for new events.
 const RETRY_CHECK: Duration = Duration::from_millis(50);
 
+/// While a destination is full, how often claims look past its backlog
+/// for other subscriptions' deliveries (see [`Among`]).
+const LOOK_BEYOND: Duration = Duration::from_millis(250);
+
 /// Where a delivery goes, for the per-destination limit: `host:port`.
 fn destination(url: &url::Url) -> String {
     format!(
@@ -787,12 +804,12 @@ fn queued_by_destination(queues: &Queues) -> HashMap<String, usize> {
         .collect()
 }
 
-/// A destination whose requests take less than this on average gets a
-/// second share of deliveries claimed ahead, queued while its share is
-/// sent: its next claim overlaps the requests instead of waiting for
-/// them. A delivery so queued waits about one such request before it is
-/// sent.
-const AHEAD_WITHIN: Duration = Duration::from_millis(100);
+/// A destination whose requests are quick gets deliveries claimed ahead,
+/// queued while its share is sent, as many as its lanes send in this long
+/// (at most four shares): its next claims overlap the requests instead of
+/// waiting for them, and a delivery so queued waits at most about this
+/// long before it is sent.
+const AHEAD_WITHIN: Duration = Duration::from_millis(50);
 
 /// What a relay knows of one destination.
 #[derive(Default)]
@@ -823,13 +840,20 @@ impl Lane {
 }
 
 /// How many deliveries a destination may hold, in flight and queued:
-/// `per_destination`, twice that while its requests are quick.
+/// `per_destination`, and up to four shares more queued while its
+/// requests are quick ([`AHEAD_WITHIN`]).
 fn share(d: Option<&Destination>, per_destination: usize) -> usize {
-    if d.is_some_and(|d| d.pace.is_some_and(|p| p < AHEAD_WITHIN)) {
-        2 * per_destination
-    } else {
-        per_destination
-    }
+    let rounds = match d.and_then(|d| d.pace) {
+        Some(pace) => AHEAD_WITHIN.as_micros() / pace.as_micros().max(1),
+        None => 0,
+    };
+    per_destination * (1 + usize::try_from(rounds).unwrap_or(4).min(4))
+}
+
+/// How much room a destination has before the relay claims more for it:
+/// a quarter of its share, at least half of `per_destination`.
+fn refill(d: Option<&Destination>, per_destination: usize) -> usize {
+    (share(d, per_destination) / 4).max(per_destination.div_ceil(2))
 }
 
 fn note(dests: &mut HashMap<String, Destination>, event: Lane) {
@@ -911,10 +935,10 @@ pub async fn run_relay(
     let (lane_tx, mut lane_events) = mpsc::unbounded_channel::<Lane>();
     let mut dests: HashMap<String, Destination> = HashMap::new();
     let mut idle = Duration::from_millis(1);
-    let refill = per_destination.div_ceil(2);
     let mut events_maybe = true;
     let mut events_checked = std::time::Instant::now();
     let mut retries_checked = std::time::Instant::now() - RETRY_CHECK;
+    let mut looked_beyond = std::time::Instant::now();
     let spawn_lane = |to: String, tasks: &mut JoinSet<()>| -> bool {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             return false;
@@ -963,11 +987,28 @@ pub async fn run_relay(
             let holding = d.map_or(0, |d| d.lanes) + queued.get(to).copied().unwrap_or(0);
             share(d, per_destination).saturating_sub(holding)
         };
-        let skip: Vec<Uuid> = dests
-            .iter()
-            .filter(|(to, _)| want(&dests, to) == 0)
-            .flat_map(|(_, d)| d.subscriptions.iter().copied())
-            .collect();
+        let (mut skip, mut open) = (Vec::new(), Vec::new());
+        for (to, d) in &dests {
+            let list = if want(&dests, to) == 0 {
+                &mut skip
+            } else {
+                &mut open
+            };
+            list.extend(d.subscriptions.iter().copied());
+        }
+        // While a destination is full, its backlog may fill the head of
+        // the due index: claims then name the subscriptions that have
+        // room, and look past the full ones for others every 250 ms.
+        let beyond = skip.is_empty() || looked_beyond.elapsed() >= LOOK_BEYOND;
+        let among = if beyond {
+            if !skip.is_empty() {
+                looked_beyond = std::time::Instant::now();
+            }
+            Among::AllBut(&skip)
+        } else {
+            Among::Only(&open)
+        };
+        let nobody = among == Among::Only(&[]);
         // Claim no more than the destinations can take now: the room of
         // those seen (a full one is skipped), or one destination's worth;
         // and never more than twice the slots, queued and in flight.
@@ -1012,7 +1053,7 @@ pub async fn run_relay(
             Vec::new()
         };
         room = room.saturating_sub(fresh.len());
-        let first = if room > 0 {
+        let first = if room > 0 && !nobody {
             shared
                 .store
                 .claim_deliveries(
@@ -1020,7 +1061,7 @@ pub async fn run_relay(
                     true,
                     room.min(options.batch),
                     options.lease,
-                    &skip,
+                    among,
                 )
                 .await
                 .unwrap_or_else(|error| {
@@ -1035,10 +1076,10 @@ pub async fn run_relay(
         // Retries are due at their `run_at`: looked for every 50 ms, or
         // at once while a claim comes back full.
         let wanted = room.min(retry_room).min(options.batch);
-        let retries = if wanted > 0 && retries_checked.elapsed() >= RETRY_CHECK {
+        let retries = if wanted > 0 && !nobody && retries_checked.elapsed() >= RETRY_CHECK {
             let got = shared
                 .store
-                .claim_deliveries(&shared.worker, false, wanted, options.lease, &skip)
+                .claim_deliveries(&shared.worker, false, wanted, options.lease, among)
                 .await
                 .unwrap_or_else(|error| {
                     shared.db_error("claim", &error);
@@ -1104,9 +1145,9 @@ pub async fn run_relay(
         // Nothing to do (or no room): sleep until woken, a lane needs
         // more, or the poll interval passes. Right after a wake-up the
         // events may not be committed yet, so polls start 1 ms apart and
-        // back off. A destination is refilled once half its share is
-        // free (or a quarter of the slots): claims stay batched instead
-        // of one statement per delivery.
+        // back off. A destination is refilled once a quarter of its share
+        // is free (see `refill`; or a quarter of the slots): claims stay
+        // batched instead of one statement per delivery.
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
         loop {
@@ -1124,7 +1165,7 @@ pub async fn run_relay(
                     let d = dests.get(&to);
                     let holding = d.map_or(0, |d| d.lanes) + queued;
                     if (ended && queued > 0)
-                        || holding + refill <= share(d, per_destination)
+                        || holding + refill(d, per_destination) <= share(d, per_destination)
                         || slots.available_permits() >= concurrency.div_ceil(4)
                     {
                         break;

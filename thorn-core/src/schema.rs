@@ -106,6 +106,14 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ALTER TABLE thorn_deliveries DROP COLUMN subscriber;",
         "",
     ),
+    (
+        4,
+        // Claims of named subscriptions walk each one's due deliveries in
+        // order, whatever another's backlog.
+        "CREATE INDEX IF NOT EXISTS thorn_deliveries_due_by_subscriber
+        ON thorn_deliveries (subscriber_uuid, run_at) WHERE state = 'pending';",
+        "",
+    ),
 ];
 
 /// The newest migration this version of Thorn knows.

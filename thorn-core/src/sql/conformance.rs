@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::outbox::write_events;
 use super::{Database, SqlOutbox, SqlStore};
 use crate::outbox::{
-    AttemptRecord, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent,
+    Among, AttemptRecord, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent,
     StoredOptions, now_micros,
 };
 use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
@@ -276,7 +276,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
 
     // The paid event's delivery was written claimed by WORKER.
     let first = outbox
-        .claim_deliveries(OTHER, true, 10, LEASE, &[])
+        .claim_deliveries(OTHER, true, 10, LEASE, Among::AllBut(&[]))
         .await
         .unwrap();
     assert_eq!(
@@ -307,19 +307,47 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     );
     assert!(
         outbox
-            .claim_deliveries(OTHER, true, 10, LEASE, &[stored.uuid, snapshot.uuid])
+            .claim_deliveries(
+                OTHER,
+                true,
+                10,
+                LEASE,
+                Among::AllBut(&[stored.uuid, snapshot.uuid])
+            )
             .await
             .unwrap()
             .is_empty(),
         "claim_deliveries: skipped subscriptions"
     );
+    // Named subscriptions: only theirs, each paused one left.
+    let only = outbox
+        .claim_deliveries(OTHER, true, 10, LEASE, Among::Only(&[snapshot.uuid]))
+        .await
+        .unwrap();
+    assert_eq!(
+        only.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![to_static.id],
+        "claim_deliveries: only the named subscription's"
+    );
+    assert_eq!(outbox.release(OTHER, vec![to_static.id]).await.unwrap(), 1);
+    let pause = |active| store.set_active(&alice, stored.uuid, active, "paused");
+    assert!(pause(false).await.unwrap());
+    assert!(
+        outbox
+            .claim_deliveries(OTHER, true, 10, LEASE, Among::Only(&[stored.uuid]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "claim_deliveries: a named paused subscription's stay"
+    );
+    assert!(pause(true).await.unwrap());
 
     // The subscription changes: the next claim sends with its new secret.
     let mut rekeyed = stored.clone().rotate_secret("rotated");
     rekeyed.touch();
     assert!(store.update(rekeyed).await.unwrap());
     let again = outbox
-        .claim_deliveries(WORKER, true, 10, LEASE, &[])
+        .claim_deliveries(WORKER, true, 10, LEASE, Among::AllBut(&[]))
         .await
         .unwrap();
     let to_stored = again
@@ -388,7 +416,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     assert_eq!(outbox.delivery(Uuid::now_v7()).await.unwrap(), None);
 
     let retries = outbox
-        .claim_deliveries(WORKER, false, 10, LEASE, &[])
+        .claim_deliveries(WORKER, false, 10, LEASE, Among::AllBut(&[]))
         .await
         .unwrap();
     assert_eq!(retries.len(), 1, "claim_deliveries: the due retry");
@@ -413,7 +441,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .unwrap();
     assert!(
         outbox
-            .claim_deliveries(WORKER, true, 10, LEASE, &[])
+            .claim_deliveries(WORKER, true, 10, LEASE, Among::AllBut(&[]))
             .await
             .unwrap()
             .is_empty(),

@@ -342,7 +342,7 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
 /// `string_to_array`, so the statement's text, and the plan prepared for
 /// it, is the same for any number of ids; on SQLite (which prepares
 /// locally) it is one placeholder per id.
-pub(crate) fn among(
+pub(crate) fn in_list(
     dialect: Dialect,
     column: &str,
     negate: bool,
@@ -487,11 +487,11 @@ mod tests {
     fn id_lists_have_one_text_on_postgres() {
         let mut params = vec![Param::from(1_i64)];
         let ids = || ["a".to_owned(), "b".to_owned()];
-        let sql = among(Dialect::Postgres, "id", false, ids(), &mut params);
+        let sql = in_list(Dialect::Postgres, "id", false, ids(), &mut params);
         assert_eq!(sql, "id = ANY(string_to_array($2, ','))");
         assert_eq!(params[1], Param::from("a,b"));
         let mut params = vec![Param::from(1_i64)];
-        let sql = among(Dialect::Sqlite, "id", true, ids(), &mut params);
+        let sql = in_list(Dialect::Sqlite, "id", true, ids(), &mut params);
         assert_eq!(sql, "id NOT IN ($2, $3)");
         assert_eq!(params.len(), 3);
     }

@@ -16,12 +16,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    Connection, Database, Dialect, Kind, Param, Row, Work, among, atomically, execute, insert_rows,
-    limit, placeholders, query,
+    Connection, Database, Dialect, Kind, Param, Row, Work, atomically, execute, in_list,
+    insert_rows, limit, placeholders, query,
 };
 use crate::outbox::{
-    AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo, DeliveryState,
-    FanOut, Health, Next, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros, now_micros,
+    Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo,
+    DeliveryState, FanOut, Health, Next, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros,
+    now_micros,
 };
 use crate::subscriber::BoxFuture;
 use crate::{Error, Result, SenderId, Subscriber};
@@ -85,6 +86,22 @@ const CLAIM_DELIVERIES: &str = "UPDATE thorn_deliveries
           AND (SELECT s.disabled_at FROM thorn_subscribers s
                WHERE s.uuid = d.subscriber_uuid) IS NULL
         ORDER BY d.run_at LIMIT $4 {lock})
+    RETURNING id, event_id, subscriber_uuid, recipient, attempts";
+
+/// [`CLAIM_DELIVERIES`] for [`Among::Only`] on PostgreSQL: the due
+/// deliveries of each subscription in `$5` from its own range of the
+/// `(subscriber_uuid, run_at)` index, however long a skipped one's
+/// backlog is.
+const CLAIM_OF_SUBSCRIPTIONS: &str = "UPDATE thorn_deliveries
+    SET locked_until = $1, locked_by = $2, updated_at = $3
+    WHERE id IN (SELECT c.id
+        FROM (SELECT u FROM unnest(string_to_array($5, ',')) AS u
+              WHERE (SELECT s.disabled_at FROM thorn_subscribers s WHERE s.uuid = u) IS NULL) o
+        CROSS JOIN LATERAL (SELECT d.id, d.run_at FROM thorn_deliveries d
+            WHERE d.subscriber_uuid = o.u AND d.state = 'pending' AND d.run_at <= $3
+              AND (d.locked_until IS NULL OR d.locked_until < $3) AND {which}
+            ORDER BY d.run_at LIMIT $4 FOR UPDATE SKIP LOCKED) c
+        ORDER BY c.run_at LIMIT $4)
     RETURNING id, event_id, subscriber_uuid, recipient, attempts";
 
 /// Inserts `events` into `thorn_events` on `conn` — inside the caller's
@@ -208,7 +225,7 @@ impl<D: Database> SqlOutbox<D> {
         let ids = deliveries.iter().map(Uuid::to_string);
         let sql = format!(
             "{sql} {}",
-            among(self.db.dialect(), "id", false, ids, &mut params)
+            in_list(self.db.dialect(), "id", false, ids, &mut params)
         );
         self.run(Box::new(move |conn| {
             Box::pin(async move {
@@ -674,7 +691,7 @@ async fn fan_out(
     let sql = format!(
         "UPDATE thorn_events SET fanned_out_at = $1, locked_until = NULL, locked_by = NULL \
          WHERE locked_by = $2 AND fanned_out_at IS NULL AND {} RETURNING id",
-        among(conn.dialect(), "id", false, ids.clone(), &mut params)
+        in_list(conn.dialect(), "id", false, ids.clone(), &mut params)
     );
     let held = query(conn, &sql, params, &[Kind::Text])
         .await?
@@ -717,7 +734,7 @@ async fn subscriptions(
     let sql = format!(
         "SELECT {} FROM thorn_subscribers WHERE {}",
         super::store::COLUMNS,
-        among(conn.dialect(), "uuid", false, uuids, &mut params)
+        in_list(conn.dialect(), "uuid", false, uuids, &mut params)
     );
     query(conn, &sql, params, &super::store::KINDS)
         .await?
@@ -739,7 +756,7 @@ async fn claim_deliveries(
     first: bool,
     max: usize,
     lease: Duration,
-    skip: Vec<String>,
+    among: Among<'_>,
 ) -> Result<Vec<ClaimedDelivery>> {
     let now = now_micros();
     let which = if first {
@@ -753,12 +770,22 @@ async fn claim_deliveries(
         now.into(),
         limit(max).into(),
     ];
-    // One statement text whatever is skipped (on PostgreSQL).
-    let skip = among(conn.dialect(), "d.subscriber_uuid", true, skip, &mut params);
-    let sql = CLAIM_DELIVERIES
-        .replace("{lock}", conn.dialect().skip_locked())
-        .replace("{which}", which)
-        .replace("{skip}", &format!(" AND {skip}"));
+    // One statement text whatever is named (on PostgreSQL).
+    let (only, uuids) = match among {
+        Among::AllBut(skip) => (false, skip),
+        Among::Only(these) => (true, these),
+    };
+    let uuids = uuids.iter().map(Uuid::to_string);
+    let dialect = conn.dialect();
+    let named = in_list(dialect, "d.subscriber_uuid", !only, uuids, &mut params);
+    let sql = if only && dialect == Dialect::Postgres {
+        CLAIM_OF_SUBSCRIPTIONS.replace("{which}", which)
+    } else {
+        CLAIM_DELIVERIES
+            .replace("{lock}", dialect.skip_locked())
+            .replace("{which}", which)
+            .replace("{skip}", &format!(" AND {named}"))
+    };
     if conn.dialect() == Dialect::Postgres {
         return claim_deliveries_joined(conn, &sql, params, now).await;
     }
@@ -788,7 +815,7 @@ async fn claim_deliveries(
     let mut params = Vec::new();
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM thorn_events WHERE {}",
-        among(conn.dialect(), "id", false, event_ids, &mut params)
+        in_list(conn.dialect(), "id", false, event_ids, &mut params)
     );
     for row in query(conn, &sql, params, &EVENT_KINDS).await? {
         events.insert(row.text(0)?, Arc::new(event_from_row(&row, 0)?));
@@ -906,7 +933,7 @@ async fn cancel(conn: &mut dyn Connection, cancelled: Vec<String>, now: i64) -> 
             "UPDATE thorn_deliveries SET state = 'cancelled', locked_until = NULL, \
              locked_by = NULL, last_error = 'subscription deleted', updated_at = $1 \
              WHERE {}",
-            among(conn.dialect(), "id", false, cancelled, &mut params)
+            in_list(conn.dialect(), "id", false, cancelled, &mut params)
         );
         execute(conn, &sql, params).await?;
     }
@@ -986,7 +1013,7 @@ async fn finish(
              attempts = (SELECT COUNT(*) FROM thorn_attempts a \
                          WHERE a.delivery_id = thorn_deliveries.id) \
              WHERE locked_by = $6 AND {}",
-            among(conn.dialect(), "id", false, ids, &mut params)
+            in_list(conn.dialect(), "id", false, ids, &mut params)
         );
         held += execute(conn, &sql, params).await?;
     }
@@ -1011,7 +1038,7 @@ async fn track_health(
     // `head`, then the uuids: (the condition on `column`, the parameters).
     let uuids_in = |head: Vec<Param>, column: &str, ids: &[String]| {
         let mut params = head;
-        let sql = among(dialect, column, false, ids.iter().cloned(), &mut params);
+        let sql = in_list(dialect, column, false, ids.iter().cloned(), &mut params);
         (sql, params)
     };
     if !ok.is_empty() {
@@ -1062,6 +1089,21 @@ async fn track_health(
     Ok(())
 }
 
+/// An [`Among`] that owns its uuids, to move into a [`Work`].
+enum Owned {
+    AllBut(Vec<Uuid>),
+    Only(Vec<Uuid>),
+}
+
+impl Owned {
+    fn borrow(&self) -> Among<'_> {
+        match self {
+            Owned::AllBut(v) => Among::AllBut(v),
+            Owned::Only(v) => Among::Only(v),
+        }
+    }
+}
+
 impl<D: Database> OutboxStore for SqlOutbox<D> {
     fn claim_events<'a>(
         &'a self,
@@ -1093,19 +1135,22 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
         first: bool,
         max: usize,
         lease: Duration,
-        skip: &'a [Uuid],
+        among: Among<'a>,
     ) -> BoxFuture<'a, Result<Vec<ClaimedDelivery>>> {
         let worker = worker.to_owned();
-        let skip = skip.iter().map(Uuid::to_string).collect();
+        let among = match among {
+            Among::AllBut(skip) => Owned::AllBut(skip.to_vec()),
+            Among::Only(these) => Owned::Only(these.to_vec()),
+        };
         self.run(Box::new(move |conn| {
             Box::pin(async move {
                 // On PostgreSQL one statement; on SQLite a transaction.
                 if conn.dialect() == Dialect::Postgres {
-                    claim_deliveries(conn, worker, first, max, lease, skip).await
+                    claim_deliveries(conn, worker, first, max, lease, among.borrow()).await
                 } else {
                     atomically!(
                         conn,
-                        claim_deliveries(conn, worker, first, max, lease, skip).await
+                        claim_deliveries(conn, worker, first, max, lease, among.borrow()).await
                     )
                 }
             })
