@@ -417,3 +417,86 @@ fn the_outbox_retries_over_a_day_unless_the_relay_says_otherwise() {
     assert_eq!(counts.delivered, 1);
     assert!(got[1].at - got[0].at < Duration::from_secs(2));
 }
+
+/// One number from `sql` on `pool`.
+fn count(pool: &PgPool, sql: &str) -> i64 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
+        .get_result(&mut *pool.get().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_static_subscribers_secret_is_stored_in_thorn_subscribers_only() {
+    let Some((_schema, pool, _)) = setup() else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let secret = "static-secret-0123456789";
+    let config = Config {
+        outbox: true,
+        event_timeout: Duration::from_secs(1),
+        subscribers: thorn::subscriber::StaticSubscribers::from_json(&format!(
+            r#"{{"parcel.created": {{"url": "{}", "hmac_secret": "{secret}"}}}}"#,
+            receiver.url
+        ))
+        .unwrap(),
+        ..local_config()
+    };
+    let thorn = Thorn::builder(config)
+        .store(DieselStore::new(pool.clone()))
+        .build()
+        .unwrap();
+    write(&thorn, &pool, 3);
+    let relay = Relay::start_with(&thorn, pool.clone(), options(4)).unwrap();
+    let got = receiver.expect(3, Duration::from_secs(10));
+    wait_for(&pool, |c| c.delivered == 3);
+    drop(relay);
+    for request in &got {
+        assert!(
+            thorn::signing::verify(
+                thorn::signing::Digest::Sha256,
+                secret.as_bytes(),
+                &request.body,
+                request.header("hook-hmac"),
+            ),
+            "signed with the configured secret: {request:?}"
+        );
+    }
+    // One row holds the secret; deliveries and events name it by uuid.
+    assert_eq!(
+        count(
+            &pool,
+            &format!(
+                "(SELECT COUNT(*) FROM thorn_subscribers WHERE hmac_secret = '{secret}' \
+                 AND recipient_only)"
+            )
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            &format!(
+                "(SELECT COUNT(*) FROM thorn_deliveries WHERE recipient IS NOT NULL) + \
+                 (SELECT COUNT(*) FROM thorn_events WHERE options LIKE '%{secret}%')"
+            )
+        ),
+        0,
+        "no copy of the secret elsewhere"
+    );
+    // It is no subscription: not listed, not matched.
+    let store = DieselStore::new(pool.clone());
+    assert!(store.statuses(false).unwrap().is_empty());
+    // Retention takes it with the last of its deliveries.
+    let outbox = DieselOutbox::new(pool.clone());
+    let pruned = outbox.prune(Duration::ZERO).unwrap();
+    assert_eq!(pruned.deliveries, 3);
+    assert_eq!(
+        count(
+            &pool,
+            "(SELECT COUNT(*) FROM thorn_subscribers WHERE recipient_only)"
+        ),
+        0,
+        "the recipient row is pruned"
+    );
+}

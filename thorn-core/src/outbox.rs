@@ -166,9 +166,15 @@ pub struct StoredOptions {
     /// Reuse connections.
     #[serde(default = "yes")]
     pub keepalive: bool,
-    /// Subscribers the event itself added.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Subscribers the event itself added. Stored as their uuids
+    /// ([`StoredOptions::recipients`]) and a `recipient_only` row each in
+    /// `thorn_subscribers`, never in the event: their secrets stay there.
+    /// (Events written before read back with them inline.)
+    #[serde(default, skip_serializing)]
     pub subscribers: Vec<Subscriber>,
+    /// The uuids of [`StoredOptions::subscribers`], as stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<Uuid>,
     /// Context for subscriber callbacks of the configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
@@ -281,6 +287,7 @@ impl StoredEvent {
                 timeout_ms: millis(outgoing.timeout),
                 retry: outgoing.outbox_retry.into(),
                 keepalive: outgoing.keepalive,
+                recipients: outgoing.extra_subscribers.iter().map(|s| s.uuid).collect(),
                 subscribers: outgoing.extra_subscribers,
                 context: outgoing.context,
             },
@@ -300,8 +307,22 @@ impl StoredEvent {
             .map(|s| serde_json::to_string(s).expect("sender ids are JSON"))
     }
 
-    /// The options as the JSON text the outbox column holds.
+    /// The options as the JSON text the outbox column holds: per-event
+    /// subscribers by uuid only.
     pub fn options_json(&self) -> String {
+        let missing = |s: &&Subscriber| !self.options.recipients.contains(&s.uuid);
+        if self.options.subscribers.iter().any(|s| missing(&s)) {
+            let mut options = self.options.clone();
+            let more: Vec<Uuid> = self
+                .options
+                .subscribers
+                .iter()
+                .filter(missing)
+                .map(|s| s.uuid)
+                .collect();
+            options.recipients.extend(more);
+            return serde_json::to_string(&options).expect("options are JSON");
+        }
         serde_json::to_string(&self.options).expect("options are JSON")
     }
 

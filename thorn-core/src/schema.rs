@@ -109,9 +109,13 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         4,
         // Claims of named subscriptions walk each one's due deliveries in
-        // order, whatever another's backlog.
+        // order, whatever another's backlog. Recipients without a
+        // subscription (static and per-event subscribers) get a row of
+        // their own, so their secrets live here only: never matched,
+        // listed or changed as subscriptions.
         "CREATE INDEX IF NOT EXISTS thorn_deliveries_due_by_subscriber
-        ON thorn_deliveries (subscriber_uuid, run_at) WHERE state = 'pending';",
+        ON thorn_deliveries (subscriber_uuid, run_at) WHERE state = 'pending';
+    ALTER TABLE thorn_subscribers ADD COLUMN recipient_only BOOLEAN NOT NULL DEFAULT FALSE;",
         "",
     ),
 ];

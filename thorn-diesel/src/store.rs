@@ -53,6 +53,9 @@ diesel::table! {
         disabled_at -> Nullable<BigInt>,
         /// Why it was disabled.
         disabled_reason -> Nullable<Text>,
+        /// A recipient's row (a static or per-event subscriber the outbox
+        /// delivers to), not a subscription.
+        recipient_only -> Bool,
     }
 }
 

@@ -62,6 +62,9 @@ pub mod subscriber {
         pub disabled_at: Option<i64>,
         /// Why it was disabled.
         pub disabled_reason: Option<String>,
+        /// A recipient's row (a static or per-event subscriber the outbox
+        /// delivers to), not a subscription.
+        pub recipient_only: bool,
     }
 
     /// No relations (deliveries keep the subscriber's uuid as text).

@@ -35,6 +35,7 @@ fn event(name: &str, sender: Option<SenderId>, extra: Vec<Subscriber>) -> Stored
             timeout_ms: 1000,
             retry: crate::RetryPolicy::outbox_default().into(),
             keepalive: true,
+            recipients: extra.iter().map(|s| s.uuid).collect(),
             subscribers: extra,
             context: None,
         },
@@ -213,8 +214,11 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .unwrap()
         .with_owner(alice.clone());
     store.insert(stored.clone()).await.unwrap();
-    // A recipient with no row: its snapshot travels with the delivery.
-    let snapshot = Subscriber::new("order.*", "https://static.example/hook").unwrap();
+    // A recipient that is no stored subscription (a per-event one here):
+    // it gets a row of its own, never matched or listed.
+    let snapshot = Subscriber::new("order.*", "https://static.example/hook")
+        .unwrap()
+        .with_owner(alice.clone());
 
     let events = vec![
         event("order.created", Some(alice.clone()), vec![snapshot.clone()]),
@@ -292,11 +296,41 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .iter()
         .find(|d| d.subscriber.uuid == snapshot.uuid)
         .unwrap();
-    assert_eq!(to_static.subscriber, snapshot, "a recipient's snapshot");
-    assert_eq!(
-        *to_stored.event, events[0],
-        "the claimed event, loaded with it"
+    assert_eq!(to_static.subscriber, snapshot, "a recipient from its row");
+    let mut bare = events[0].clone();
+    bare.options.subscribers.clear();
+    assert_eq!(*to_stored.event, bare, "the claimed event, loaded with it");
+    // Its secret is stored in its row only, which no lookup returns.
+    let secret = snapshot.hmac_secret.clone();
+    let copies = db
+        .run(Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = "SELECT (SELECT COUNT(*) FROM thorn_events WHERE options LIKE $1) \
+                     + (SELECT COUNT(*) FROM thorn_deliveries WHERE recipient IS NOT NULL)";
+                let rows = super::query(
+                    conn,
+                    sql,
+                    vec![format!("%{secret}%").into()],
+                    &[super::Kind::BigInt],
+                )
+                .await?;
+                rows[0].int(0)
+            })
+        }))
+        .await
+        .unwrap();
+    assert_eq!(copies, 0, "no secret outside thorn_subscribers");
+    assert!(
+        !store
+            .subscribers_for("order.created", Some(&alice))
+            .await
+            .unwrap()
+            .iter()
+            .chain(&store.list(&alice).await.unwrap())
+            .any(|s| s.uuid == snapshot.uuid),
+        "a recipient row is no subscription"
     );
+    assert!(!store.delete(&alice, snapshot.uuid).await.unwrap());
     assert_eq!(to_stored.attempts, 0);
     assert_eq!(
         outbox
@@ -346,6 +380,14 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     let mut rekeyed = stored.clone().rotate_secret("rotated");
     rekeyed.touch();
     assert!(store.update(rekeyed).await.unwrap());
+    // So does a recipient: written again (a later event, a restarted app)
+    // with a new secret.
+    let renewed = snapshot.clone().rotate_secret("static rotated");
+    db.run(Box::new(move |conn| {
+        Box::pin(async move { super::store::write_recipients(conn, &[&renewed]).await })
+    }))
+    .await
+    .unwrap();
     let again = outbox
         .claim_deliveries(WORKER, true, 10, LEASE, Among::AllBut(&[]))
         .await
@@ -361,8 +403,12 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .unwrap()
         .clone();
     assert_eq!(
-        to_stored.subscriber.hmac_secret, "rotated",
-        "the subscription at send time"
+        (
+            to_stored.subscriber.hmac_secret.as_str(),
+            to_static.subscriber.hmac_secret.as_str()
+        ),
+        ("rotated", "static rotated"),
+        "the subscription and the recipient at send time"
     );
     assert_eq!(
         outbox

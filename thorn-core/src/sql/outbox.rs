@@ -2,12 +2,16 @@
 //! `thorn_attempts` — and every operation on them: [`SqlOutbox`] and
 //! [`write_events`].
 //!
-//! A delivery of a subscription stored in `thorn_subscribers` refers to it
-//! by uuid and is sent to the subscription as it is at send time: its
-//! current URL, secret and digest; held while it is paused; cancelled once
-//! it is deleted. Other recipients (static subscribers, an in-memory
-//! store, per-event recipients) have no row to read, and travel with the
-//! delivery as a snapshot in its `recipient` column.
+//! A delivery refers to its subscriber by uuid and is sent to it as it is
+//! at send time: its current URL, secret and digest; held while it is
+//! paused; cancelled once it is deleted. Recipients that are not stored
+//! subscriptions (static subscribers, an in-memory store's, per-event
+//! ones) get a `recipient_only` row in `thorn_subscribers` when their
+//! event is written or fanned out, so secrets are stored there only;
+//! those rows are never matched or listed as subscriptions, and are
+//! pruned with the last of their deliveries. (Deliveries written by the
+//! previous version may still carry a snapshot in `recipient`, read as
+//! before.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,14 +45,11 @@ const EVENT_KINDS: [Kind; 6] = [
 ];
 
 /// The columns of `thorn_deliveries` a delivery is written to.
-const DELIVERY_COLUMNS: &str = "id, event_id, subscriber_uuid, recipient, url, state, \
+const DELIVERY_COLUMNS: &str = "id, event_id, subscriber_uuid, url, state, \
     attempts, run_at, locked_until, locked_by, created_at, updated_at";
 
-/// One row of [`DELIVERY_COLUMNS`]: the recipient snapshot only for a
-/// subscriber without a row in `thorn_subscribers` (`$3` is its uuid).
-const DELIVERY_ROW: &str = "($1, $2, $3, \
-    CASE WHEN EXISTS (SELECT 1 FROM thorn_subscribers WHERE uuid = $3) THEN NULL ELSE $4 END, \
-    $5, $6, $7, $8, $9, $10, $11, $12)";
+/// One row of [`DELIVERY_COLUMNS`].
+const DELIVERY_ROW: &str = "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// The columns of `thorn_attempts`.
 const ATTEMPT_COLUMNS: &str =
@@ -118,6 +119,8 @@ pub async fn write_events(
     if events.is_empty() {
         return Ok(());
     }
+    // Per-event recipients: their rows first, only their uuids in the event.
+    let recipients: Vec<&Subscriber> = events.iter().flat_map(|e| &e.options.subscribers).collect();
     let mut values: Vec<Param> = Vec::with_capacity(events.len() * 6);
     for e in events {
         values.extend([
@@ -130,16 +133,18 @@ pub async fn write_events(
         ]);
     }
     let template = format!("({})", placeholders(1, 6));
-    insert_rows(conn, "thorn_events", EVENT_COLUMNS, &template, "", values)
-        .await
-        .map_err(|error| match error {
-            Error::Store(source)
-                if crate::outbox::names_missing_table(&source.to_string(), "thorn_events") =>
-            {
-                Error::OutboxMissing { migrate, source }
-            }
-            other => other,
-        })
+    let written = async {
+        super::store::write_recipients(conn, &recipients).await?;
+        insert_rows(conn, "thorn_events", EVENT_COLUMNS, &template, "", values).await
+    };
+    written.await.map_err(|error| match error {
+        Error::Store(source)
+            if crate::outbox::names_missing_table(&source.to_string(), "thorn_events") =>
+        {
+            Error::OutboxMissing { migrate, source }
+        }
+        other => other,
+    })
 }
 
 /// The event in `row`, whose columns from `at` on are [`EVENT_COLUMNS`].
@@ -476,13 +481,26 @@ async fn prune_deliveries(
     .await?;
     let events = match events_before {
         Some(cutoff) => {
-            execute(
+            let events = execute(
                 conn,
                 "DELETE FROM thorn_events WHERE fanned_out_at < $1 \
                  AND NOT EXISTS (SELECT 1 FROM thorn_deliveries d WHERE d.event_id = thorn_events.id)",
                 vec![cutoff.into()],
             )
-            .await?
+            .await?;
+            // Recipient rows go with the last of their deliveries, unless
+            // an event not yet fanned out names them.
+            execute(
+                conn,
+                "DELETE FROM thorn_subscribers WHERE recipient_only \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_deliveries d \
+                     WHERE d.subscriber_uuid = thorn_subscribers.uuid) \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_events e WHERE e.fanned_out_at IS NULL \
+                     AND e.options LIKE '%' || thorn_subscribers.uuid || '%')",
+                Vec::new(),
+            )
+            .await?;
+            events
         }
         None => 0,
     };
@@ -498,6 +516,13 @@ async fn prune_owner(conn: &mut dyn Connection, which: &str, owner: String) -> R
     pruned.events += execute(
         conn,
         "DELETE FROM thorn_events WHERE sender = $1",
+        vec![owner.clone().into()],
+    )
+    .await?;
+    // Its recipients' rows (and their secrets) too.
+    execute(
+        conn,
+        "DELETE FROM thorn_subscribers WHERE recipient_only AND owner = $1",
         vec![owner.into()],
     )
     .await?;
@@ -518,7 +543,8 @@ async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>
     else {
         return Ok(None);
     };
-    let event = event_from_row(&row, 0)?;
+    let mut event = event_from_row(&row, 0)?;
+    with_recipients(conn, std::slice::from_mut(&mut event)).await?;
     let mut subscribers = super::store::matching(conn, &event.name, event.sender.as_ref()).await?;
     subscribers.extend(
         event
@@ -562,14 +588,11 @@ fn delivery_row(
     subscriber: &Subscriber,
     now: i64,
     claim: Option<(&str, i64)>,
-) -> Result<[Param; 12]> {
-    let snapshot = serde_json::to_string(subscriber)
-        .map_err(|e| Error::Store(format!("subscriber {} as JSON: {e}", subscriber.uuid).into()))?;
+) -> Result<[Param; 11]> {
     Ok([
         id.to_string().into(),
         event_id.into(),
         subscriber.uuid.to_string().into(),
-        snapshot.into(),
         subscriber.url.to_string().into(),
         DeliveryState::Pending.as_str().into(),
         0i32.into(),
@@ -653,7 +676,7 @@ async fn claim_events(
 ) -> Result<Vec<StoredEvent>> {
     let now = now_micros();
     let sql = CLAIM_EVENTS.replace("{lock}", conn.dialect().skip_locked());
-    query(
+    let mut events = query(
         conn,
         &sql,
         vec![
@@ -667,12 +690,41 @@ async fn claim_events(
     .await?
     .iter()
     .map(|row| event_from_row(row, 0))
-    .collect::<Result<Vec<_>>>()
-    .map(|mut events| {
-        // `RETURNING` keeps no order: oldest first again.
-        events.sort_by_key(|e| (e.created_at, e.id));
-        events
-    })
+    .collect::<Result<Vec<_>>>()?;
+    // `RETURNING` keeps no order: oldest first again.
+    events.sort_by_key(|e| (e.created_at, e.id));
+    with_recipients(conn, &mut events).await?;
+    Ok(events)
+}
+
+/// Loads the per-event recipients of `events` (stored as uuids) from
+/// their rows; one that is gone (pruned) is left out.
+async fn with_recipients(conn: &mut dyn Connection, events: &mut [StoredEvent]) -> Result<()> {
+    let wanted: Vec<String> = events
+        .iter()
+        .flat_map(|e| {
+            let o = &e.options;
+            o.recipients
+                .iter()
+                .filter(|r| !o.subscribers.iter().any(|s| s.uuid == **r))
+        })
+        .map(Uuid::to_string)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let found = subscriptions(conn, wanted).await?;
+    for e in events {
+        let o = &mut e.options;
+        for r in &o.recipients {
+            if !o.subscribers.iter().any(|s| s.uuid == *r)
+                && let Some(s) = found.get(&r.to_string())
+            {
+                o.subscribers.push(s.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn fan_out(
@@ -700,6 +752,7 @@ async fn fan_out(
         .collect::<Result<Vec<_>>>()?;
     let mut written = Vec::with_capacity(held.len());
     let mut rows: Vec<Param> = Vec::new();
+    let mut recipients = Vec::new();
     for (plan, event_id) in events.iter().zip(&ids) {
         if !held.contains(event_id) {
             continue;
@@ -708,8 +761,12 @@ async fn fan_out(
         for d in &plan.deliveries {
             let claim = d.claimed.then_some((worker.as_str(), locked_until));
             rows.extend(delivery_row(d.id, event_id, &d.subscriber, now, claim)?);
+            recipients.push(&d.subscriber);
         }
     }
+    // A subscriber without a row gets one (a stored subscription's is
+    // left as it is): what its deliveries are sent to.
+    super::store::write_recipients(conn, &recipients).await?;
     insert_rows(
         conn,
         "thorn_deliveries",
@@ -1023,7 +1080,7 @@ async fn finish(
 
 /// Keeps `failing_since` of stored subscriptions and disables those
 /// failing for longer than `window`, marking their pending deliveries
-/// dead. Subscribers without a row are untouched.
+/// dead. Recipient rows (no subscriptions) are untouched.
 async fn track_health(
     conn: &mut dyn Connection,
     attempts: &[(AttemptRecord, Next)],
@@ -1045,7 +1102,7 @@ async fn track_health(
         let (uuids, params) = uuids_in(Vec::new(), "uuid", &ok);
         let sql = format!(
             "UPDATE thorn_subscribers SET failing_since = NULL \
-             WHERE failing_since IS NOT NULL AND {uuids}"
+             WHERE failing_since IS NOT NULL AND NOT recipient_only AND {uuids}"
         );
         execute(conn, &sql, params).await?;
     }
@@ -1055,7 +1112,7 @@ async fn track_health(
     let (uuids, params) = uuids_in(vec![now.into()], "uuid", &failed);
     let sql = format!(
         "UPDATE thorn_subscribers SET failing_since = $1 \
-         WHERE failing_since IS NULL AND {uuids}"
+         WHERE failing_since IS NULL AND NOT recipient_only AND {uuids}"
     );
     execute(conn, &sql, params).await?;
     let Some(window) = window else {

@@ -33,6 +33,43 @@ pub(crate) const KINDS: [Kind; 13] = [
     Kind::Text,
 ];
 
+/// Writes a row for each recipient without one — a static or per-event
+/// subscriber the outbox delivers to — marked `recipient_only` (never
+/// matched, listed or changed as a subscription), or brings an existing
+/// recipient row up to date. Rows of stored subscriptions are left alone.
+pub(crate) async fn write_recipients(
+    conn: &mut dyn Connection,
+    recipients: &[&Subscriber],
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut params = Vec::new();
+    for s in recipients {
+        if seen.insert(s.uuid) {
+            params.extend(values(s));
+            params.push(Param::Bool(Some(true)));
+        }
+    }
+    if params.is_empty() {
+        return Ok(());
+    }
+    let columns = format!("{COLUMNS}, recipient_only");
+    let template = format!("({})", placeholders(1, KINDS.len() + 1));
+    super::insert_rows(
+        conn,
+        "thorn_subscribers",
+        &columns,
+        &template,
+        " ON CONFLICT (uuid) DO UPDATE SET event = excluded.event, url = excluded.url, \
+         owner = excluded.owner, hmac_secret = excluded.hmac_secret, \
+         hmac_digest = excluded.hmac_digest, content_type = excluded.content_type, \
+         previous_secrets = excluded.previous_secrets, \
+         standard_webhooks = excluded.standard_webhooks, updated_at = excluded.updated_at \
+         WHERE thorn_subscribers.recipient_only",
+        params,
+    )
+    .await
+}
+
 /// The values of [`COLUMNS`] for `s`.
 fn values(s: &Subscriber) -> Vec<Param> {
     let r = SubscriberRecord::from(s);
@@ -104,7 +141,7 @@ pub(crate) async fn matching(
     };
     let sql = format!(
         "SELECT {COLUMNS} FROM thorn_subscribers \
-         WHERE event IN ({patterns}) AND disabled_at IS NULL AND {owner}"
+         WHERE event IN ({patterns}) AND disabled_at IS NULL AND NOT recipient_only AND {owner}"
     );
     subscribers(conn, &sql, params).await
 }
@@ -157,13 +194,14 @@ impl<D: Database> SqlStore<D> {
         self.run(Box::new(move |conn| {
             Box::pin(async move {
                 let filter = if disabled_only {
-                    " WHERE disabled_at IS NOT NULL"
+                    " AND disabled_at IS NOT NULL"
                 } else {
                     ""
                 };
                 let sql = format!(
                     "SELECT {COLUMNS}, failing_since \
-                     FROM thorn_subscribers{filter} ORDER BY created_at ASC, uuid ASC"
+                     FROM thorn_subscribers WHERE NOT recipient_only{filter} \
+                     ORDER BY created_at ASC, uuid ASC"
                 );
                 let mut kinds = KINDS.to_vec();
                 kinds.push(Kind::BigInt);
@@ -194,7 +232,7 @@ impl<D: Database> SqlStore<D> {
                     conn,
                     "UPDATE thorn_subscribers \
                      SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL \
-                     WHERE uuid = $1",
+                     WHERE uuid = $1 AND NOT recipient_only",
                     vec![uuid.to_string().into()],
                 )
                 .await?;
@@ -225,7 +263,7 @@ impl<D: Database> SubscriberStore for SqlStore<D> {
                 execute(
                     conn,
                     "UPDATE thorn_subscribers SET disabled_at = $1, disabled_reason = $2 \
-                     WHERE uuid = $3 AND disabled_at IS NULL",
+                     WHERE uuid = $3 AND disabled_at IS NULL AND NOT recipient_only",
                     vec![
                         now_micros().into(),
                         "the receiver answered 410 Gone".into(),
@@ -245,7 +283,8 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
         self.run(Box::new(move |conn| {
             Box::pin(async move {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM thorn_subscribers WHERE owner = $1 \
+                    "SELECT {COLUMNS} FROM thorn_subscribers \
+                     WHERE owner = $1 AND NOT recipient_only \
                      ORDER BY created_at ASC, uuid ASC"
                 );
                 subscribers(conn, &sql, vec![owner.into()]).await
@@ -259,7 +298,7 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM thorn_subscribers \
-                     WHERE uuid = $1 AND owner = $2 LIMIT 1"
+                     WHERE uuid = $1 AND owner = $2 AND NOT recipient_only LIMIT 1"
                 );
                 Ok(
                     subscribers(conn, &sql, vec![uuid.to_string().into(), owner.into()])
@@ -301,7 +340,7 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
                      hmac_secret = $4, hmac_digest = $5, content_type = $6, \
                      previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
                      updated_at = $10 \
-                     WHERE uuid = $11 AND owner = $3",
+                     WHERE uuid = $11 AND owner = $3 AND NOT recipient_only",
                     params,
                 )
                 .await?;
@@ -316,7 +355,8 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
             Box::pin(async move {
                 let n = execute(
                     conn,
-                    "DELETE FROM thorn_subscribers WHERE uuid = $1 AND owner = $2",
+                    "DELETE FROM thorn_subscribers \
+                     WHERE uuid = $1 AND owner = $2 AND NOT recipient_only",
                     vec![uuid.to_string().into(), owner.into()],
                 )
                 .await?;
@@ -337,7 +377,7 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
             // Resumed: its failures so far are forgiven.
             "UPDATE thorn_subscribers SET disabled_at = NULL, \
              disabled_reason = NULL, failing_since = NULL \
-             WHERE uuid = $1 AND owner = $2"
+             WHERE uuid = $1 AND owner = $2 AND NOT recipient_only"
         } else {
             // An already disabled one keeps its reason.
             params.push(now_micros().into());
@@ -345,7 +385,7 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
             "UPDATE thorn_subscribers SET \
              disabled_at = COALESCE(disabled_at, $3), \
              disabled_reason = COALESCE(disabled_reason, $4) \
-             WHERE uuid = $1 AND owner = $2"
+             WHERE uuid = $1 AND owner = $2 AND NOT recipient_only"
         };
         self.run(Box::new(move |conn| {
             Box::pin(async move { Ok(execute(conn, sql, params).await? == 1) })
