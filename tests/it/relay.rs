@@ -487,10 +487,22 @@ fn a_static_subscribers_secret_is_stored_in_thorn_subscribers_only() {
     // It is no subscription: not listed, not matched.
     let store = DieselStore::new(pool.clone());
     assert!(store.statuses(false).unwrap().is_empty());
-    // Retention takes it with the last of its deliveries.
+    // A replay reaches it again, under a new delivery id.
     let outbox = DieselOutbox::new(pool.clone());
+    let first = outbox.deliveries(None, 10).unwrap().remove(0);
+    let replayed = outbox
+        .replay_event(first.event_id.parse().unwrap())
+        .unwrap()
+        .expect("the event");
+    assert_eq!(replayed.len(), 1, "the static subscriber");
+    let relay = Relay::start_with(&thorn, pool.clone(), options(4)).unwrap();
+    let again = receiver.expect(1, Duration::from_secs(10));
+    assert_eq!(again[0].header("hook-delivery"), replayed[0].to_string());
+    wait_for(&pool, |c| c.delivered == 4);
+    drop(relay);
+    // Retention takes it with the last of its deliveries.
     let pruned = outbox.prune(Duration::ZERO).unwrap();
-    assert_eq!(pruned.deliveries, 3);
+    assert_eq!(pruned.deliveries, 4);
     assert_eq!(
         count(
             &pool,

@@ -378,9 +378,10 @@ impl<D: Database> SqlOutbox<D> {
     /// Sends an event again, to the subscriptions stored in
     /// `thorn_subscribers` that match it now and to its own per-event
     /// recipients: new deliveries, due at once, whose ids this returns
-    /// (receivers see them as `Hook-Delivery`). `None` when there is no
-    /// such event. Static subscribers of a `Thorn` are not in the
-    /// database: replay does not reach them.
+    /// (receivers see them as `Hook-Delivery`), and to the static
+    /// subscribers it went to (as their recipient rows are now; one
+    /// configured since is not reached). `None` when there is no such
+    /// event.
     pub fn replay_event(&self, id: Uuid) -> BoxFuture<'static, Result<Option<Vec<Uuid>>>> {
         self.run(Box::new(move |conn| {
             Box::pin(async move { atomically!(conn, replay(conn, id).await) })
@@ -533,8 +534,8 @@ fn uuid_of(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| Error::Store(format!("`{text}` is not a uuid: {e}").into()))
 }
 
-/// New deliveries of event `id` to today's stored subscriptions and its
-/// own recipients.
+/// New deliveries of event `id` to today's stored subscriptions, its own
+/// recipients and the static subscribers it went to.
 async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM thorn_events WHERE id = $1");
     let Some(row) = query(conn, &sql, vec![id.to_string().into()], &EVENT_KINDS)
@@ -554,6 +555,26 @@ async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>
             .filter(|s| s.accepts_sender(event.sender.as_ref()))
             .cloned(),
     );
+    // And the other recipients it went to (static subscribers), as their
+    // rows are now.
+    let sql = format!(
+        "SELECT {} FROM thorn_subscribers WHERE recipient_only AND uuid IN \
+         (SELECT subscriber_uuid FROM thorn_deliveries WHERE event_id = $1)",
+        super::store::COLUMNS
+    );
+    for row in query(
+        conn,
+        &sql,
+        vec![id.to_string().into()],
+        &super::store::KINDS,
+    )
+    .await?
+    {
+        let recipient = super::store::from_row(&row, 0)?;
+        if !subscribers.iter().any(|s| s.uuid == recipient.uuid) {
+            subscribers.push(recipient);
+        }
+    }
     let now = now_micros();
     let mut ids = Vec::with_capacity(subscribers.len());
     let mut rows: Vec<Param> = Vec::new();
