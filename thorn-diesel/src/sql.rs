@@ -324,6 +324,11 @@ impl<C: R2D2Connection + 'static> std::fmt::Debug for DieselDb<C> {
 
 impl<C: SqlConnection> DieselDb<C> {
     /// `pool`, its statements run on tokio's blocking threads.
+    ///
+    /// Each statement checks a connection out of the pool: build it with
+    /// `.test_on_check_out(false)` to save r2d2's `SELECT 1` round trip
+    /// per statement (as `thorn worker` does). A connection that lost the
+    /// server is marked broken here, so r2d2 drops it either way.
     pub fn new(pool: Pool<ConnectionManager<C>>) -> Self {
         DieselDb { pool, here: false }
     }

@@ -216,12 +216,16 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     store.insert(stored.clone()).await.unwrap();
     // A recipient that is no stored subscription (a per-event one here):
     // it gets a row of its own, never matched or listed.
-    let snapshot = Subscriber::new("order.*", "https://static.example/hook")
+    let recipient = Subscriber::new("order.*", "https://static.example/hook")
         .unwrap()
         .with_owner(alice.clone());
 
     let events = vec![
-        event("order.created", Some(alice.clone()), vec![snapshot.clone()]),
+        event(
+            "order.created",
+            Some(alice.clone()),
+            vec![recipient.clone()],
+        ),
         event("order.paid", Some(alice.clone()), Vec::new()),
     ];
     let written = events.clone();
@@ -253,7 +257,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
 
     let plan = |e: &StoredEvent, claimed: bool| FanOut {
         event: e.id,
-        deliveries: [stored.clone(), snapshot.clone()]
+        deliveries: [stored.clone(), recipient.clone()]
             .into_iter()
             .filter(|s| e.options.subscribers.contains(s) || s.uuid == stored.uuid)
             .map(|subscriber| NewDelivery {
@@ -294,14 +298,14 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .unwrap();
     let to_static = first
         .iter()
-        .find(|d| d.subscriber.uuid == snapshot.uuid)
+        .find(|d| d.subscriber.uuid == recipient.uuid)
         .unwrap();
-    assert_eq!(to_static.subscriber, snapshot, "a recipient from its row");
+    assert_eq!(to_static.subscriber, recipient, "a recipient from its row");
     let mut bare = events[0].clone();
     bare.options.subscribers.clear();
     assert_eq!(*to_stored.event, bare, "the claimed event, loaded with it");
     // Its secret is stored in its row only, which no lookup returns.
-    let secret = snapshot.hmac_secret.clone();
+    let secret = recipient.hmac_secret.clone();
     let copies = db
         .run(Box::new(move |conn| {
             Box::pin(async move {
@@ -327,10 +331,10 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
             .unwrap()
             .iter()
             .chain(&store.list(&alice).await.unwrap())
-            .any(|s| s.uuid == snapshot.uuid),
+            .any(|s| s.uuid == recipient.uuid),
         "a recipient row is no subscription"
     );
-    assert!(!store.delete(&alice, snapshot.uuid).await.unwrap());
+    assert!(!store.delete(&alice, recipient.uuid).await.unwrap());
     assert_eq!(to_stored.attempts, 0);
     assert_eq!(
         outbox
@@ -346,7 +350,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
                 true,
                 10,
                 LEASE,
-                Among::AllBut(&[stored.uuid, snapshot.uuid])
+                Among::AllBut(&[stored.uuid, recipient.uuid])
             )
             .await
             .unwrap()
@@ -355,7 +359,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     );
     // Named subscriptions: only theirs, each paused one left.
     let only = outbox
-        .claim_deliveries(OTHER, true, 10, LEASE, Among::Only(&[snapshot.uuid]))
+        .claim_deliveries(OTHER, true, 10, LEASE, Among::Only(&[recipient.uuid]))
         .await
         .unwrap();
     assert_eq!(
@@ -382,7 +386,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     assert!(store.update(rekeyed).await.unwrap());
     // So does a recipient: written again (a later event, a restarted app)
     // with a new secret.
-    let renewed = snapshot.clone().rotate_secret("static rotated");
+    let renewed = recipient.clone().rotate_secret("static rotated");
     db.run(Box::new(move |conn| {
         Box::pin(async move { super::store::write_recipients(conn, &[&renewed]).await })
     }))
@@ -399,7 +403,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
         .clone();
     let to_static = again
         .iter()
-        .find(|d| d.subscriber.uuid == snapshot.uuid)
+        .find(|d| d.subscriber.uuid == recipient.uuid)
         .unwrap()
         .clone();
     assert_eq!(
@@ -431,7 +435,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     let records = vec![
         (attempt(to_stored.id, stored.uuid, 1, 200), Next::Delivered),
         (
-            attempt(to_static.id, snapshot.uuid, 1, 503),
+            attempt(to_static.id, recipient.uuid, 1, 503),
             Next::Retry { at: retry_at },
         ),
     ];
@@ -474,7 +478,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     outbox
         .finish(
             WORKER,
-            vec![(attempt(to_static.id, snapshot.uuid, 2, 500), Next::Dead)],
+            vec![(attempt(to_static.id, recipient.uuid, 2, 500), Next::Dead)],
         )
         .await
         .unwrap();
@@ -519,13 +523,21 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
 
     // Recover: the dead one again, same id; then retry; then replay.
     let ids = outbox
-        .recover(snapshot.uuid, Utc::now() - chrono::Duration::hours(1), None)
+        .recover(
+            recipient.uuid,
+            Utc::now() - chrono::Duration::hours(1),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(ids, vec![to_static.id], "recover: same id");
     assert!(
         outbox
-            .recover(snapshot.uuid, Utc::now() - chrono::Duration::hours(1), None)
+            .recover(
+                recipient.uuid,
+                Utc::now() - chrono::Duration::hours(1),
+                None
+            )
             .await
             .unwrap()
             .is_empty(),
