@@ -74,7 +74,61 @@ pub async fn run<D: Database + Clone>(db: D) {
             .expect("the checks' subscriptions have owners");
         assert!(store.delete(&owner, s.uuid).await.unwrap());
     }
-    outbox_operations(db, &store, &outbox).await;
+    outbox_operations(db.clone(), &store, &outbox).await;
+    legacy_snapshots(db, &outbox).await;
+}
+
+/// A delivery the previous version wrote with its subscriber inline (in
+/// `recipient`, secret included) is sent from it, and its first claim
+/// moves the snapshot to a recipient row.
+async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
+    let old = Subscriber::new("legacy.*", "https://legacy.example/hook").unwrap();
+    let written = event("legacy.created", None, Vec::new());
+    let (delivery, e, o) = (Uuid::now_v7(), written.clone(), old.clone());
+    db.run(Box::new(move |conn| {
+        Box::pin(async move {
+            write_events(conn, std::slice::from_ref(&e), "migrate").await?;
+            let now = now_micros();
+            super::execute(
+                conn,
+                "INSERT INTO thorn_deliveries (id, event_id, subscriber_uuid, recipient, url, \
+                 state, attempts, run_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+                vec![
+                    delivery.to_string().into(),
+                    e.id.to_string().into(),
+                    o.uuid.to_string().into(),
+                    serde_json::to_string(&o).unwrap().into(),
+                    o.url.to_string().into(),
+                    now.into(),
+                ],
+            )
+            .await
+        })
+    }))
+    .await
+    .expect("a delivery as the previous version wrote it");
+    let claimed = outbox
+        .claim_deliveries(WORKER, true, 10, LEASE, Among::Only(&[old.uuid]))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].subscriber, old, "sent from its snapshot");
+    let secret = old.hmac_secret.clone();
+    let left = db
+        .run(Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = "SELECT (SELECT COUNT(*) FROM thorn_deliveries WHERE recipient IS NOT NULL), \
+                     (SELECT COUNT(*) FROM thorn_subscribers WHERE recipient_only AND hmac_secret = $1)";
+                let kinds = [super::Kind::BigInt, super::Kind::BigInt];
+                let rows = super::query(conn, sql, vec![secret.into()], &kinds).await?;
+                Ok((rows[0].int(0)?, rows[0].int(1)?))
+            })
+        }))
+        .await
+        .unwrap();
+    assert_eq!(left, (0, 1), "the snapshot moved to a recipient row");
+    assert_eq!(outbox.release(WORKER, vec![delivery]).await.unwrap(), 1);
 }
 
 async fn subscriptions<D: Database>(store: &SqlStore<D>) {

@@ -9,9 +9,9 @@
 //! ones) get a `recipient_only` row in `thorn_subscribers` when their
 //! event is written or fanned out, so secrets are stored there only;
 //! those rows are never matched or listed as subscriptions, and are
-//! pruned with the last of their deliveries. (Deliveries written by the
-//! previous version may still carry a snapshot in `recipient`, read as
-//! before.)
+//! pruned with the last of their deliveries. (A delivery written by the
+//! previous version with a snapshot in `recipient` is sent from it, and
+//! its first claim moves the snapshot to a recipient row.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -901,6 +901,7 @@ async fn claim_deliveries(
     let subscriptions = subscriptions(conn, stored).await?;
     let mut out = Vec::with_capacity(claimed.len());
     let mut cancelled = Vec::new();
+    let mut snapshots = Vec::new();
     for row in &claimed {
         let id = row.text(0)?;
         let recipient = row.opt_text(3)?;
@@ -909,12 +910,19 @@ async fn claim_deliveries(
             None => subscriptions.get(&row.text(2)?).cloned(),
         };
         let event = events.get(&row.text(1)?).cloned();
+        let legacy = recipient.is_some();
         match claimed_delivery(&id, recipient, stored, event, row.int(4)?)? {
-            Some(d) => out.push(d),
+            Some(d) => {
+                if legacy {
+                    snapshots.push(d.clone());
+                }
+                out.push(d);
+            }
             None => cancelled.push(id),
         }
     }
     cancel(conn, cancelled, now).await?;
+    adopt(conn, &snapshots).await;
     Ok(out)
 }
 
@@ -977,6 +985,7 @@ async fn claim_deliveries_joined(
     let mut events: HashMap<String, Arc<StoredEvent>> = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
     let mut cancelled = Vec::new();
+    let mut snapshots = Vec::new();
     let subs_at = 3 + EVENT_KINDS.len();
     for row in &rows {
         let id = row.text(0)?;
@@ -994,13 +1003,44 @@ async fn claim_deliveries_joined(
                 e
             }
         };
+        let legacy = recipient.is_some();
         match claimed_delivery(&id, recipient, stored, Some(event), row.int(2)?)? {
-            Some(d) => out.push(d),
+            Some(d) => {
+                if legacy {
+                    snapshots.push(d.clone());
+                }
+                out.push(d);
+            }
             None => cancelled.push(id),
         }
     }
     cancel(conn, cancelled, now).await?;
+    adopt(conn, &snapshots).await;
     Ok(out)
+}
+
+/// Moves the subscriber snapshots of `claimed` deliveries — written by the
+/// previous version, secret included, into `recipient` — to recipient
+/// rows. Best effort: the claim stands either way (a failure is logged,
+/// and the next claim of such a delivery tries again).
+async fn adopt(conn: &mut dyn Connection, claimed: &[ClaimedDelivery]) {
+    if claimed.is_empty() {
+        return;
+    }
+    let recipients: Vec<&Subscriber> = claimed.iter().map(|d| &d.subscriber).collect();
+    let mut params = Vec::new();
+    let ids = claimed.iter().map(|d| d.id.to_string());
+    let sql = format!(
+        "UPDATE thorn_deliveries SET recipient = NULL WHERE {}",
+        in_list(conn.dialect(), "id", false, ids, &mut params)
+    );
+    let moved = async {
+        super::store::write_recipients(conn, &recipients).await?;
+        execute(conn, &sql, params).await
+    };
+    if let Err(error) = moved.await {
+        tracing::warn!(%error, "could not move delivery snapshots to recipient rows");
+    }
 }
 
 /// Marks deliveries whose subscription was deleted cancelled.
