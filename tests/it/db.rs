@@ -43,11 +43,17 @@ impl Drop for PgSchema {
 }
 
 /// A pool on a fresh schema, or `None` (after saying so) without
-/// `THORN_TEST_DATABASE_URL`.
+/// `THORN_TEST_DATABASE_URL` — unless `THORN_REQUIRE_POSTGRES` is set (as
+/// `.ci/run` sets it): then a missing URL fails the test.
 pub(crate) fn pg_pool() -> Option<(PgSchema, Pool<ConnectionManager<diesel::PgConnection>>)> {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
     let Ok(url) = std::env::var("THORN_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("THORN_REQUIRE_POSTGRES").is_none(),
+            "THORN_REQUIRE_POSTGRES is set but THORN_TEST_DATABASE_URL is not: \
+             the PostgreSQL tests cannot run"
+        );
         eprintln!("skipped: THORN_TEST_DATABASE_URL is not set, PostgreSQL part not run");
         return None;
     };

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::SecurityError;
 use crate::retry::{Verdict, classify_status, parse_retry_after};
 use crate::signing::{Signer, standard_webhooks_signature};
+use crate::subscriber::SafeUrl;
 use crate::subscriber::Subscriber;
 use crate::validate::Validators;
 use crate::{Error, Result};
@@ -240,7 +241,7 @@ impl HttpClient {
                 let result = match verdict {
                     Verdict::Delivered => Ok(status),
                     _ => Err(Error::Status {
-                        url: delivery.subscriber.url.to_string(),
+                        url: SafeUrl(&delivery.subscriber.url).to_string(),
                         status,
                     }),
                 };
@@ -261,12 +262,12 @@ impl HttpClient {
         };
         match &outcome.result {
             Ok(status) => tracing::debug!(
-                event = %outcome.event, delivery = %outcome.delivery_id, url = %outcome.url,
+                event = %outcome.event, delivery = %outcome.delivery_id, url = %SafeUrl(&outcome.url),
                 attempt = number, status, elapsed_ms = outcome.elapsed.as_millis() as u64,
                 "webhook delivered"
             ),
             Err(error) => tracing::warn!(
-                event = %outcome.event, delivery = %outcome.delivery_id, url = %outcome.url,
+                event = %outcome.event, delivery = %outcome.delivery_id, url = %SafeUrl(&outcome.url),
                 attempt = number, %error, "webhook attempt failed"
             ),
         }
@@ -314,7 +315,7 @@ impl HttpClient {
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => {
                     return Err(Error::Timeout {
-                        url: url.to_string(),
+                        url: SafeUrl(url).to_string(),
                         after: delivery.timeout,
                     });
                 }
@@ -330,7 +331,7 @@ fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
     while let Some(err) = source {
         if let Some(blocked) = err.downcast_ref::<SecurityError>() {
             return Error::Security(SecurityError {
-                url: url.to_string(),
+                url: SafeUrl(url).to_string(),
                 rule: blocked.rule.clone(),
             });
         }
@@ -338,13 +339,14 @@ fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
     }
     if e.is_timeout() {
         return Error::Timeout {
-            url: url.to_string(),
+            url: SafeUrl(url).to_string(),
             after: timeout,
         };
     }
     Error::Http {
-        url: url.to_string(),
-        source: e,
+        url: SafeUrl(url).to_string(),
+        // The URL is said once, without its password.
+        source: e.without_url(),
     }
 }
 

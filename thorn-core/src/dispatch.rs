@@ -756,7 +756,7 @@ impl InProcess {
                     number += 1;
                 }
                 Verdict::Gone => {
-                    tracing::info!(subscriber = %delivery.subscriber.uuid, url = %delivery.subscriber.url,
+                    tracing::info!(subscriber = %delivery.subscriber.uuid, url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription marked gone");
                     if let Err(error) = thorn.mark_gone(delivery.subscriber.uuid).await {
                         tracing::error!(%error, "could not mark subscription gone");

@@ -109,6 +109,9 @@ impl Health {
 
     /// Logs that a subscription was disabled after `window` of failures.
     pub fn log_disabled(uuid: &str, url: &str, window: Duration) {
+        let url = url::Url::parse(url)
+            .map(|u| crate::subscriber::SafeUrl(&u).to_string())
+            .unwrap_or_default();
         tracing::warn!(subscriber = %uuid, %url, window = %humanize(window),
             "subscriber disabled: its deliveries have failed for longer than the window");
     }
@@ -1474,7 +1477,7 @@ impl Shared {
                     at: now_micros() + micros(policy.delay(number, after)),
                 },
                 Verdict::Gone => {
-                    tracing::info!(url = %delivery.subscriber.url,
+                    tracing::info!(url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription removed");
                     if let Err(error) = self.thorn.mark_gone(delivery.subscriber.uuid).await {
                         tracing::error!(%error, "could not mark subscription gone");

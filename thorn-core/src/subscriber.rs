@@ -131,7 +131,9 @@ pub fn candidate_patterns(event: &str) -> impl Iterator<Item = std::borrow::Cow<
 
 /// One subscription: an event pattern, the URL to POST to, and how to sign
 /// and encode what is sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its `Debug` output hides the secrets and any password in the URL.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscriber {
     /// Unique id, sent as `Hook-Subscription`.
     pub uuid: Uuid,
@@ -168,6 +170,43 @@ pub struct Subscriber {
     /// Why it was disabled.
     #[serde(default)]
     pub disabled_reason: Option<String>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("uuid", &self.uuid)
+            .field("event", &self.event)
+            .field("url", &format_args!("{}", SafeUrl(&self.url)))
+            .field("owner", &self.owner)
+            .field("hmac_secret", &format_args!("<redacted>"))
+            .field("hmac_digest", &self.hmac_digest)
+            .field("content_type", &self.content_type)
+            .field(
+                "previous_secrets",
+                &format_args!("<{} redacted>", self.previous_secrets.len()),
+            )
+            .field("standard_webhooks", &self.standard_webhooks)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("disabled_at", &self.disabled_at)
+            .field("disabled_reason", &self.disabled_reason)
+            .finish()
+    }
+}
+
+/// A URL as Thorn logs it: a password in it shows as `***`.
+pub(crate) struct SafeUrl<'a>(pub(crate) &'a Url);
+
+impl fmt::Display for SafeUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.password().is_none() {
+            return fmt::Display::fmt(self.0, f);
+        }
+        let mut url = self.0.clone();
+        let _ = url.set_password(Some("***"));
+        fmt::Display::fmt(&url, f)
+    }
 }
 
 impl Subscriber {
@@ -716,6 +755,26 @@ fn now_micros() -> DateTime<Utc> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_output_hides_secrets_and_url_passwords() {
+        let mut s = super::Subscriber::new("a.*", "https://user:hunter2@example.com/hook").unwrap();
+        s.previous_secrets.push("old-secret-value".into());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(&s.hmac_secret), "{shown}");
+        assert!(!shown.contains("old-secret-value"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("https://user:***@example.com/hook"),
+            "{shown}"
+        );
+        let statics = super::StaticSubscribers::new().subscriber(s.clone());
+        let config = crate::Config {
+            subscribers: statics,
+            ..crate::Config::default()
+        };
+        assert!(!format!("{config:?}").contains(&s.hmac_secret));
+    }
+
     use super::*;
 
     #[test]

@@ -212,7 +212,7 @@ impl Validators {
     /// the address itself when the host is an IP literal.
     pub fn check_url(&self, url: &Url) -> Result<(), SecurityError> {
         let blocked = |rule: String| SecurityError {
-            url: url.to_string(),
+            url: crate::subscriber::SafeUrl(url).to_string(),
             rule,
         };
         let literal = match url.host() {
