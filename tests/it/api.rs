@@ -336,6 +336,23 @@ fn mounted_under_another_prefix_with_absolute_links() {
 }
 
 #[test]
+fn a_clone_configured_apart_keeps_its_own_settings() {
+    runtime().block_on(async {
+        let base = api(Arc::new(MemoryStore::new()));
+        let kept = base.clone();
+        // Configuring one of two clones used to panic.
+        let moved = base.prefix("/v2/hooks");
+        let (old, new) = (kept.router(), moved.router());
+        let (s, _) = call(&old, "GET", "/hooks/", Some(1), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(&new, "GET", "/v2/hooks/", Some(1), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(&new, "GET", "/hooks/", Some(1), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    });
+}
+
+#[test]
 fn a_subscription_made_over_the_api_receives_the_next_event() {
     let receiver = Receiver::start();
     let store = Arc::new(MemoryStore::new());

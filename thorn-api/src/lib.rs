@@ -82,6 +82,7 @@ pub struct Api {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     store: Arc<dyn SubscriptionStore>,
     auth: Arc<dyn Authenticate>,
@@ -109,8 +110,10 @@ impl Api {
         }
     }
 
+    /// Changes this API's settings (a clone, or a router already built,
+    /// keeps its own).
     fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        f(Arc::get_mut(&mut self.inner).expect("configured before the router is built"));
+        f(Arc::make_mut(&mut self.inner));
         self
     }
 

@@ -380,6 +380,13 @@ impl Drop for BackgroundRuntime {
     }
 }
 
+/// The most clients kept for per-event validator sets (the oldest goes).
+const MAX_CUSTOM_CLIENTS: usize = 16;
+
+/// The most per-host limits kept while unused (hosts come from users'
+/// URLs): beyond it, those with no delivery in flight are dropped.
+const IDLE_HOSTS_KEPT: usize = 1024;
+
 /// Clients by validator set: the configured one, and one per event that
 /// brings its own validators (each with its own resolver and pool).
 #[derive(Debug)]
@@ -402,6 +409,11 @@ impl Clients {
             return Ok(c.clone());
         }
         let client = HttpClient::new(&self.config, v.clone())?;
+        // Validator sets come from code, but a bound keeps a program that
+        // builds one per event from keeping a pool per event forever.
+        if custom.len() >= MAX_CUSTOM_CLIENTS {
+            custom.remove(0);
+        }
         custom.push(client.clone());
         Ok(client)
     }
@@ -597,6 +609,10 @@ fn host_key(url: &url::Url) -> String {
 impl InProcess {
     fn host_limit(&self, key: &str) -> Arc<Semaphore> {
         let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= IDLE_HOSTS_KEPT && !map.contains_key(key) {
+            // A limit held only here has no permit out: nothing to keep.
+            map.retain(|_, limit| Arc::strong_count(limit) > 1);
+        }
         map.entry(key.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host)))
             .clone()
@@ -772,6 +788,23 @@ impl InProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_per_host_limits_do_not_pile_up() {
+        let dispatcher = InProcessDispatcher::new(&Config::default()).unwrap();
+        let inner = &dispatcher.inner;
+        let busy = inner.host_limit("https://busy.example:443");
+        for i in 0..3 * IDLE_HOSTS_KEPT {
+            drop(inner.host_limit(&format!("https://h{i}.example:443")));
+        }
+        let map = inner.per_host.lock().unwrap();
+        assert!(map.len() <= IDLE_HOSTS_KEPT + 1, "{} kept", map.len());
+        assert!(
+            map.get("https://busy.example:443")
+                .is_some_and(|l| Arc::ptr_eq(l, &busy)),
+            "a limit in use stays"
+        );
+    }
 
     #[test]
     fn a_model_message_encodes_as_the_map_it_stands_for() {

@@ -1474,7 +1474,7 @@ impl Shared {
             let next = match attempt.verdict {
                 Verdict::Delivered => Next::Delivered,
                 Verdict::Retry(after) if policy.allows(number) => Next::Retry {
-                    at: now_micros() + micros(policy.delay(number, after)),
+                    at: now_micros().saturating_add(micros(policy.delay(number, after))),
                 },
                 Verdict::Gone => {
                     tracing::info!(url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
