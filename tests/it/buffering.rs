@@ -122,16 +122,22 @@ async fn async_scopes_follow_the_task() {
     let (thorn, _, _) = thorn_for(&[&receiver.url], local_config());
     let event = Event::new("user.created");
     let (t, e) = (thorn.clone(), event.clone());
-    let handles = buffer::buffered(BufferOptions::default(), async move {
+    let (first, second, receiver) = buffer::buffered(BufferOptions::default(), async move {
         let first = send(&t, &e, 1);
         // Hop threads: the buffer belongs to the task, not the thread.
         tokio::task::yield_now().await;
         let second = buffer::buffered(BufferOptions::default(), async { send(&t, &e, 2) }).await;
-        tokio::time::sleep(QUIET).await;
-        (first, second)
+        // Nothing leaves while the outer scope is open.
+        let receiver = tokio::task::spawn_blocking(move || {
+            receiver.expect_none(QUIET);
+            receiver
+        })
+        .await
+        .unwrap();
+        (first, second, receiver)
     })
     .await;
-    // Nothing was sent inside the scope ...
+    // ... then both do.
     let receiver = tokio::task::spawn_blocking(move || {
         let got = receiver.expect(2, WAIT);
         assert_eq!(numbers(&got), [1, 2]);
@@ -139,8 +145,8 @@ async fn async_scopes_follow_the_task() {
     })
     .await
     .unwrap();
-    assert!(handles.0.outcomes().await.unwrap()[0].is_success());
-    assert!(handles.1.outcomes().await.unwrap()[0].is_success());
+    assert!(first.outcomes().await.unwrap()[0].is_success());
+    assert!(second.outcomes().await.unwrap()[0].is_success());
     // ... and a task without a scope is not buffered.
     send(&thorn, &event, 3).outcomes().await.unwrap();
     tokio::task::spawn_blocking(move || receiver.expect(1, WAIT))

@@ -63,7 +63,7 @@ crate::seaorm_funtests::on_both!(
     |rt, db, _pg| {
         let receiver = Receiver::start();
         let thorn = outbox_thorn(&receiver.url);
-        rt.block_on(thorn::seaorm::scope(thorn, async {
+        rt.block_on(thorn::seaorm::scope(thorn.clone(), async {
             // Rolled back: nothing in the outbox.
             let txn = db.begin().await.unwrap();
             draft("rolled back").insert(&txn).await.unwrap();
@@ -92,7 +92,27 @@ crate::seaorm_funtests::on_both!(
                 .collect();
             assert_eq!(titles, BTreeSet::from(["kept".into(), "released".into()]));
         }));
+        // Nothing is sent in-process; a relay sends the two committed ones,
+        // and only those.
         receiver.expect_none(std::time::Duration::from_millis(200));
+        let relay = rt
+            .block_on(thorn::seaorm::Relay::start_with(
+                &thorn,
+                db.clone(),
+                thorn::outbox::RelayOptions {
+                    poll: std::time::Duration::from_millis(50),
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+        let sent: BTreeSet<String> = receiver
+            .expect(2, WAIT)
+            .iter()
+            .map(|r| r.json()["data"]["title"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(sent, BTreeSet::from(["kept".into(), "released".into()]));
+        receiver.expect_none(std::time::Duration::from_millis(300));
+        rt.block_on(relay.stop()).unwrap();
     }
 );
 

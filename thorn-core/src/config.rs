@@ -16,7 +16,6 @@
 //! | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
 //! | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
 //! | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
-//! | `THORN_CHUNKSIZE` | deliveries per worker batch | `10` |
 //! | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
 //! | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
 //! | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
@@ -85,8 +84,9 @@ pub struct Config {
     /// allows any.
     pub event_choices: Option<Vec<String>>,
     /// Rules every recipient URL must pass, checked on the addresses it
-    /// resolves to at delivery (Thorn's `THORN_RECIPIENT_VALIDATORS`, set
-    /// in code here: no environment variable reads it). The default
+    /// resolves to at delivery (what Python Thorn's
+    /// `THORN_RECIPIENT_VALIDATORS` setting held; set in code here, no
+    /// environment variable reads it). The default
     /// refuses internal addresses, 127.0.0.1 included; a local test allows
     /// plain http to anywhere with
     /// `Validators::new([validate::ensure_protocol(["http"])])`.
@@ -96,8 +96,6 @@ pub struct Config {
     /// `honors_transaction` overrides it. Off, model events are sent as
     /// they are raised, committed or not. See [`crate::transaction`].
     pub signal_honors_transaction: bool,
-    /// Deliveries per worker batch (`THORN_CHUNKSIZE`, 10).
-    pub chunksize: usize,
     /// Base URL joined to model `reverse` paths (`THORN_BASE_URL`).
     pub base_url: Option<Url>,
     /// In-process deliveries in flight at once (`THORN_MAX_CONCURRENCY`, 64).
@@ -128,7 +126,6 @@ impl Default for Config {
             event_choices: None,
             recipient_validators: Validators::default(),
             signal_honors_transaction: true,
-            chunksize: 10,
             base_url: None,
             max_concurrency: 64,
             max_per_host: 16,
@@ -211,7 +208,10 @@ impl Config {
             c.retry.retry_delay = parse_seconds("THORN_RETRY_DELAY", &v)?;
         }
         if let Some(v) = get("THORN_SUBSCRIBERS") {
-            c.subscribers = StaticSubscribers::from_json(&v)?;
+            c.subscribers = StaticSubscribers::from_json(&v).map_err(|e| match e {
+                Error::Config { message, .. } => invalid("THORN_SUBSCRIBERS", message),
+                other => invalid("THORN_SUBSCRIBERS", other.to_string()),
+            })?;
         }
         if let Some(v) = get("THORN_DISPATCHER") {
             c.dispatcher = match v.trim() {
@@ -263,9 +263,6 @@ impl Config {
         if let Some(v) = get("THORN_SIGNAL_HONORS_TRANSACTION") {
             c.signal_honors_transaction = parse_bool("THORN_SIGNAL_HONORS_TRANSACTION", &v)?;
         }
-        if let Some(v) = get("THORN_CHUNKSIZE") {
-            c.chunksize = parse_int("THORN_CHUNKSIZE", &v)?;
-        }
         if let Some(v) = get("THORN_BASE_URL") {
             c.base_url = Some(
                 Url::parse(v.trim())
@@ -313,7 +310,6 @@ mod tests {
         assert!(c.retry.enabled);
         assert_eq!(c.retry.max_retries, 10);
         assert_eq!(c.retry.retry_delay, Duration::from_secs(60));
-        assert_eq!(c.chunksize, 10);
         assert_eq!(c.dispatcher, DispatcherKind::InProcess);
         assert_eq!(c.hmac_signer, Signer::Standard);
         assert!(
@@ -334,7 +330,6 @@ mod tests {
             ("THORN_HMAC_SIGNER", "thorn.utils.hmac:compat_sign"),
             ("THORN_EVENT_CHOICES", "article.*, user.created"),
             ("THORN_SIGNAL_HONORS_TRANSACTION", "0"),
-            ("THORN_CHUNKSIZE", "50"),
             ("THORN_BASE_URL", "https://example.com/"),
             ("THORN_MAX_CONCURRENCY", "8"),
             ("THORN_MAX_PER_HOST", "2"),
@@ -352,7 +347,6 @@ mod tests {
         assert_eq!(c.hmac_signer, Signer::Compat);
         assert_eq!(c.event_choices.unwrap(), ["article.*", "user.created"]);
         assert!(!c.signal_honors_transaction);
-        assert_eq!(c.chunksize, 50);
         assert_eq!(c.base_url.unwrap().as_str(), "https://example.com/");
         assert_eq!(c.max_concurrency, 8);
         assert_eq!(c.max_per_host, 2);
@@ -374,6 +368,8 @@ mod tests {
             ("THORN_MAX_PER_HOST", "x"),
             ("THORN_STANDARD_WEBHOOKS", "2"),
             ("THORN_EVENT_CHOICES", "[1, 2]"),
+            ("THORN_SUBSCRIBERS", "{not json"),
+            ("THORN_SUBSCRIBERS", r#"{"a.*": "not a url"}"#),
         ] {
             let err = from(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{key}={value}: {err}");

@@ -163,7 +163,8 @@ where
     }
 }
 
-/// An ordered set of validators (Thorn's `THORN_RECIPIENT_VALIDATORS`).
+/// An ordered set of validators (what Python Thorn's
+/// `THORN_RECIPIENT_VALIDATORS` setting held; [`crate::Config::recipient_validators`]).
 #[derive(Debug, Clone)]
 pub struct Validators(Arc<[Validator]>);
 
