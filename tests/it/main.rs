@@ -28,5 +28,3 @@ mod security;
 mod signatures;
 mod signing;
 mod transactions;
-#[cfg(feature = "cli")]
-mod worker;

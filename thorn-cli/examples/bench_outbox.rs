@@ -4,8 +4,8 @@
 //! throughput to a fast destination while another answers in 2 s.
 //!
 //! ```text
-//! cargo build --release --features cli            # builds target/release/thorn
-//! cargo run --release --features cli --example bench_outbox
+//! cargo build --release -p thorn-cli               # builds target/release/thorn
+//! cargo run --release -p thorn-cli --example bench_outbox
 //! ```
 //!
 //! The database is `DATABASE_URL` (default
@@ -299,7 +299,7 @@ impl Bench {
             .and_then(|examples| examples.parent())
             .map(|dir| dir.join("thorn"))
             .filter(|p| p.exists())
-            .expect("build the worker first: cargo build --release --features cli");
+            .expect("build the worker first: cargo build --release -p thorn-cli");
         Worker(
             Command::new(bin)
                 .args([
