@@ -38,9 +38,9 @@
 
 pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Q, RetryPatch, WebhookFields};
 pub use thorn_core::{
-    Backoff, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn, Dispatched,
-    Dispatcher, DispatcherKind, Drained, Error, Event, InFlight, ModelEvent, Outgoing, Result,
-    RetryPolicy, Route, SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore,
+    Backoff, Blocked, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn,
+    Dispatched, Dispatcher, DispatcherKind, Drained, Error, Event, InFlight, ModelEvent, Outgoing,
+    Result, RetryPolicy, Route, SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore,
     SubscriptionStore, Thorn, ThornBuilder, WebhookModel, Webhooks,
 };
 pub use thorn_core::{

@@ -273,7 +273,16 @@ fn loopback_recipients_are_blocked_by_default() {
     assert_eq!(outcomes.len(), 1);
     match &outcomes[0].result {
         Err(thorn::Error::Security(blocked)) => {
-            assert!(blocked.rule.contains("loopback"), "{blocked}");
+            assert!(
+                matches!(
+                    blocked.rule,
+                    thorn::Blocked::InternalAddress {
+                        kind: "loopback",
+                        ..
+                    }
+                ),
+                "{blocked}"
+            );
             assert!(blocked.url.contains("127.0.0.1"), "{blocked}");
         }
         other => panic!("expected a security error, got {other:?}"),

@@ -55,7 +55,7 @@ fn internal_recipients_are_blocked_in_every_spelling() {
         match &outcome.result {
             Err(Error::Security(blocked)) => {
                 assert!(
-                    blocked.rule.starts_with("block_internal_ips"),
+                    matches!(blocked.rule, thorn::Blocked::InternalAddress { .. }),
                     "{url}: {blocked}"
                 );
                 assert!(outcome.url.as_str().contains(&port.to_string()), "{url}");

@@ -172,10 +172,115 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("recipient {url} blocked: {rule}")]
 pub struct SecurityError {
-    /// The URL (or `host:port` for resolved addresses) that was refused.
+    /// The URL (its password hidden) that was refused.
     pub url: String,
-    /// The rule that refused it, e.g. `block_internal_ips: 127.0.0.1 is loopback`.
-    pub rule: String,
+    /// The rule that refused it.
+    pub rule: Blocked,
+}
+
+/// Which rule blocked a recipient, and why; its `Display` names the
+/// validator (`block_internal_ips: 127.0.0.1 is loopback`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Blocked {
+    /// The URL has no host.
+    NoHost,
+    /// `ensure_protocol`: the scheme is not allowed.
+    Protocol {
+        /// The URL's scheme.
+        scheme: String,
+        /// The schemes allowed.
+        allowed: Vec<String>,
+    },
+    /// `ensure_port`: the port is not allowed.
+    Port {
+        /// The URL's port (`None` when the scheme has no default).
+        port: Option<u16>,
+        /// The ports allowed.
+        allowed: Vec<u16>,
+    },
+    /// `block_internal_ips`: the address is internal.
+    InternalAddress {
+        /// The address (or `localhost`).
+        address: String,
+        /// What kind of internal address: `loopback`, `private`, ...
+        kind: &'static str,
+        /// The host name it was resolved from, when it was.
+        resolved_from: Option<String>,
+    },
+    /// `block_cidr_network`: the address is in a blocked network.
+    Network {
+        /// The address.
+        address: std::net::IpAddr,
+        /// The blocked network.
+        network: String,
+        /// The host name it was resolved from, when it was.
+        resolved_from: Option<String>,
+    },
+    /// A custom validator refused it.
+    Custom {
+        /// The validator's name.
+        name: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl Blocked {
+    /// The same rule, for an address `host` resolved to.
+    pub(crate) fn resolved_from(mut self, host: &str) -> Self {
+        if let Blocked::InternalAddress { resolved_from, .. }
+        | Blocked::Network { resolved_from, .. } = &mut self
+        {
+            *resolved_from = Some(host.to_owned());
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = |f: &mut std::fmt::Formatter<'_>, host: &Option<String>| match host {
+            Some(host) => write!(f, " (resolved from {host})"),
+            None => Ok(()),
+        };
+        match self {
+            Blocked::NoHost => f.write_str("the URL has no host"),
+            Blocked::Protocol { scheme, allowed } => write!(
+                f,
+                "ensure_protocol: scheme `{scheme}` is not one of {}",
+                allowed.join(", ")
+            ),
+            Blocked::Port { port, allowed } => {
+                let list: Vec<String> = allowed.iter().map(u16::to_string).collect();
+                match port {
+                    Some(p) => write!(f, "ensure_port: port {p} is not one of {}", list.join(", ")),
+                    None => write!(
+                        f,
+                        "ensure_port: port (none) is not one of {}",
+                        list.join(", ")
+                    ),
+                }
+            }
+            Blocked::InternalAddress {
+                address,
+                kind,
+                resolved_from,
+            } => {
+                write!(f, "block_internal_ips: {address} is {kind}")?;
+                from(f, resolved_from)
+            }
+            Blocked::Network {
+                address,
+                network,
+                resolved_from,
+            } => {
+                write!(f, "block_cidr_network: {address} is in {network}")?;
+                from(f, resolved_from)
+            }
+            Blocked::Custom { name, reason } => write!(f, "{name}: {reason}"),
+        }
+    }
 }
 
 /// Shorthand for `Result<T, thorn_core::Error>`.

@@ -31,7 +31,7 @@ pub use codec::ContentType;
 pub use config::{Config, DispatcherKind};
 pub use deliver::DeliveryOutcome;
 pub use dispatch::{Dispatched, Dispatcher, InFlight, Outgoing};
-pub use error::{Error, Result, SecurityError};
+pub use error::{Blocked, Error, Result, SecurityError};
 pub use event::{Callbacks, Event, RetryPatch, SendOptions};
 pub use filter::{FieldValue, Q, WebhookFields};
 pub use model::{AbsoluteUrl, DispatchOn, Fired, ModelEvent, WebhookModel, Webhooks};

@@ -10,12 +10,13 @@
 //!
 //! ```
 //! use thorn_core::validate::{Validators, ensure_protocol};
+//! use thorn_core::Blocked;
 //! use url::Url;
 //!
 //! let strict = Validators::default();
 //! assert!(strict.check_url(&Url::parse("https://hooks.example.com/in").unwrap()).is_ok());
 //! let err = strict.check_url(&Url::parse("http://127.0.0.1/").unwrap()).unwrap_err();
-//! assert!(err.rule.contains("loopback"));
+//! assert!(matches!(err.rule, Blocked::InternalAddress { kind: "loopback", .. }));
 //!
 //! // Tests and local development opt out visibly:
 //! let local = Validators::new([ensure_protocol(["http"])]);
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use url::{Host, Url};
 
-use crate::error::SecurityError;
+use crate::error::{Blocked, SecurityError};
 
 /// A network in CIDR notation, for [`block_cidr_network`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +213,7 @@ impl Validators {
     /// Checks a URL before anything is sent: scheme, port, custom rules, and
     /// the address itself when the host is an IP literal.
     pub fn check_url(&self, url: &Url) -> Result<(), SecurityError> {
-        let blocked = |rule: String| SecurityError {
+        let blocked = |rule: Blocked| SecurityError {
             url: crate::subscriber::SafeUrl(url).to_string(),
             rule,
         };
@@ -220,28 +221,25 @@ impl Validators {
             Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
             Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
             Some(Host::Domain(_)) => None,
-            None => return Err(blocked("the URL has no host".into())),
+            None => return Err(blocked(Blocked::NoHost)),
         };
         for v in self.0.iter() {
             match v {
                 Validator::EnsureProtocol(allowed) => {
                     if !allowed.iter().any(|p| p == url.scheme()) {
-                        return Err(blocked(format!(
-                            "ensure_protocol: scheme `{}` is not one of {}",
-                            url.scheme(),
-                            allowed.join(", ")
-                        )));
+                        return Err(blocked(Blocked::Protocol {
+                            scheme: url.scheme().to_owned(),
+                            allowed: allowed.to_vec(),
+                        }));
                     }
                 }
                 Validator::EnsurePort(allowed) => match url.port_or_known_default() {
                     Some(port) if allowed.contains(&port) => {}
                     port => {
-                        let list: Vec<String> = allowed.iter().map(u16::to_string).collect();
-                        return Err(blocked(format!(
-                            "ensure_port: port {} is not one of {}",
-                            port.map_or_else(|| "(none)".to_owned(), |p| p.to_string()),
-                            list.join(", ")
-                        )));
+                        return Err(blocked(Blocked::Port {
+                            port,
+                            allowed: allowed.to_vec(),
+                        }));
                     }
                 },
                 Validator::BlockInternalIps | Validator::BlockCidr(_) => {
@@ -251,15 +249,20 @@ impl Validators {
                         }
                     } else if url.host_str().is_some_and(is_localhost_name) {
                         if let Validator::BlockInternalIps = v {
-                            return Err(blocked(
-                                "block_internal_ips: localhost is loopback".into(),
-                            ));
+                            return Err(blocked(Blocked::InternalAddress {
+                                address: "localhost".into(),
+                                kind: "loopback",
+                                resolved_from: None,
+                            }));
                         }
                     }
                 }
                 Validator::Custom { name, check } => {
                     if let Err(reason) = check(url) {
-                        return Err(blocked(format!("{name}: {reason}")));
+                        return Err(blocked(Blocked::Custom {
+                            name: name.clone(),
+                            reason,
+                        }));
                     }
                 }
             }
@@ -273,7 +276,7 @@ impl Validators {
             if let Some(rule) = address_rule(v, addr.ip()) {
                 return Err(SecurityError {
                     url: host.to_owned(),
-                    rule: format!("{rule} (resolved from {host})"),
+                    rule: rule.resolved_from(host),
                 });
             }
         }
@@ -286,14 +289,18 @@ fn is_localhost_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 
-fn address_rule(v: &Validator, ip: IpAddr) -> Option<String> {
+fn address_rule(v: &Validator, ip: IpAddr) -> Option<Blocked> {
     match v {
-        Validator::BlockInternalIps => {
-            internal_reason(ip).map(|why| format!("block_internal_ips: {ip} is {why}"))
-        }
-        Validator::BlockCidr(net) if net.contains(ip) => {
-            Some(format!("block_cidr_network: {ip} is in {net}"))
-        }
+        Validator::BlockInternalIps => internal_reason(ip).map(|kind| Blocked::InternalAddress {
+            address: ip.to_string(),
+            kind,
+            resolved_from: None,
+        }),
+        Validator::BlockCidr(net) if net.contains(ip) => Some(Blocked::Network {
+            address: ip,
+            network: net.to_string(),
+            resolved_from: None,
+        }),
         _ => None,
     }
 }
@@ -439,11 +446,18 @@ mod tests {
         let err = v
             .check_url(&Url::parse("ftp://example.com/").unwrap())
             .unwrap_err();
-        assert!(err.rule.starts_with("ensure_protocol"), "{err}");
+        assert!(matches!(err.rule, Blocked::Protocol { .. }), "{err}");
+        assert!(err.to_string().contains("ensure_protocol"), "{err}");
         let err = v
             .check_url(&Url::parse("https://example.com:8443/").unwrap())
             .unwrap_err();
-        assert!(err.rule.contains("8443"), "{err}");
+        assert_eq!(
+            err.rule,
+            Blocked::Port {
+                port: Some(8443),
+                allowed: vec![80, 443]
+            }
+        );
         assert!(
             err.to_string().contains("https://example.com:8443/"),
             "{err}"
