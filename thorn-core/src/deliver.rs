@@ -150,9 +150,9 @@ impl HttpClient {
                 overrides: config.resolve_overrides.clone(),
             }));
         }
-        let client = builder.build().map_err(|e| Error::Config {
-            key: "http client".into(),
-            message: e.to_string(),
+        let client = builder.build().map_err(|e| Error::Start {
+            what: "the HTTP client",
+            source: Box::new(e),
         })?;
         Ok(HttpClient {
             client,
@@ -172,9 +172,10 @@ impl HttpClient {
         let s = &delivery.subscriber;
         let mut h = HeaderMap::with_capacity(10 + delivery.headers.len());
         let value = |name: &str, v: &str| {
-            HeaderValue::from_str(v).map_err(|_| Error::Config {
-                key: name.to_owned(),
-                message: format!("`{v}` cannot be sent as an HTTP header value"),
+            HeaderValue::from_str(v).map_err(|_| Error::Header {
+                event: delivery.event.to_string(),
+                name: name.to_owned(),
+                reason: "the value cannot be sent as an HTTP header value",
             })
         };
         for (name, v) in &delivery.headers {

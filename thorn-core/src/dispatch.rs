@@ -463,9 +463,9 @@ impl InProcessDispatcher {
             .thread_name("thorn-dispatch")
             .enable_all()
             .build()
-            .map_err(|e| Error::Config {
-                key: "dispatcher runtime".into(),
-                message: e.to_string(),
+            .map_err(|e| Error::Start {
+                what: "the dispatcher runtime",
+                source: Box::new(e),
             })?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let inner = Arc::new(InProcess {

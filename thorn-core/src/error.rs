@@ -166,6 +166,36 @@ pub enum Error {
     /// The dispatcher was shut down before the delivery finished.
     #[error("the dispatcher shut down before the delivery finished")]
     DispatcherClosed,
+
+    /// A header of an event cannot be sent (not a valid HTTP header
+    /// value) or stored in the outbox (not UTF-8 text).
+    #[error("header `{name}` of event `{event}`: {reason}")]
+    Header {
+        /// The event.
+        event: String,
+        /// The header.
+        name: String,
+        /// What is wrong with its value.
+        reason: &'static str,
+    },
+
+    /// A background part of Thorn — the dispatcher's or a relay's threads,
+    /// the HTTP client — could not start.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What was starting, e.g. `the dispatcher runtime`.
+        what: &'static str,
+        /// What the system reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A background relay stopped by panicking (a bug: please report it).
+    #[error("{what} panicked")]
+    Panicked {
+        /// What panicked, e.g. `the relay thread`.
+        what: &'static str,
+    },
 }
 
 /// A recipient URL was blocked by a validator: names the URL and the rule.

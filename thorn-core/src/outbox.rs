@@ -274,9 +274,10 @@ impl StoredEvent {
     pub fn from_outgoing(outgoing: Outgoing) -> Result<Self> {
         let mut headers = Vec::with_capacity(outgoing.headers.len());
         for (name, value) in &outgoing.headers {
-            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Config {
-                key: format!("header `{name}` of event `{}`", outgoing.event),
-                message: "value is not UTF-8 text and cannot be stored in the outbox".into(),
+            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Header {
+                event: outgoing.event.to_string(),
+                name: name.as_str().to_owned(),
+                reason: "the value is not UTF-8 text and cannot be stored in the outbox",
             })?;
             headers.push((name.as_str().to_owned(), value.to_owned()));
         }
@@ -1551,9 +1552,9 @@ impl BackgroundRelay {
             .thread_name("thorn-relay")
             .enable_all()
             .build()
-            .map_err(|e| Error::Config {
-                key: "relay runtime".into(),
-                message: e.to_string(),
+            .map_err(|e| Error::Start {
+                what: "the relay runtime",
+                source: Box::new(e),
             })?;
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
@@ -1593,9 +1594,8 @@ impl BackgroundRelay {
         let _ = self.stop.send(true);
         match self.thread.take() {
             Some(t) => t.join().unwrap_or_else(|_| {
-                Err(Error::Config {
-                    key: "relay thread".into(),
-                    message: "panicked".into(),
+                Err(Error::Panicked {
+                    what: "the relay thread",
                 })
             }),
             None => Ok(()),

@@ -205,10 +205,9 @@ impl Relay {
             let _ = listener.await;
         }
         match self.relay.take() {
-            Some(relay) => relay.await.unwrap_or_else(|error| {
-                Err(Error::Config {
-                    key: "relay task".into(),
-                    message: error.to_string(),
+            Some(relay) => relay.await.unwrap_or_else(|_| {
+                Err(Error::Panicked {
+                    what: "the relay task",
                 })
             }),
             None => Ok(()),
