@@ -547,14 +547,7 @@ async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>
     let mut event = event_from_row(&row, 0)?;
     with_recipients(conn, std::slice::from_mut(&mut event)).await?;
     let mut subscribers = super::store::matching(conn, &event.name, event.sender.as_ref()).await?;
-    subscribers.extend(
-        event
-            .options
-            .subscribers
-            .iter()
-            .filter(|s| s.accepts_sender(event.sender.as_ref()))
-            .cloned(),
-    );
+    subscribers.extend(event.own_recipients().cloned());
     // And the other recipients it went to (static subscribers), as their
     // rows are now.
     let sql = format!(
