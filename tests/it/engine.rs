@@ -370,3 +370,33 @@ async fn sending_from_async_code_works_the_same() {
         .unwrap();
     assert_eq!(got[0].json(), json!({"async": true}));
 }
+
+#[test]
+fn a_full_dispatcher_queue_refuses_new_events_with_an_error() {
+    // A receiver that accepts connections and never answers holds the one
+    // delivery slot for the whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let config = Config {
+        max_concurrency: 1,
+        max_queued: 2,
+        event_timeout: Duration::from_secs(5),
+        retry: RetryPolicy::never(),
+        ..local_config()
+    };
+    let (thorn, _, _) = thorn_for(&[&url], config);
+    let event = Event::new("user.created");
+    let _sending = event.send(&thorn, &json!({"n": 1})).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Two wait (one for the slot, one in the queue); the next is refused.
+    let _waiting: Vec<_> = (2..4)
+        .map(|n| event.send(&thorn, &json!({ "n": n })).unwrap())
+        .collect();
+    let refused = event.send(&thorn, &json!({"n": 4})).unwrap();
+    let error = refused.wait().unwrap_err();
+    assert!(
+        matches!(&error, Error::QueueFull { limit: 2, event } if event == "user.created"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("THORN_MAX_QUEUED"), "{error}");
+}

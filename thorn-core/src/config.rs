@@ -19,6 +19,7 @@
 //! | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
 //! | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
 //! | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
+//! | `THORN_MAX_QUEUED` | in-process events waiting to start; beyond, new ones are refused (`Error::QueueFull`) | `100000` |
 //! | `THORN_STANDARD_WEBHOOKS` | also send Standard Webhooks signature headers | `false` |
 //!
 //! Recipient validators are set in code only ([`Config::recipient_validators`]).
@@ -102,6 +103,11 @@ pub struct Config {
     pub max_concurrency: usize,
     /// In-process deliveries in flight to one scheme/host/port at once.
     pub max_per_host: usize,
+    /// In-process events waiting to start at most (`THORN_MAX_QUEUED`,
+    /// 100,000): beyond it a new event is refused with
+    /// [`Error::QueueFull`], logged and returned
+    /// to whoever waits for it. The outbox has no such limit.
+    pub max_queued: usize,
     /// Also send Standard Webhooks headers (`webhook-id`,
     /// `webhook-timestamp`, `webhook-signature`) to every subscriber
     /// (`THORN_STANDARD_WEBHOOKS`); subscribers can opt in one by one.
@@ -129,6 +135,7 @@ impl Default for Config {
             base_url: None,
             max_concurrency: 64,
             max_per_host: 16,
+            max_queued: 100_000,
             standard_webhooks: false,
             resolve_overrides: HashMap::new(),
             user_agent: default_user_agent(),
@@ -283,6 +290,13 @@ impl Config {
             }
             c.max_per_host = n;
         }
+        if let Some(v) = get("THORN_MAX_QUEUED") {
+            let n: usize = parse_int("THORN_MAX_QUEUED", &v)?;
+            if n == 0 {
+                return Err(invalid("THORN_MAX_QUEUED", "must be at least 1"));
+            }
+            c.max_queued = n;
+        }
         if let Some(v) = get("THORN_STANDARD_WEBHOOKS") {
             c.standard_webhooks = parse_bool("THORN_STANDARD_WEBHOOKS", &v)?;
         }
@@ -333,6 +347,7 @@ mod tests {
             ("THORN_BASE_URL", "https://example.com/"),
             ("THORN_MAX_CONCURRENCY", "8"),
             ("THORN_MAX_PER_HOST", "2"),
+            ("THORN_MAX_QUEUED", "5"),
             ("THORN_STANDARD_WEBHOOKS", "yes"),
             ("THORN_OUTBOX", "true"),
         ])
@@ -350,6 +365,7 @@ mod tests {
         assert_eq!(c.base_url.unwrap().as_str(), "https://example.com/");
         assert_eq!(c.max_concurrency, 8);
         assert_eq!(c.max_per_host, 2);
+        assert_eq!(c.max_queued, 5);
         assert!(c.standard_webhooks);
     }
 
@@ -366,6 +382,7 @@ mod tests {
             ("THORN_BASE_URL", "not a url"),
             ("THORN_MAX_CONCURRENCY", "0"),
             ("THORN_MAX_PER_HOST", "x"),
+            ("THORN_MAX_QUEUED", "0"),
             ("THORN_STANDARD_WEBHOOKS", "2"),
             ("THORN_EVENT_CHOICES", "[1, 2]"),
             ("THORN_SUBSCRIBERS", "{not json"),

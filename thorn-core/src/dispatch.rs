@@ -433,6 +433,9 @@ struct InProcess {
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_per_host: usize,
     queue: mpsc::UnboundedSender<Queued>,
+    /// Events in `queue`, not yet started: at most `max_queued`.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued: usize,
     in_flight: Arc<InFlight>,
 }
 
@@ -479,12 +482,17 @@ impl InProcessDispatcher {
             per_host: Mutex::new(HashMap::new()),
             max_per_host: config.max_per_host.max(1),
             queue,
+            queued: Arc::default(),
+            max_queued: config.max_queued.max(1),
             in_flight: Arc::default(),
         });
         let events = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
-        inner
-            .handle()
-            .spawn(feed(Arc::downgrade(&inner), jobs, events));
+        inner.handle().spawn(feed(
+            Arc::downgrade(&inner),
+            jobs,
+            events,
+            inner.queued.clone(),
+        ));
         Ok(InProcessDispatcher { inner })
     }
 
@@ -497,6 +505,12 @@ impl InProcessDispatcher {
 impl Dispatcher for InProcessDispatcher {
     fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
         let (reply, rx) = oneshot::channel();
+        if !self.inner.admit(1) {
+            let error = self.inner.queue_full(&outgoing.event);
+            tracing::error!(event = %outgoing.event, %error, "webhook not sent");
+            let _ = reply.send(Err(error));
+            return Dispatched::from_receiver(rx);
+        }
         let job = Job {
             thorn: thorn.background(),
             outgoing,
@@ -521,6 +535,13 @@ impl Dispatcher for InProcessDispatcher {
             return;
         }
         let events = batch.len();
+        if !self.inner.admit(events) {
+            for outgoing in &batch {
+                let error = self.inner.queue_full(&outgoing.event);
+                tracing::error!(event = %outgoing.event, %error, "webhook not sent");
+            }
+            return;
+        }
         let jobs = batch
             .into_iter()
             .map(|outgoing| Job {
@@ -543,14 +564,22 @@ async fn feed(
     inner: std::sync::Weak<InProcess>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     events: Arc<Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    use std::sync::atomic::Ordering;
     while let Some(queued) = queue.recv().await {
         let started = match queued {
-            Queued::One(job) => start(&inner, *job, &events).await,
+            // An event counts as waiting until it has started.
+            Queued::One(job) => {
+                let started = start(&inner, *job, &events).await;
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                started
+            }
             Queued::Batch(jobs) => {
                 let mut all = true;
                 for job in jobs {
                     all = start(&inner, job, &events).await;
+                    waiting.fetch_sub(1, Ordering::AcqRel);
                     if !all {
                         break;
                     }
@@ -607,6 +636,24 @@ fn host_key(url: &url::Url) -> String {
 }
 
 impl InProcess {
+    /// Counts `n` more events into the queue, unless that would pass its
+    /// limit.
+    fn admit(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= self.max_queued).then_some(q + n)
+            })
+            .is_ok()
+    }
+
+    fn queue_full(&self, event: &str) -> Error {
+        Error::QueueFull {
+            event: event.to_owned(),
+            limit: self.max_queued,
+        }
+    }
+
     fn host_limit(&self, key: &str) -> Arc<Semaphore> {
         let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= IDLE_HOSTS_KEPT && !map.contains_key(key) {

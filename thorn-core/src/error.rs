@@ -190,6 +190,21 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The in-process dispatcher already holds its limit of events waiting
+    /// to start (`THORN_MAX_QUEUED`): this one is refused, not queued.
+    /// Receivers slower than the events come is what fills it; the outbox
+    /// (`THORN_OUTBOX=true`) keeps any backlog in the database instead.
+    #[error(
+        "event `{event}` not sent: {limit} events already wait in the dispatcher's queue \
+         (THORN_MAX_QUEUED); receivers are slower than events arrive"
+    )]
+    QueueFull {
+        /// The event refused.
+        event: String,
+        /// The queue's limit.
+        limit: usize,
+    },
+
     /// A background relay stopped by panicking (a bug: please report it).
     #[error("{what} panicked")]
     Panicked {
