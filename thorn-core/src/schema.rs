@@ -115,7 +115,9 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         // listed or changed as subscriptions.
         "CREATE INDEX IF NOT EXISTS thorn_deliveries_due_by_subscriber
         ON thorn_deliveries (subscriber_uuid, run_at) WHERE state = 'pending';
-    ALTER TABLE thorn_subscribers ADD COLUMN recipient_only BOOLEAN NOT NULL DEFAULT FALSE;",
+    ALTER TABLE thorn_subscribers ADD COLUMN recipient_only BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX IF NOT EXISTS thorn_subscribers_owner_event ON thorn_subscribers (owner, event);
+    DROP INDEX IF EXISTS thorn_subscribers_event;",
         "",
     ),
 ];

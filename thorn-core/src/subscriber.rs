@@ -429,12 +429,17 @@ pub struct SubscriberQuery<'a> {
     pub context: Option<&'a Value>,
 }
 
-/// An in-memory [`SubscriberStore`], indexed by pattern so that finding the
-/// subscribers of an event costs four lookups.
+/// An in-memory [`SubscriberStore`], indexed by pattern and owner: finding
+/// the subscribers of an event looks at its four candidate patterns, each
+/// for no owner and for the sender, and at nothing else, however many
+/// other subscriptions there are.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    by_pattern: RwLock<HashMap<String, Vec<Subscriber>>>,
+    by_pattern: RwLock<HashMap<String, ByOwner>>,
 }
+
+/// One pattern's subscriptions, by owner (`None`: every sender's).
+type ByOwner = HashMap<Option<SenderId>, Vec<Subscriber>>;
 
 impl MemoryStore {
     /// An empty store.
@@ -449,6 +454,8 @@ impl MemoryStore {
             .unwrap_or_else(|e| e.into_inner())
             .entry(subscriber.event.clone())
             .or_default()
+            .entry(subscriber.owner.clone())
+            .or_default()
             .push(subscriber);
     }
 
@@ -456,7 +463,7 @@ impl MemoryStore {
     pub fn remove(&self, uuid: Uuid) -> bool {
         let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
         let mut found = false;
-        for list in map.values_mut() {
+        for list in map.values_mut().flat_map(|owners| owners.values_mut()) {
             let before = list.len();
             list.retain(|s| s.uuid != uuid);
             found |= list.len() != before;
@@ -467,10 +474,17 @@ impl MemoryStore {
     /// The matching subscribers, synchronously.
     pub fn matching(&self, event: &str, sender: Option<&SenderId>) -> Vec<Subscriber> {
         let map = self.by_pattern.read().unwrap_or_else(|e| e.into_inner());
+        let owners = [None, sender.cloned()];
+        let owners = if sender.is_some() {
+            &owners[..]
+        } else {
+            &owners[..1]
+        };
         candidate_patterns(event)
             .filter_map(|p| map.get(p.as_ref()))
+            .flat_map(|by_owner| owners.iter().filter_map(|o| by_owner.get(o)))
             .flatten()
-            .filter(|s| s.is_active() && s.accepts_sender(sender))
+            .filter(|s| s.is_active())
             .cloned()
             .collect()
     }
@@ -495,10 +509,11 @@ impl SubscriberStore for MemoryStore {
 impl MemoryStore {
     fn owned_by(&self, owner: &SenderId) -> Vec<Subscriber> {
         let map = self.by_pattern.read().unwrap_or_else(|e| e.into_inner());
+        let key = Some(owner.clone());
         let mut out: Vec<Subscriber> = map
             .values()
+            .filter_map(|by_owner| by_owner.get(&key))
             .flatten()
-            .filter(|s| s.owner.as_ref() == Some(owner))
             .cloned()
             .collect();
         out.sort_by_key(|s| (s.created_at, s.uuid));

@@ -66,6 +66,7 @@ pub async fn run<D: Database + Clone>(db: D) {
         .await
         .expect("check_schema: the migrations are applied");
     subscriptions(&store).await;
+    matching_reads_one_index_range_per_case(&db).await;
     // The outbox checks start from no subscriptions.
     for (s, _) in store.statuses(false).await.unwrap() {
         let owner = s
@@ -76,6 +77,66 @@ pub async fn run<D: Database + Clone>(db: D) {
     }
     outbox_operations(db.clone(), &store, &outbox).await;
     legacy_snapshots(db, &outbox).await;
+}
+
+/// A lookup reads the `(owner, event)` index, one range per candidate
+/// pattern and owner case, never the whole table (PostgreSQL is told not
+/// to scan sequentially, as it would on a table this small).
+async fn matching_reads_one_index_range_per_case<D: Database>(db: &D) {
+    let plan = db
+        .run(Box::new(|conn| {
+            Box::pin(async move {
+                let sql = super::store::matching_sql(4, true);
+                let params = || -> Vec<super::Param> {
+                    ["*", "a.b", "a.*", "*.b", "\"alice\""]
+                        .into_iter()
+                        .map(super::Param::from)
+                        .collect()
+                };
+                if conn.dialect() == super::Dialect::Postgres {
+                    conn.begin().await?;
+                    let explained = async {
+                        conn.batch("SET LOCAL enable_seqscan = off").await?;
+                        let kinds = [super::Kind::Text];
+                        super::query(conn, &format!("EXPLAIN {sql}"), params(), &kinds).await
+                    }
+                    .await;
+                    conn.rollback().await?;
+                    explained?.iter().map(|r| r.text(0)).collect()
+                } else {
+                    let kinds = [
+                        super::Kind::BigInt,
+                        super::Kind::BigInt,
+                        super::Kind::BigInt,
+                        super::Kind::Text,
+                    ];
+                    let sql = format!("EXPLAIN QUERY PLAN {sql}");
+                    super::query(conn, &sql, params(), &kinds)
+                        .await?
+                        .iter()
+                        .map(|r| r.text(3))
+                        .collect::<crate::Result<Vec<_>>>()
+                }
+            })
+        }))
+        .await
+        .expect("explain the lookup");
+    let plan = plan.join("\n");
+    assert_eq!(
+        plan.matches("thorn_subscribers_owner_event").count(),
+        2,
+        "both owner cases on the (owner, event) index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("SCAN thorn_subscribers"),
+        "{plan}"
+    );
+    if plan.contains("Index Cond") {
+        assert!(
+            plan.contains("owner IS NULL") && plan.contains("owner = "),
+            "{plan}"
+        );
+    }
 }
 
 /// A delivery the previous version wrote with its subscriber inline (in

@@ -121,8 +121,10 @@ async fn subscribers(
         .collect()
 }
 
-/// The active subscriptions that get `event` from `sender`: the four
-/// pattern lookups on the indexed `event` column, and the owner.
+/// The active subscriptions that get `event` from `sender`: the candidate
+/// patterns for no owner and, with a sender, for it — each case one range
+/// of the `(owner, event)` index, so the cost follows the subscriptions
+/// that match, not how many there are.
 pub(crate) async fn matching(
     conn: &mut dyn Connection,
     event: &str,
@@ -131,19 +133,29 @@ pub(crate) async fn matching(
     let mut params: Vec<Param> = candidate_patterns(event)
         .map(|p| Param::from(p.into_owned()))
         .collect();
-    let patterns = placeholders(1, params.len());
-    let owner = match sender {
-        Some(sender) => {
-            params.push(owner_key(sender).into());
-            format!("(owner IS NULL OR owner = ${})", params.len())
-        }
-        None => "owner IS NULL".to_owned(),
+    let patterns = params.len();
+    if let Some(sender) = sender {
+        params.push(owner_key(sender).into());
+    }
+    subscribers(conn, &matching_sql(patterns, sender.is_some()), params).await
+}
+
+/// The statement of [`matching`]: `patterns` candidates in `$1`..., the
+/// sender's owner key after them when `with_sender`.
+pub(crate) fn matching_sql(patterns: usize, with_sender: bool) -> String {
+    let list = placeholders(1, patterns);
+    let of = |owner: &str| {
+        format!(
+            "SELECT {COLUMNS} FROM thorn_subscribers WHERE event IN ({list}) AND {owner} \
+             AND disabled_at IS NULL AND NOT recipient_only"
+        )
     };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM thorn_subscribers \
-         WHERE event IN ({patterns}) AND disabled_at IS NULL AND NOT recipient_only AND {owner}"
-    );
-    subscribers(conn, &sql, params).await
+    let mut sql = of("owner IS NULL");
+    if with_sender {
+        sql.push_str(" UNION ALL ");
+        sql.push_str(&of(&format!("owner = ${}", patterns + 1)));
+    }
+    sql
 }
 
 /// Subscriptions stored in the application's database (SQLite or
