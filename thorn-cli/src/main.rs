@@ -106,7 +106,7 @@ struct WorkerArgs {
     #[arg(long)]
     retention: Option<String>,
     /// Disable a subscription whose deliveries have failed, with no success
-    /// in between, for this many seconds (0: never). Default: 3 days.
+    /// in between, for this many seconds (0: never; 259200 is 3 days).
     #[arg(long, default_value_t = 259_200)]
     disable_after: u64,
     /// Retry every delivery this worker sends on this schedule, instead of
@@ -152,6 +152,9 @@ enum Deliveries {
     Retry {
         /// Delivery id.
         id: Uuid,
+        /// Send it even though it was delivered already.
+        #[arg(long)]
+        again: bool,
     },
     /// Send again one subscription's dead deliveries of a time window,
     /// same ids.
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(tracing::Level::INFO)
         .init();
     match run(cli) {
@@ -314,7 +318,10 @@ where
         }
         Command::Events(Events::Replay { id }) => match DieselOutbox::new(pool).replay_event(id)? {
             Some(ids) => {
-                println!("event {id}: {} new deliveries", ids.len());
+                println!(
+                    "event {id}: {}",
+                    count(ids.len(), "new delivery", "new deliveries")
+                );
                 for id in ids {
                     println!("{id}");
                 }
@@ -355,7 +362,11 @@ fn deliveries<C: RelayConnection>(
             );
         }
         Deliveries::List { state, limit } => {
-            for d in outbox.deliveries(state, limit)? {
+            let list = outbox.deliveries(state, limit)?;
+            if list.is_empty() {
+                println!("no deliveries");
+            }
+            for d in list {
                 println!(
                     "{}  {:9}  {:>2} attempt(s)  {}  {}  {}",
                     d.id,
@@ -370,14 +381,18 @@ fn deliveries<C: RelayConnection>(
         Deliveries::Show { id } => {
             let (d, attempts) = outbox.delivery(id)?.ok_or(format!("no delivery {id}"))?;
             println!(
-                "delivery {}\nevent    {} ({})\nurl      {}\nstate    {}  attempts {}  next run {}",
+                "delivery {}\nevent    {} ({})\nurl      {}\nstate    {}  attempts {}{}",
                 d.id,
                 d.event,
                 d.event_id,
                 d.url,
                 d.state,
                 d.attempts,
-                time(d.run_at)
+                if d.state == DeliveryState::Pending.as_str() {
+                    format!("  next run {}", time(d.run_at))
+                } else {
+                    String::new()
+                }
             );
             if let Some(w) = d.locked_by {
                 println!("claimed by {w}");
@@ -397,7 +412,14 @@ fn deliveries<C: RelayConnection>(
                 }
             }
         }
-        Deliveries::Retry { id } => {
+        Deliveries::Retry { id, again } => {
+            let (d, _) = outbox.delivery(id)?.ok_or(format!("no delivery {id}"))?;
+            if d.state == DeliveryState::Delivered.as_str() && !again {
+                return Err(format!(
+                    "delivery {id} was delivered already: pass --again to send it once more"
+                )
+                .into());
+            }
             if outbox.retry_delivery(id)? {
                 println!("delivery {id} is due now");
             } else {
@@ -412,7 +434,10 @@ fn deliveries<C: RelayConnection>(
             let from = parse_time("--since", &since)?;
             let until = until.map(|u| parse_time("--until", &u)).transpose()?;
             let ids = outbox.recover(subscription, from, until)?;
-            println!("{} dead deliveries are due again", ids.len());
+            println!(
+                "{} due again",
+                count(ids.len(), "dead delivery is", "dead deliveries are")
+            );
             for id in ids {
                 println!("{id}");
             }
@@ -549,7 +574,7 @@ async fn progress(counters: Arc<RelayCounters>) {
         tick.tick().await;
         let now = counters.snapshot();
         eprintln!(
-            "thorn worker: +{} delivered, +{} retrying, +{} failed (total {} delivered)",
+            "thorn worker: +{} delivered, +{} retrying, +{} dead (total {} delivered)",
             now.delivered - last.delivered,
             now.retrying - last.retrying,
             now.dead - last.dead,
@@ -557,4 +582,9 @@ async fn progress(counters: Arc<RelayCounters>) {
         );
         last = now;
     }
+}
+
+/// `1 thing`, `2 things`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -365,6 +365,24 @@ fn the_command_works_on_a_sqlite_file() {
         String::from_utf8_lossy(&counts.stdout).contains("delivered 5"),
         "{counts:?}"
     );
+    // A delivered delivery is not sent again by mistake, nor shown a next run.
+    let delivered = outbox.deliveries(None, 1).unwrap().remove(0).id;
+    let retry = thorn_cmd(&["deliveries", "retry", &delivered]);
+    assert!(!retry.status.success(), "{retry:?}");
+    assert!(
+        String::from_utf8_lossy(&retry.stderr).contains("--again"),
+        "{retry:?}"
+    );
+    let shown = thorn_cmd(&["deliveries", "show", &delivered]);
+    assert!(
+        !String::from_utf8_lossy(&shown.stdout).contains("next run"),
+        "{shown:?}"
+    );
+    let none = thorn_cmd(&["deliveries", "list", "--state", "dead"]);
+    assert_eq!(
+        String::from_utf8_lossy(&none.stdout).trim(),
+        "no deliveries"
+    );
     let pruned = thorn_cmd(&["prune", "--older-than", "0s"]);
     assert!(
         String::from_utf8_lossy(&pruned.stdout)
