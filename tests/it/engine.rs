@@ -400,3 +400,27 @@ fn a_full_dispatcher_queue_refuses_new_events_with_an_error() {
     );
     assert!(error.to_string().contains("THORN_MAX_QUEUED"), "{error}");
 }
+
+#[test]
+fn a_refused_connection_says_so() {
+    // A port nobody listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let config = Config {
+        retry: RetryPolicy::never(),
+        ..local_config()
+    };
+    let (thorn, _, _) = thorn_for(&[&url], config);
+    let outcomes = Event::new("user.created")
+        .send(&thorn, &json!({}))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let error = outcomes[0].result.as_ref().unwrap_err().to_string();
+    assert!(error.contains("refused"), "{error}");
+    assert!(error.contains(&url), "{error}");
+}

@@ -52,8 +52,9 @@ pub enum Error {
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The HTTP request could not be completed (connection refused or reset,
-    /// TLS failure, ...).
-    #[error("request to {url} failed: {source}")]
+    /// TLS failure, ...). The message names the cause at the bottom of the
+    /// client's error (`Connection refused (os error 111)`).
+    #[error("request to {url} failed: {}", causes(source))]
     Http {
         /// The recipient.
         url: String,
@@ -211,6 +212,22 @@ pub enum Error {
         /// What panicked, e.g. `the relay thread`.
         what: &'static str,
     },
+}
+
+/// `error`, then each distinct cause under it: `error sending request:
+/// client error (Connect): tcp connect error: Connection refused`.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A recipient URL was blocked by a validator: names the URL and the rule.
