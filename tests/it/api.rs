@@ -642,3 +642,93 @@ fn owners_pause_and_resume_with_diesel_on_postgres() {
         true,
     );
 }
+
+#[test]
+fn strict_input_names_what_is_wrong() {
+    runtime().block_on(async {
+        let app = router();
+        // A misspelt field is refused, and nothing is stored.
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/hooks/",
+            Some(1),
+            Some(r#"{"event": "*", "url": "https://e.com/", "hmac_secert": "mine"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body["non_field_errors"][0]
+                .as_str()
+                .is_some_and(|m| m.contains("hmac_secert")),
+            "{body}"
+        );
+        let (_, list) = call(&app, "GET", "/hooks/", Some(1), None).await;
+        assert_eq!(list, json!([]));
+        // What a subscription is shown with may come back unchanged.
+        let (s, created) = call(
+            &app,
+            "POST",
+            "/hooks/",
+            Some(1),
+            Some(r#"{"event": "*", "url": "https://e.com/"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let id = created["id"].as_str().unwrap();
+        let (s, _) = call(
+            &app,
+            "PATCH",
+            &format!("/hooks/{id}/"),
+            Some(1),
+            Some(&created.to_string()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+
+        // Only JSON bodies, said as such.
+        let send = |content_type: Option<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut req = Request::builder()
+                    .method("POST")
+                    .uri("/hooks/")
+                    .header("x-user", "1");
+                if let Some(ct) = content_type {
+                    req = req.header("content-type", ct);
+                }
+                let req = req
+                    .body(Body::from(r#"{"event": "*", "url": "https://e.com/"}"#))
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status()
+            }
+        };
+        assert_eq!(send(None).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            send(Some("application/jsonx")).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            send(Some("text/plain")).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            send(Some("application/json; charset=utf-8")).await,
+            StatusCode::CREATED
+        );
+
+        // A 401 says how to authenticate.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/hooks/")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().contains_key("www-authenticate"));
+    });
+}

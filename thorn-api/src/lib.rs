@@ -211,7 +211,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.status, &self.body)
+        let mut response = json_response(self.status, &self.body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110: a 401 names how to authenticate.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"webhooks\""),
+            );
+        }
+        response
     }
 }
 
@@ -244,6 +252,28 @@ impl FromRequestParts<Api> for User {
 fn timestamp(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
+
+/// The fields a request may set.
+const WRITABLE: [&str; 6] = [
+    "event",
+    "url",
+    "content_type",
+    "hmac_secret",
+    "hmac_digest",
+    "active",
+];
+
+/// The fields a subscription is shown with that requests cannot set
+/// (accepted and ignored, so a client may send back what it read).
+const READ_ONLY: [&str; 7] = [
+    "id",
+    "user",
+    "created_at",
+    "updated_at",
+    "subscription",
+    "disabled_at",
+    "disabled_reason",
+];
 
 impl Api {
     fn render(&self, s: &Subscriber) -> Value {
@@ -278,6 +308,23 @@ impl Api {
         creating: bool,
     ) -> Result<Option<bool>, ApiError> {
         let mut errors: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        // A misspelt field is an error, not a default quietly taken (the
+        // fields a subscription is shown with may come back unchanged).
+        let unknown: Vec<&str> = body
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !WRITABLE.contains(k) && !READ_ONLY.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            errors.insert(
+                "non_field_errors",
+                vec![format!(
+                    "Unknown field(s): {}. Known: {}.",
+                    unknown.join(", "),
+                    WRITABLE.join(", ")
+                )],
+            );
+        }
         let text =
             |name: &'static str,
              required: bool,
@@ -390,14 +437,23 @@ fn json_object(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Map<String, Value>, ApiError> {
     let body = body.map_err(|e| ApiError::detail(e.status(), e.body_text()))?;
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::detail(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Unsupported media type \"{ct}\" in request: send application/json."),
-            ));
-        }
+    // `application/json`, with parameters or not; nothing else, and not
+    // nothing.
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase());
+    let media = ct
+        .as_deref()
+        .map(|ct| ct.split(';').next().unwrap_or("").trim());
+    if media != Some("application/json") {
+        let got = match &ct {
+            Some(ct) => format!("\"{ct}\""),
+            None => "no Content-Type".to_owned(),
+        };
+        return Err(ApiError::detail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Unsupported media type {got} in request: send application/json."),
+        ));
     }
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
