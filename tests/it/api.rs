@@ -732,3 +732,48 @@ fn strict_input_names_what_is_wrong() {
         assert!(res.headers().contains_key("www-authenticate"));
     });
 }
+
+#[test]
+fn links_are_absolute_from_the_request_as_python_thorn_clients_expect() {
+    runtime().block_on(async {
+        let app = router();
+        let post = |host: &'static str, proto: Option<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut req = Request::builder()
+                    .method("POST")
+                    .uri("/hooks/")
+                    .header("host", host)
+                    .header("x-user", "1")
+                    .header("content-type", "application/json");
+                if let Some(p) = proto {
+                    req = req.header("x-forwarded-proto", p);
+                }
+                let req = req
+                    .body(Body::from(r#"{"event": "*", "url": "https://e.com/"}"#))
+                    .unwrap();
+                let res = app.oneshot(req).await.unwrap();
+                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            }
+        };
+        let created = post("api.test:8080", None).await;
+        let id = created["id"].as_str().unwrap();
+        assert_eq!(
+            created["subscription"],
+            format!("http://api.test:8080/hooks/{id}/")
+        );
+        let behind_tls = post("api.test", Some("https")).await;
+        let id = behind_tls["id"].as_str().unwrap();
+        assert_eq!(
+            behind_tls["subscription"],
+            format!("https://api.test/hooks/{id}/")
+        );
+        // Something that is no host name is not pasted into a link.
+        let odd = post("evil.test/x?y", None).await;
+        let id = odd["id"].as_str().unwrap();
+        assert_eq!(odd["subscription"], format!("/hooks/{id}/"));
+    });
+}

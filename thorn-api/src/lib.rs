@@ -136,7 +136,10 @@ impl Api {
         self.edit(|i| i.prefix = if prefix == "/" { String::new() } else { prefix })
     }
 
-    /// Makes `subscription` links absolute: `https://api.example.com`.
+    /// The base of `subscription` links: `https://api.example.com`.
+    /// Without it they are built from the request (`Host`,
+    /// `X-Forwarded-Host`, `X-Forwarded-Proto`), and stay relative only when
+    /// the request names no host.
     pub fn public_base_url(self, base: &str) -> Self {
         let base = base.trim_end_matches('/').to_owned();
         self.edit(|i| i.public_base_url = Some(base))
@@ -232,6 +235,40 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// Where the request was sent, `http(s)://host[:port]`, from `Host` (or
+/// `X-Forwarded-Host`) and `X-Forwarded-Proto`: what makes links absolute,
+/// as Python Thorn's clients expect, when no public base URL is set.
+struct Origin(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Origin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let host = header("x-forwarded-host")
+            .or_else(|| header("host"))
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            // A host, not a path or anything else to paste into a link.
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            });
+        let scheme = match header("x-forwarded-proto") {
+            Some("https") => "https",
+            _ => parts.uri.scheme_str().unwrap_or("http"),
+        };
+        Ok(Origin(host.map(|h| format!("{scheme}://{h}"))))
+    }
+}
+
 /// The authenticated caller.
 struct User(SenderId);
 
@@ -276,11 +313,14 @@ const READ_ONLY: [&str; 7] = [
 ];
 
 impl Api {
-    fn render(&self, s: &Subscriber) -> Value {
+    /// `s` as the API shows it; `origin` (`https://host`) makes its link
+    /// absolute when no public base URL is configured.
+    fn render(&self, s: &Subscriber, origin: Option<&str>) -> Value {
         let path = format!("{}/{}/", self.inner.prefix, s.uuid);
-        let link = match &self.inner.public_base_url {
-            Some(base) => format!("{base}{path}"),
-            None => path,
+        let link = match (&self.inner.public_base_url, origin) {
+            (Some(base), _) => format!("{base}{path}"),
+            (None, Some(origin)) => format!("{origin}{path}"),
+            (None, None) => path,
         };
         json!({
             "id": s.uuid,
@@ -476,7 +516,11 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found())
 }
 
-async fn list(State(api): State<Api>, User(owner): User) -> Result<Response, ApiError> {
+async fn list(
+    State(api): State<Api>,
+    User(owner): User,
+    Origin(origin): Origin,
+) -> Result<Response, ApiError> {
     let subs = api
         .inner
         .store
@@ -485,13 +529,18 @@ async fn list(State(api): State<Api>, User(owner): User) -> Result<Response, Api
         .map_err(ApiError::store)?;
     Ok(json_response(
         StatusCode::OK,
-        &Value::Array(subs.iter().map(|s| api.render(s)).collect()),
+        &Value::Array(
+            subs.iter()
+                .map(|s| api.render(s, origin.as_deref()))
+                .collect(),
+        ),
     ))
 }
 
 async fn create(
     State(api): State<Api>,
     User(owner): User,
+    Origin(origin): Origin,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -507,12 +556,16 @@ async fn create(
         .insert(sub.clone())
         .await
         .map_err(ApiError::store)?;
-    Ok(json_response(StatusCode::CREATED, &api.render(&sub)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &api.render(&sub, origin.as_deref()),
+    ))
 }
 
 async fn show(
     State(api): State<Api>,
     User(owner): User,
+    Origin(origin): Origin,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
@@ -523,7 +576,10 @@ async fn show(
         .await
         .map_err(ApiError::store)?
     {
-        Some(s) => Ok(json_response(StatusCode::OK, &api.render(&s))),
+        Some(s) => Ok(json_response(
+            StatusCode::OK,
+            &api.render(&s, origin.as_deref()),
+        )),
         None => Err(ApiError::not_found()),
     }
 }
@@ -531,6 +587,7 @@ async fn show(
 async fn update(
     State(api): State<Api>,
     User(owner): User,
+    Origin(origin): Origin,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -560,7 +617,10 @@ async fn update(
     }
     // As stored now (a worker may have disabled it meanwhile).
     match store.get(&owner, id).await.map_err(ApiError::store)? {
-        Some(sub) => Ok(json_response(StatusCode::OK, &api.render(&sub))),
+        Some(sub) => Ok(json_response(
+            StatusCode::OK,
+            &api.render(&sub, origin.as_deref()),
+        )),
         None => Err(ApiError::not_found()),
     }
 }
