@@ -717,6 +717,31 @@ fn strict_input_names_what_is_wrong() {
             StatusCode::CREATED
         );
 
+        // A 405 says which methods the route serves, in the error shape.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method("PUT")
+                    .uri("/hooks/")
+                    .header("x-user", "1")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let allow = res.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("not allowed"),
+            "{body}"
+        );
+
         // A 401 says how to authenticate.
         let res = app
             .clone()

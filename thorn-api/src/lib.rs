@@ -173,6 +173,7 @@ impl Api {
             .route(&format!("{p}/{{id}}/"), item.clone())
             .route(&format!("{p}/{{id}}"), item)
             .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::map_response(explain_405))
             .with_state(self)
     }
 }
@@ -267,6 +268,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Origin {
         };
         Ok(Origin(host.map(|h| format!("{scheme}://{h}"))))
     }
+}
+
+/// axum answers a method a route does not serve with 405 and no body (it
+/// adds `Allow` afterwards): the body says so in the API's error shape.
+async fn explain_405(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let mut answer = ApiError::detail(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed here: the Allow header lists those that are.",
+    )
+    .into_response();
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// The authenticated caller.
