@@ -40,6 +40,23 @@ fn build_thorn(kind: DispatcherKind, outbox: bool, url: &str) -> Thorn {
     .unwrap()
 }
 
+/// An in-process relay on `db`, polling every 50 ms.
+fn start_relay(
+    rt: &tokio::runtime::Runtime,
+    thorn: &Thorn,
+    db: &DatabaseConnection,
+) -> thorn::seaorm::Relay {
+    rt.block_on(thorn::seaorm::Relay::start_with(
+        thorn,
+        db.clone(),
+        thorn::outbox::RelayOptions {
+            poll: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+    ))
+    .unwrap()
+}
+
 fn draft(title: &str) -> fun_article::ActiveModel {
     fun_article::ActiveModel {
         title: Set(title.to_owned()),
@@ -95,16 +112,7 @@ crate::seaorm_funtests::on_both!(
         // Nothing is sent in-process; a relay sends the two committed ones,
         // and only those.
         receiver.expect_none(std::time::Duration::from_millis(200));
-        let relay = rt
-            .block_on(thorn::seaorm::Relay::start_with(
-                &thorn,
-                db.clone(),
-                thorn::outbox::RelayOptions {
-                    poll: std::time::Duration::from_millis(50),
-                    ..Default::default()
-                },
-            ))
-            .unwrap();
+        let relay = start_relay(&rt, &thorn, &db);
         let sent: BTreeSet<String> = receiver
             .expect(2, WAIT)
             .iter()
@@ -327,16 +335,7 @@ crate::seaorm_funtests::on_both!(
         use thorn::seaorm::entity::{attempt, delivery, event};
         let receiver = Receiver::start();
         let thorn = outbox_thorn(&receiver.url);
-        let relay = rt
-            .block_on(thorn::seaorm::Relay::start_with(
-                &thorn,
-                db.clone(),
-                thorn::outbox::RelayOptions {
-                    poll: std::time::Duration::from_millis(50),
-                    ..Default::default()
-                },
-            ))
-            .unwrap();
+        let relay = start_relay(&rt, &thorn, &db);
         rt.block_on(thorn::seaorm::scope(
             thorn,
             thorn::seaorm::transaction(&db, |txn| Box::pin(draft("tracked").insert(txn))),

@@ -5,7 +5,7 @@
 
 use diesel::connection::{LoadConnection, SimpleConnection, TransactionManager};
 use diesel::deserialize::{self, FromSql, QueryableByName};
-use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::row::{Field, NamedRow};
 use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
@@ -24,12 +24,13 @@ pub struct DieselConn<'c, C>(pub &'c mut C);
 struct DynRow(Vec<Value>);
 
 /// A statement of Thorn's SQL with its parameters, as Diesel runs it:
-/// prepared once per connection and text (Diesel's statement cache), its
-/// placeholders (`$N` on PostgreSQL, `?N` on SQLite) bound in order of
+/// prepared once per connection and text (Diesel's statement cache) when
+/// `cached`, its placeholders (`$N` on PostgreSQL, `?N` on SQLite) bound in order of
 /// appearance, a parameter used twice bound twice.
 struct Prepared<'q> {
     sql: &'q str,
     params: Vec<Param>,
+    cached: bool,
 }
 
 /// Where the next placeholder in `sql` starts and ends, and its number.
@@ -65,6 +66,9 @@ where
     Option<bool>: diesel::serialize::ToSql<Nullable<Bool>, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if !self.cached {
+            out.unsafe_to_cache_prepared();
+        }
         let mut rest = self.sql;
         while let Some((start, end, n)) = next_placeholder(rest) {
             out.push_sql(&rest[..start]);
@@ -99,33 +103,6 @@ impl Query for Prepared<'_> {
 }
 
 impl<C: diesel::Connection> RunQueryDsl<C> for Prepared<'_> {}
-
-/// Binds `params` in order (a statement run once, not prepared).
-fn bind<'f, DB>(
-    mut query: BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>,
-    params: Vec<Param>,
-) -> BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>
-where
-    DB: diesel::backend::Backend
-        + diesel::sql_types::HasSqlType<Nullable<Text>>
-        + diesel::sql_types::HasSqlType<Nullable<BigInt>>
-        + diesel::sql_types::HasSqlType<Nullable<Integer>>
-        + diesel::sql_types::HasSqlType<Nullable<Bool>>,
-    Option<String>: diesel::serialize::ToSql<Nullable<Text>, DB>,
-    Option<i64>: diesel::serialize::ToSql<Nullable<BigInt>, DB>,
-    Option<i32>: diesel::serialize::ToSql<Nullable<Integer>, DB>,
-    Option<bool>: diesel::serialize::ToSql<Nullable<Bool>, DB>,
-{
-    for param in params {
-        query = match param {
-            Param::Text(v) => query.bind::<Nullable<Text>, _>(v),
-            Param::BigInt(v) => query.bind::<Nullable<BigInt>, _>(v),
-            Param::Int(v) => query.bind::<Nullable<Integer>, _>(v),
-            Param::Bool(v) => query.bind::<Nullable<Bool>, _>(v),
-        };
-    }
-    query
-}
 
 #[cfg(feature = "sqlite")]
 impl QueryableByName<diesel::sqlite::Sqlite> for DynRow {
@@ -195,7 +172,7 @@ fn checked<C: diesel::Connection, T>(conn: &mut C, result: QueryResult<T>) -> Qu
 }
 
 macro_rules! connection_for {
-    ($conn:ty, $backend:ty, $dialect:expr) => {
+    ($conn:ty, $dialect:expr) => {
         impl Connection for DieselConn<'_, $conn> {
             fn dialect(&self) -> Dialect {
                 $dialect
@@ -206,7 +183,12 @@ macro_rules! connection_for {
                 sql: &'a str,
                 params: Vec<Param>,
             ) -> BoxFuture<'a, Result<u64>> {
-                let result = Prepared { sql, params }.execute(self.0);
+                let result = Prepared {
+                    sql,
+                    params,
+                    cached: true,
+                }
+                .execute(self.0);
                 done(checked(self.0, result).map(|n| n as u64))
             }
 
@@ -215,8 +197,12 @@ macro_rules! connection_for {
                 sql: &'a str,
                 params: Vec<Param>,
             ) -> BoxFuture<'a, Result<u64>> {
-                let query = bind(diesel::sql_query(sql).into_boxed::<$backend>(), params);
-                let result = query.execute(self.0);
+                let once = Prepared {
+                    sql,
+                    params,
+                    cached: false,
+                };
+                let result = once.execute(self.0);
                 done(checked(self.0, result).map(|n| n as u64))
             }
 
@@ -226,7 +212,12 @@ macro_rules! connection_for {
                 params: Vec<Param>,
                 _columns: &'a [Kind],
             ) -> BoxFuture<'a, Result<Vec<Row>>> {
-                let result = Prepared { sql, params }.load::<DynRow>(self.0);
+                let result = Prepared {
+                    sql,
+                    params,
+                    cached: true,
+                }
+                .load::<DynRow>(self.0);
                 done(
                     checked(self.0, result)
                         .map(|rows| rows.into_iter().map(|r| Row(r.0)).collect()),
@@ -260,13 +251,9 @@ macro_rules! connection_for {
 }
 
 #[cfg(feature = "sqlite")]
-connection_for!(
-    diesel::SqliteConnection,
-    diesel::sqlite::Sqlite,
-    Dialect::Sqlite
-);
+connection_for!(diesel::SqliteConnection, Dialect::Sqlite);
 #[cfg(feature = "postgres")]
-connection_for!(diesel::PgConnection, diesel::pg::Pg, Dialect::Postgres);
+connection_for!(diesel::PgConnection, Dialect::Postgres);
 
 /// Diesel connections Thorn's SQL runs on: `SqliteConnection` and
 /// `PgConnection` (feature `postgres`).
