@@ -44,7 +44,7 @@ pub use thorn_core::{
     SubscriptionStore, Thorn, ThornBuilder, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
-    buffer, codec, config, deliver, dispatch, event, filter, model, outbox, retry, signing,
+    buffer, codec, config, delivery, dispatch, event, filter, model, outbox, relay, retry, signing,
     subscriber, transaction, validate,
 };
 pub use thorn_derive::WebhookModel;

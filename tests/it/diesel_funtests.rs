@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
 use thorn::diesel::{DieselStore, Relay, migrate};
-use thorn::outbox::RelayOptions;
+use thorn::relay::RelayOptions;
 use thorn::{Config, SubscriptionStore, Thorn, WebhookModel};
 
 use crate::funtests::{Blog, base_config};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use thorn::diesel::outbox::{OutboxCounts, thorn_attempts, thorn_deliveries};
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, DieselStore, Relay, migrate};
-use thorn::outbox::RelayOptions;
+use thorn::relay::RelayOptions;
 use thorn::subscriber::MemoryStore;
 use thorn::{Config, RetryPolicy, Subscriber, Thorn, WebhookModel};
 

@@ -13,7 +13,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, DieselStore, Relay, migrate};
-use thorn::outbox::{OutboxCounts, RelayOptions};
+use thorn::outbox::OutboxCounts;
+use thorn::relay::RelayOptions;
 use thorn::{Config, Error, Subscriber, Thorn, WebhookModel};
 
 use crate::db::{PgSchema, pg_pool};

@@ -27,7 +27,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, Relay, migrate};
-use thorn::outbox::RelayOptions;
+use thorn::relay::RelayOptions;
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, Subscriber, Thorn, WebhookModel};
 

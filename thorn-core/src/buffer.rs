@@ -267,3 +267,28 @@ pub async fn buffered<F: Future>(options: BufferOptions, future: F) -> F::Output
     flush_state(&shared);
     out
 }
+
+/// How a [`Thorn`] hands over an event: to the active buffer when there
+/// is one, else to its dispatcher.
+impl Thorn {
+    /// Hands an event to the dispatcher, or to the active buffer
+    /// ([`crate::buffer`]) when there is one.
+    pub(crate) fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
+        match current() {
+            Some(buffer) => hold(&buffer, self, outgoing),
+            None => self.dispatch_now(outgoing),
+        }
+    }
+
+    /// Hands the events of a committed transaction to the dispatcher at
+    /// once (or to the active buffer), when nobody waits for outcomes.
+    pub(crate) fn dispatch_batch(&self, batch: Vec<Outgoing>) {
+        if current().is_some() {
+            for outgoing in batch {
+                drop(self.dispatch(outgoing));
+            }
+        } else {
+            self.dispatch_batch_now(batch);
+        }
+    }
+}

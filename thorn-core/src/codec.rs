@@ -54,7 +54,7 @@ impl ContentType {
     }
 
     /// Encodes a message that is already a JSON value. Cannot fail: every
-    /// failure happens earlier, in [`to_message_value`].
+    /// failure happens earlier, when the payload becomes a JSON value.
     pub fn encode(self, message: &Value) -> Vec<u8> {
         match self {
             ContentType::Json => {
@@ -87,18 +87,6 @@ impl FromStr for ContentType {
             _ => Err(UnknownContentType(s.to_owned())),
         }
     }
-}
-
-/// Turns any payload into a JSON value, the form every codec starts from.
-///
-/// This is where encoding fails (a failing `Serialize`, a map whose keys are
-/// not strings); the error names the event so it can be found in logs.
-pub fn to_message_value<T: Serialize + ?Sized>(event: &str, payload: &T) -> crate::Result<Value> {
-    serde_json::to_value(payload).map_err(|source| crate::Error::Encode {
-        event: event.to_owned(),
-        content_type: ContentType::Json,
-        source,
-    })
 }
 
 fn encode_form(message: &Value) -> String {
@@ -161,14 +149,5 @@ mod tests {
         assert_eq!(pairs[2], ("sender".into(), "".into()));
         let data: Value = serde_json::from_str(&pairs[3].1).unwrap();
         assert_eq!(data, json!({"tags": ["x", "y"], "ok": true}));
-    }
-
-    #[test]
-    fn payload_that_cannot_be_encoded_names_the_event() {
-        let mut bad = std::collections::HashMap::new();
-        bad.insert((1, 2), "tuple keys are not JSON object keys");
-        let err = to_message_value("article.created", &bad).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("article.created"), "{text}");
     }
 }

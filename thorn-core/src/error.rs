@@ -347,3 +347,30 @@ impl std::fmt::Display for Blocked {
 
 /// Shorthand for `Result<T, thorn_core::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Turns any payload into a JSON value, the form every codec starts from.
+///
+/// This is where encoding fails (a failing `Serialize`, a map whose keys are
+/// not strings); the error names the event so it can be found in logs.
+pub(crate) fn to_message_value<T: serde::Serialize + ?Sized>(
+    event: &str,
+    payload: &T,
+) -> Result<serde_json::Value> {
+    serde_json::to_value(payload).map_err(|source| Error::Encode {
+        event: event.to_owned(),
+        content_type: ContentType::Json,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payload_that_cannot_be_encoded_names_the_event() {
+        let mut bad = std::collections::HashMap::new();
+        bad.insert((1, 2), "tuple keys are not JSON object keys");
+        let err = super::to_message_value("article.created", &bad).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("article.created"), "{text}");
+    }
+}

@@ -32,54 +32,13 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::codec::to_message_value;
-use crate::deliver::DeliveryOutcome;
+use crate::delivery::{Callbacks, DeliveryOutcome};
 use crate::dispatch::{Dispatched, Message, Outgoing};
+use crate::error::to_message_value;
 use crate::retry::RetryPolicy;
 use crate::subscriber::{SenderId, Subscriber, SubscriberCallback, SubscriberQuery};
 use crate::validate::Validators;
 use crate::{Error, Result, Thorn};
-
-/// Called with the outcome of a delivery attempt.
-pub type Callback = Arc<dyn Fn(&DeliveryOutcome) + Send + Sync>;
-
-/// Callbacks of one `send`, each called once per HTTP attempt of each
-/// delivery: `on_success` when the receiver answered 2xx, `on_timeout` when
-/// the attempt timed out, `on_error` for every other failed attempt
-/// (including those that will be retried).
-#[derive(Clone, Default)]
-pub struct Callbacks {
-    /// A delivery succeeded.
-    pub on_success: Option<Callback>,
-    /// An attempt failed (not a timeout).
-    pub on_error: Option<Callback>,
-    /// An attempt timed out.
-    pub on_timeout: Option<Callback>,
-}
-
-impl fmt::Debug for Callbacks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Callbacks")
-            .field("on_success", &self.on_success.is_some())
-            .field("on_error", &self.on_error.is_some())
-            .field("on_timeout", &self.on_timeout.is_some())
-            .finish()
-    }
-}
-
-impl Callbacks {
-    /// Calls the callback that fits `outcome`.
-    pub fn fire(&self, outcome: &DeliveryOutcome) {
-        let callback = match &outcome.result {
-            Ok(_) => &self.on_success,
-            Err(Error::Timeout { .. }) => &self.on_timeout,
-            Err(_) => &self.on_error,
-        };
-        if let Some(cb) = callback {
-            cb(outcome);
-        }
-    }
-}
 
 /// A named event (`"user.created"`) with its sending options (Thorn's
 /// `Event` keyword arguments).

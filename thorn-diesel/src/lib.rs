@@ -62,7 +62,7 @@ pub use store::DieselStore;
 use diesel::query_dsl::LoadQuery;
 use diesel::result::QueryResult;
 use thorn_core::outbox::StoredEvent;
-use thorn_core::transaction::{FrameKey, Parent, Raised, Scope};
+use thorn_core::transaction::{FrameKey, ManagedFrame, Parent, Raised, Scope};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 /// Runs an `INSERT ... RETURNING` statement and sends the model's create
@@ -391,7 +391,7 @@ where
 {
     let (connection, depth) = transaction_state(conn)?;
     let parent = Parent::enclosing(scope_at(thorn, connection, depth));
-    let mut frame = thorn.begin_frame(FrameKey::new(connection, depth + 1), parent);
+    let mut frame = ManagedFrame::begin(thorn, FrameKey::new(connection, depth + 1), parent);
     let value = conn.transaction::<T, E, _>(|conn| {
         let value = f(conn)?;
         let rows = frame.before_commit().map_err(thorn_error)?;
@@ -424,7 +424,7 @@ pub fn begin_test_transaction<C: diesel::Connection>(
     conn.begin_test_transaction()?;
     let (connection, depth) = transaction_state(conn)?;
     Ok(TestTransaction {
-        _marker: thorn.begin_frame(FrameKey::new(connection, depth), Parent::Test),
+        _marker: ManagedFrame::begin(thorn, FrameKey::new(connection, depth), Parent::Test),
     })
 }
 

@@ -39,9 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use thorn_core::outbox::{
-    BackgroundRelay, DeliveryState, Pruned, RelayOptions, RelayStats, StoredEvent,
-};
+use thorn_core::outbox::{DeliveryState, Pruned, StoredEvent};
+use thorn_core::relay::{BackgroundRelay, RelayOptions, RelayStats};
 use thorn_core::sql::{SqlOutbox, ready};
 use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;

@@ -628,7 +628,7 @@ where
     let thorn = thorn_for("thorn_seaorm::begin")?;
     let parent = Parent::enclosing(scope_of(&thorn, db));
     let txn = Box::new(db.begin_with_options(options).await?);
-    let frame = thorn.begin_frame(frame_key(&*txn), parent);
+    let frame = ManagedFrame::begin(&thorn, frame_key(&*txn), parent);
     Ok(Transaction { txn, frame })
 }
 

@@ -39,9 +39,8 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use sqlx::postgres::PgListener;
-use thorn_core::outbox::{
-    CHANNEL, RelayCounters, RelayOptions, RelayStats, StoredEvent, run_relay,
-};
+use thorn_core::outbox::{CHANNEL, StoredEvent};
+use thorn_core::relay::{RelayCounters, RelayOptions, RelayStats, run_relay};
 use thorn_core::sql::SqlOutbox;
 use thorn_core::{Error, Result, Thorn};
 use tokio::sync::{Notify, watch};

@@ -36,15 +36,11 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
-mod background;
 mod health;
-mod relay;
 mod store;
 mod stored;
 
-pub use background::BackgroundRelay;
 pub use health::Health;
-pub use relay::{RelayCounters, RelayOptions, RelayStats, default_worker_name, run_relay};
 pub use store::{
     Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo,
     DeliveryState, FanOut, NewDelivery, Next, OutboxCounts, OutboxStore, Pruned,

@@ -1,368 +1,23 @@
-//! Dispatchers decide what sending an event does.
-//!
-//! - [`InProcessDispatcher`] (the default) delivers from this process, in
-//!   the background, through one pooled HTTP client: deliveries are grouped
-//!   by scheme, host and port so connections are reused, the number in
-//!   flight is bounded overall and per host, and failed attempts are
-//!   retried by the event's [`RetryPolicy`] with the same `Hook-Delivery`.
-//!   `send` returns at once with a [`Dispatched`] handle; nothing blocks the
-//!   caller's thread or database transaction.
-//! - [`DisabledDispatcher`] sends nothing.
-//!
-//! Applications can plug their own by implementing [`Dispatcher`].
+//! [`InProcessDispatcher`]: deliveries from this process, on a runtime of
+//! its own, through one pooled client, bounded overall and per host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::{Dispatched, Dispatcher, InFlight, InFlightEntry, Outgoing};
 use crate::codec::ContentType;
 use crate::config::Config;
-use crate::deliver::{Delivery, DeliveryOutcome, HttpClient};
-use crate::event::Callbacks;
-use crate::retry::{RetryPolicy, Verdict};
-use crate::subscriber::{SenderId, Subscriber};
+use crate::delivery::{Delivery, DeliveryOutcome, HttpClient};
+use crate::retry::Verdict;
+use crate::subscriber::Directory;
+use crate::subscriber::Subscriber;
 use crate::validate::Validators;
-use crate::{Error, Result, Thorn};
-
-/// The message of an [`Outgoing`].
-#[derive(Debug, Clone)]
-pub(crate) enum Message {
-    /// Any JSON value (`Event::send`).
-    Value(Value),
-    /// Thorn's model message, kept in its parts until it is encoded: no
-    /// map is built for it on the writer's thread.
-    Model(ModelMessage),
-}
-
-/// `{"event": ..., "ref": ..., "sender": ..., "data": ...}`, serialized in
-/// that order, as the map it stands for.
-#[derive(Debug, Clone)]
-pub(crate) struct ModelMessage {
-    pub(crate) event: Arc<str>,
-    pub(crate) reference: Option<String>,
-    pub(crate) sender: Option<SenderId>,
-    pub(crate) data: Value,
-}
-
-impl serde::Serialize for ModelMessage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut m = s.serialize_struct("Message", 4)?;
-        m.serialize_field("event", &*self.event)?;
-        m.serialize_field("ref", &self.reference)?;
-        m.serialize_field("sender", &self.sender)?;
-        m.serialize_field("data", &self.data)?;
-        m.end()
-    }
-}
-
-impl Message {
-    fn to_value(&self) -> std::borrow::Cow<'_, Value> {
-        match self {
-            Message::Value(v) => std::borrow::Cow::Borrowed(v),
-            Message::Model(m) => std::borrow::Cow::Owned(m.clone().into_value()),
-        }
-    }
-
-    pub(crate) fn into_value(self) -> Value {
-        match self {
-            Message::Value(v) => v,
-            Message::Model(m) => m.into_value(),
-        }
-    }
-}
-
-impl ModelMessage {
-    fn into_value(self) -> Value {
-        let mut m = serde_json::Map::with_capacity(4);
-        m.insert("event".into(), Value::String(self.event.to_string()));
-        m.insert(
-            "ref".into(),
-            self.reference.map_or(Value::Null, Value::String),
-        );
-        m.insert(
-            "sender".into(),
-            self.sender.map_or(Value::Null, |s| {
-                serde_json::to_value(s).expect("sender ids are JSON")
-            }),
-        );
-        m.insert("data".into(), self.data);
-        Value::Object(m)
-    }
-}
-
-/// One event on its way out: the message and how to send it. Built by
-/// [`crate::Event::send`] and by model events.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// Event name.
-    pub event: Arc<str>,
-    /// The message, before encoding.
-    pub(crate) message: Message,
-    /// The JSON encoding of `message`, made once, when first needed (by
-    /// the dispatcher, off the writer's thread).
-    pub(crate) json: std::sync::OnceLock<Bytes>,
-    /// Who sent it (selects owner-scoped subscribers).
-    pub sender: Option<SenderId>,
-    /// Context for subscriber callbacks.
-    pub context: Option<Value>,
-    /// Request timeout.
-    pub timeout: std::time::Duration,
-    /// Extra HTTP headers.
-    pub headers: HeaderMap,
-    /// Subscribers added by the event itself.
-    pub extra_subscribers: Vec<Subscriber>,
-    /// Retry policy.
-    pub retry: RetryPolicy,
-    /// Retry policy through the outbox.
-    pub(crate) outbox_retry: RetryPolicy,
-    /// Reuse connections.
-    pub keepalive: bool,
-    /// Validators of the event, if not the configured ones.
-    pub validators: Option<Validators>,
-    /// Per-attempt callbacks.
-    pub callbacks: Callbacks,
-}
-
-impl Outgoing {
-    /// The message, before encoding.
-    pub fn message(&self) -> std::borrow::Cow<'_, Value> {
-        self.message.to_value()
-    }
-
-    /// The message, taken out.
-    pub fn into_message(self) -> Value {
-        self.message.into_value()
-    }
-
-    /// The JSON encoding of the message, made on first use and shared.
-    pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| match &self.message {
-            Message::Value(v) => Bytes::from(ContentType::Json.encode(v)),
-            Message::Model(m) => {
-                Bytes::from(serde_json::to_vec(m).expect("a model message always serializes"))
-            }
-        })
-    }
-
-    /// The body for a content type (JSON is encoded once and shared).
-    pub fn body(&self, content_type: ContentType) -> Bytes {
-        match content_type {
-            ContentType::Json => self.json().clone(),
-            other => Bytes::from(other.encode(&self.message())),
-        }
-    }
-}
-
-/// What `send` does with an event.
-pub trait Dispatcher: Send + Sync + 'static {
-    /// Starts delivering `outgoing`; returns at once.
-    fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched;
-
-    /// The events this dispatcher has accepted and not finished, for
-    /// [`Thorn::drain`]; `None` when it keeps no work of its own in the
-    /// background.
-    fn in_flight(&self) -> Option<&InFlight> {
-        None
-    }
-
-    /// Starts delivering every event of `batch` (those of one committed
-    /// transaction), when nobody waits for their outcomes. The default
-    /// dispatches them one by one; a dispatcher with a queue can hand the
-    /// batch over at once.
-    fn dispatch_batch(&self, thorn: &Thorn, batch: Vec<Outgoing>) {
-        for outgoing in batch {
-            drop(self.dispatch(thorn, outgoing));
-        }
-    }
-}
-
-/// Counts the events a dispatcher has accepted and not yet finished
-/// (queued, being delivered, or waiting to retry), so a program can wait
-/// for them before it exits ([`Thorn::drain`]). Dispatchers of your own
-/// can use it too.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
-    lock: Mutex<()>,
-    idle: std::sync::Condvar,
-    idle_async: tokio::sync::Notify,
-}
-
-/// One event counted by an [`InFlight`] until dropped.
-#[derive(Debug)]
-pub struct InFlightEntry(Arc<InFlight>);
-
-impl Drop for InFlightEntry {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Taking the lock orders this wake-up after a waiter's check.
-            drop(self.0.lock.lock().unwrap_or_else(|e| e.into_inner()));
-            self.0.idle.notify_all();
-            self.0.idle_async.notify_waiters();
-        }
-    }
-}
-
-impl InFlight {
-    /// Counts one more event until the returned entry is dropped.
-    pub fn enter(self: &Arc<Self>) -> InFlightEntry {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        InFlightEntry(self.clone())
-    }
-
-    /// Events accepted and not finished.
-    pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Blocks until no event is left or `timeout` passed; returns how many
-    /// are left.
-    pub fn wait(&self, timeout: std::time::Duration) -> usize {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let left = self.count();
-            if left == 0 {
-                return 0;
-            }
-            guard = match deadline {
-                // A timeout too large to add is "no deadline".
-                None => self.idle.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = std::time::Instant::now();
-                    if now >= deadline {
-                        return left;
-                    }
-                    self.idle
-                        .wait_timeout(guard, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Waits until no event is left or `timeout` passed; returns how many
-    /// are left.
-    pub async fn wait_async(&self, timeout: std::time::Duration) -> usize {
-        let deadline = tokio::time::Instant::now().checked_add(timeout);
-        loop {
-            let notified = self.idle_async.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return 0;
-            }
-            match deadline {
-                None => notified.await,
-                Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return self.count();
-                    }
-                }
-            }
-        }
-    }
-}
-
-type OutcomesRx = oneshot::Receiver<Result<Vec<DeliveryOutcome>>>;
-
-#[derive(Debug)]
-enum Pending {
-    Done,
-    Running(OutcomesRx),
-    /// Held in a buffer; the dispatcher's handle arrives at flush.
-    Buffered(oneshot::Receiver<Dispatched>),
-}
-
-/// A handle on a dispatched event: wait for it to learn what each
-/// subscriber finally answered. Dropping it does not cancel anything.
-#[derive(Debug)]
-#[must_use = "dropping the handle is fine, but then nobody learns whether delivery worked"]
-pub struct Dispatched {
-    pending: Pending,
-}
-
-impl Dispatched {
-    /// A handle that is already finished with no deliveries.
-    pub fn none() -> Self {
-        Dispatched {
-            pending: Pending::Done,
-        }
-    }
-
-    /// A handle on outcomes a dispatcher will send through `rx`.
-    pub fn from_receiver(rx: oneshot::Receiver<Result<Vec<DeliveryOutcome>>>) -> Self {
-        Dispatched {
-            pending: Pending::Running(rx),
-        }
-    }
-
-    pub(crate) fn buffered(rx: oneshot::Receiver<Dispatched>) -> Self {
-        Dispatched {
-            pending: Pending::Buffered(rx),
-        }
-    }
-
-    /// Waits for every delivery of the event, retries included (async).
-    ///
-    /// Fails only when the subscribers could not be looked up or the
-    /// dispatcher shut down; failed deliveries are in the outcomes.
-    pub async fn outcomes(self) -> Result<Vec<DeliveryOutcome>> {
-        let mut pending = self.pending;
-        loop {
-            pending = match pending {
-                Pending::Done => return Ok(Vec::new()),
-                Pending::Running(rx) => return rx.await.unwrap_or(Err(Error::DispatcherClosed)),
-                Pending::Buffered(rx) => match rx.await {
-                    Ok(next) => next.pending,
-                    Err(_) => return Err(Error::DispatcherClosed),
-                },
-            }
-        }
-    }
-
-    /// Waits for every delivery of the event, blocking the thread.
-    ///
-    /// # Panics
-    ///
-    /// When called from inside an async runtime; use [`Dispatched::outcomes`]
-    /// there.
-    pub fn wait(self) -> Result<Vec<DeliveryOutcome>> {
-        let mut pending = self.pending;
-        loop {
-            pending = match pending {
-                Pending::Done => return Ok(Vec::new()),
-                Pending::Running(rx) => {
-                    return rx.blocking_recv().unwrap_or(Err(Error::DispatcherClosed));
-                }
-                Pending::Buffered(rx) => match rx.blocking_recv() {
-                    Ok(next) => next.pending,
-                    Err(_) => return Err(Error::DispatcherClosed),
-                },
-            }
-        }
-    }
-}
-
-/// Sends nothing (`THORN_DISPATCHER=disabled`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DisabledDispatcher;
-
-impl Dispatcher for DisabledDispatcher {
-    fn dispatch(&self, _thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
-        tracing::debug!(event = %outgoing.event, "dispatcher disabled: event not sent");
-        Dispatched::none()
-    }
-}
+use crate::{Error, Result};
 
 /// A tokio runtime on background threads, owned by the dispatcher, so
 /// deliveries run the same way whether the caller is synchronous (Diesel)
@@ -450,7 +105,10 @@ enum Queued {
 /// An event waiting for the feeder.
 #[derive(Debug)]
 struct Job {
-    thorn: Thorn,
+    subscribers: Directory,
+    /// Keeps the dispatcher running until the job is done, after the
+    /// application's last handle is gone.
+    _dispatcher: Arc<InProcess>,
     outgoing: Outgoing,
     /// Where the outcomes go, when somebody waits for them.
     reply: Option<oneshot::Sender<Result<Vec<DeliveryOutcome>>>>,
@@ -503,7 +161,7 @@ impl InProcessDispatcher {
 }
 
 impl Dispatcher for InProcessDispatcher {
-    fn dispatch(&self, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
+    fn dispatch(&self, subscribers: &Directory, outgoing: Outgoing) -> Dispatched {
         let (reply, rx) = oneshot::channel();
         if !self.inner.admit(1) {
             let error = self.inner.queue_full(&outgoing.event);
@@ -512,7 +170,8 @@ impl Dispatcher for InProcessDispatcher {
             return Dispatched::from_receiver(rx);
         }
         let job = Job {
-            thorn: thorn.background(),
+            subscribers: subscribers.clone(),
+            _dispatcher: self.inner.clone(),
             outgoing,
             reply: Some(reply),
             _counted: self.inner.in_flight.enter(),
@@ -530,7 +189,7 @@ impl Dispatcher for InProcessDispatcher {
         Some(&self.inner.in_flight)
     }
 
-    fn dispatch_batch(&self, thorn: &Thorn, batch: Vec<Outgoing>) {
+    fn dispatch_batch(&self, subscribers: &Directory, batch: Vec<Outgoing>) {
         if batch.is_empty() {
             return;
         }
@@ -545,7 +204,8 @@ impl Dispatcher for InProcessDispatcher {
         let jobs = batch
             .into_iter()
             .map(|outgoing| Job {
-                thorn: thorn.background(),
+                subscribers: subscribers.clone(),
+                _dispatcher: self.inner.clone(),
                 outgoing,
                 reply: None,
                 _counted: self.inner.in_flight.enter(),
@@ -604,13 +264,14 @@ async fn start(inner: &std::sync::Weak<InProcess>, job: Job, events: &Arc<Semaph
     };
     tokio::spawn(async move {
         let Job {
-            thorn,
+            subscribers,
             outgoing,
             reply,
             _counted: counted,
+            _dispatcher,
         } = job;
         let event = outgoing.event.clone();
-        let result = inner.deliver_all(&thorn, outgoing, permit).await;
+        let result = inner.deliver_all(&subscribers, outgoing, permit).await;
         // Nobody waits for the outcome (no handle, or a dropped one): an
         // error that stopped every delivery is logged here.
         let unheard = match reply {
@@ -695,19 +356,19 @@ impl InProcess {
     /// every delivery has started.
     async fn deliver_all(
         self: &Arc<Self>,
-        thorn: &Thorn,
+        subscribers: &Directory,
         outgoing: Outgoing,
         fanning: OwnedSemaphorePermit,
     ) -> Result<Vec<DeliveryOutcome>> {
         let client = self.clients.get(outgoing.validators.as_ref())?;
-        let mut subscribers = thorn
-            .subscribers_for_query(
+        let mut found = subscribers
+            .subscribers_for(
                 &outgoing.event,
                 outgoing.sender.as_ref(),
                 outgoing.context.as_ref(),
             )
             .await?;
-        subscribers.extend(
+        found.extend(
             outgoing
                 .extra_subscribers
                 .iter()
@@ -716,10 +377,8 @@ impl InProcess {
         );
         // Requests to one scheme/host/port go out together, so pooled
         // connections are reused instead of opened side by side.
-        let mut keyed: Vec<(String, Subscriber)> = subscribers
-            .into_iter()
-            .map(|s| (host_key(&s.url), s))
-            .collect();
+        let mut keyed: Vec<(String, Subscriber)> =
+            found.into_iter().map(|s| (host_key(&s.url), s)).collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let outgoing = Arc::new(outgoing);
         let mut form_body: Option<Bytes> = None;
@@ -735,7 +394,7 @@ impl InProcess {
             };
             let standard_webhooks = subscriber
                 .standard_webhooks
-                .unwrap_or(thorn.config().standard_webhooks);
+                .unwrap_or(self.clients.config.standard_webhooks);
             let host = self.host_limit(&key);
             let delivery = Delivery {
                 id: Uuid::now_v7(),
@@ -752,19 +411,26 @@ impl InProcess {
                 drop(fanning);
                 // The last one runs in this task: one spawn fewer per event.
                 outcomes.push(
-                    Box::pin(self.deliver_one(thorn, &client, &outgoing, delivery, host, first))
-                        .await,
+                    Box::pin(self.deliver_one(
+                        subscribers,
+                        &client,
+                        &outgoing,
+                        delivery,
+                        host,
+                        first,
+                    ))
+                    .await,
                 );
                 break;
             }
-            let (this, client, outgoing, thorn) = (
+            let (this, client, outgoing, subscribers) = (
                 self.clone(),
                 client.clone(),
                 outgoing.clone(),
-                thorn.clone(),
+                subscribers.clone(),
             );
             tasks.spawn(async move {
-                this.deliver_one(&thorn, &client, &outgoing, delivery, host, first)
+                this.deliver_one(&subscribers, &client, &outgoing, delivery, host, first)
                     .await
             });
         }
@@ -781,7 +447,7 @@ impl InProcess {
     /// is in flight, never while waiting to retry.
     async fn deliver_one(
         &self,
-        thorn: &Thorn,
+        subscribers: &Directory,
         client: &HttpClient,
         outgoing: &Outgoing,
         delivery: Delivery,
@@ -821,7 +487,7 @@ impl InProcess {
                 Verdict::Gone => {
                     tracing::info!(subscriber = %delivery.subscriber.uuid, url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription marked gone");
-                    if let Err(error) = thorn.mark_gone(delivery.subscriber.uuid).await {
+                    if let Err(error) = subscribers.mark_gone(delivery.subscriber.uuid).await {
                         tracing::error!(%error, "could not mark subscription gone");
                     }
                     return attempt.outcome;
@@ -851,30 +517,5 @@ mod tests {
                 .is_some_and(|l| Arc::ptr_eq(l, &busy)),
             "a limit in use stays"
         );
-    }
-
-    #[test]
-    fn a_model_message_encodes_as_the_map_it_stands_for() {
-        for (reference, sender) in [
-            (None, None),
-            (Some("/a/1/".to_owned()), Some(SenderId::from(7))),
-            (
-                Some("https://x.example/a/1/".to_owned()),
-                Some(SenderId::from("alice")),
-            ),
-        ] {
-            let parts = ModelMessage {
-                event: Arc::from("a.created"),
-                reference,
-                sender,
-                data: serde_json::json!({"id": 1, "tags": ["x"], "ok": true}),
-            };
-            let direct = serde_json::to_vec(&parts).unwrap();
-            let via_map = ContentType::Json.encode(&parts.into_value());
-            assert_eq!(
-                String::from_utf8(direct).unwrap(),
-                String::from_utf8(via_map).unwrap()
-            );
-        }
     }
 }

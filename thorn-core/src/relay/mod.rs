@@ -1,8 +1,11 @@
 //! The relay loop: claims, lanes, attempts recorded.
 
+mod background;
 mod lanes;
 mod options;
 mod work;
+
+pub use background::BackgroundRelay;
 
 use lanes::*;
 pub use options::{RelayCounters, RelayOptions, RelayStats, default_worker_name};
@@ -18,7 +21,7 @@ use tokio::task::JoinSet;
 
 use uuid::Uuid;
 
-use crate::deliver::HttpClient;
+use crate::delivery::HttpClient;
 use crate::outbox::{Among, ClaimedDelivery, OutboxStore};
 
 use crate::subscriber::Subscriber;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use crate::Result;
 use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{DisabledDispatcher, Dispatched, Dispatcher, InProcessDispatcher, Outgoing};
-use crate::subscriber::{SenderId, Subscriber, SubscriberQuery, SubscriberStore};
-use crate::transaction::{FrameKey, Frames, ManagedFrame, Parent, Route, Scope};
+use crate::subscriber::{Directory, SenderId, Subscriber, SubscriberStore};
+use frames::{FrameKey, Frames, Route, Scope};
+
+pub(crate) mod frames;
 
 /// The application's webhook sender: its [`Config`], where subscribers are
 /// stored, and the [`Dispatcher`] that delivers. Cheap to clone; build one
@@ -36,7 +38,7 @@ pub struct Thorn {
 
 struct Inner {
     config: Config,
-    store: Option<Arc<dyn SubscriberStore>>,
+    subscribers: Directory,
     dispatcher: Arc<dyn Dispatcher>,
     outbox_written: Arc<tokio::sync::Notify>,
     frames: Frames,
@@ -80,7 +82,7 @@ impl fmt::Debug for Thorn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Thorn")
             .field("config", &self.inner.config)
-            .field("store", &self.inner.store.is_some())
+            .field("store", &self.inner.subscribers.has_store())
             .finish_non_exhaustive()
     }
 }
@@ -113,35 +115,16 @@ impl Thorn {
         event: &str,
         sender: Option<&SenderId>,
     ) -> Result<Vec<Subscriber>> {
-        self.subscribers_for_query(event, sender, None).await
+        self.inner
+            .subscribers
+            .subscribers_for(event, sender, None)
+            .await
     }
 
-    /// [`Thorn::subscribers_for`], with the context of the send passed to
-    /// subscriber callbacks.
-    pub async fn subscribers_for_query(
-        &self,
-        event: &str,
-        sender: Option<&SenderId>,
-        context: Option<&serde_json::Value>,
-    ) -> Result<Vec<Subscriber>> {
-        let mut found = match &self.inner.store {
-            Some(store) => store.subscribers_for(event, sender).await?,
-            None => Vec::new(),
-        };
-        found.extend(self.inner.config.subscribers.query(&SubscriberQuery {
-            event,
-            sender,
-            context,
-        }));
-        Ok(found)
-    }
-
-    /// Tells the store that a subscription's receiver answered `410 Gone`.
-    pub async fn mark_gone(&self, subscriber: uuid::Uuid) -> Result<()> {
-        match &self.inner.store {
-            Some(store) => store.mark_gone(subscriber).await,
-            None => Ok(()),
-        }
+    /// Where this Thorn finds subscribers: its store and its
+    /// configuration's static subscribers.
+    pub fn subscribers(&self) -> &Directory {
+        &self.inner.subscribers
     }
 
     /// Where a model event goes when raised: [`Route::Immediate`] unless
@@ -153,14 +136,6 @@ impl Thorn {
             (true, true) => Route::Outbox,
             (true, false) => Route::OnCommit,
         }
-    }
-
-    /// Opens the frame of a managed transaction or savepoint `key`: model
-    /// events raised in it with [`crate::Scope::Managed`] wait there until
-    /// it commits. For ORM integrations; see [`crate::transaction`].
-    pub fn begin_frame(&self, key: FrameKey, parent: Parent) -> ManagedFrame {
-        self.inner.frames.begin(key, parent);
-        ManagedFrame::new(self.background(), key)
     }
 
     /// The scope of a write on a connection whose innermost transaction
@@ -225,30 +200,19 @@ impl Thorn {
         &self.inner.outbox_written
     }
 
-    /// Hands an event to the dispatcher, or to the active buffer
-    /// ([`crate::buffer`]) when there is one.
-    pub fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
-        match crate::buffer::current() {
-            Some(buffer) => crate::buffer::hold(&buffer, self, outgoing),
-            None => self.dispatch_now(outgoing),
-        }
-    }
-
-    /// Hands the events of a committed transaction to the dispatcher at
-    /// once (or to the active buffer), when nobody waits for outcomes.
-    pub(crate) fn dispatch_batch(&self, batch: Vec<Outgoing>) {
-        if crate::buffer::current().is_some() {
-            for outgoing in batch {
-                drop(self.dispatch(outgoing));
-            }
-        } else {
-            self.inner.dispatcher.dispatch_batch(self, batch);
-        }
-    }
-
     /// Hands an event to the dispatcher, bypassing any buffer.
-    pub fn dispatch_now(&self, outgoing: Outgoing) -> Dispatched {
-        self.inner.dispatcher.dispatch(self, outgoing)
+    pub(crate) fn dispatch_now(&self, outgoing: Outgoing) -> Dispatched {
+        self.inner
+            .dispatcher
+            .dispatch(&self.inner.subscribers, outgoing)
+    }
+
+    /// Hands a committed transaction's events to the dispatcher at once,
+    /// bypassing any buffer.
+    pub(crate) fn dispatch_batch_now(&self, batch: Vec<Outgoing>) {
+        self.inner
+            .dispatcher
+            .dispatch_batch(&self.inner.subscribers, batch);
     }
 }
 
@@ -292,8 +256,8 @@ impl ThornBuilder {
                 dispatcher: dispatcher.clone(),
             })),
             inner: Arc::new(Inner {
+                subscribers: Directory::new(self.store, self.config.subscribers.clone()),
                 config: self.config,
-                store: self.store,
                 dispatcher,
                 outbox_written: Arc::new(tokio::sync::Notify::new()),
                 frames: Frames::default(),

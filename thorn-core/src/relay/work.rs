@@ -13,7 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::codec::ContentType;
-use crate::deliver::{Delivery, HttpClient};
+use crate::delivery::{Delivery, HttpClient};
 use crate::outbox::{
     AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, Next, OutboxStore, micros, now_micros,
 };
@@ -190,7 +190,8 @@ impl Shared {
                 None => {
                     let found = self
                         .thorn
-                        .subscribers_for_query(key.0, key.1, key.2)
+                        .subscribers()
+                        .subscribers_for(key.0, key.1, key.2)
                         .await?;
                     lookups.push((key, found.clone()));
                     found
@@ -287,7 +288,12 @@ impl Shared {
                 Verdict::Gone => {
                     tracing::info!(url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription removed");
-                    if let Err(error) = self.thorn.mark_gone(delivery.subscriber.uuid).await {
+                    if let Err(error) = self
+                        .thorn
+                        .subscribers()
+                        .mark_gone(delivery.subscriber.uuid)
+                        .await
+                    {
                         tracing::error!(%error, "could not mark subscription gone");
                     }
                     Next::Gone

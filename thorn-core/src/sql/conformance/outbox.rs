@@ -1,148 +1,26 @@
-//! The conformance suite of Thorn's SQL: every store and outbox operation,
-//! run against one database through one ORM's [`Database`]. The ORM
-//! integrations' tests run it on SQLite and PostgreSQL (feature
-//! `conformance`); a third-party [`Database`] can run it too.
+//! Conformance of the outbox: writes, claims, fan-out, attempts,
+//! administration, and deliveries written by earlier versions.
 //!
-//! [`run`] wants a database with Thorn's migrations applied and nothing
-//! else in its tables. It panics, naming the check, on the first
-//! operation that does not behave.
+//! Long because its checks run as one sequence, each starting from the
+//! tables the one before left.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::outbox::write_events;
-use super::{Database, SqlOutbox, SqlStore};
+use super::{LEASE, OTHER, WORKER, attempt, event};
 use crate::outbox::{
-    Among, AttemptRecord, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent,
-    StoredOptions, now_micros,
+    Among, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent, now_micros,
 };
+use crate::sql::outbox::write_events;
+use crate::sql::{Database, SqlOutbox, SqlStore};
 use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
-
-const WORKER: &str = "conformance-worker";
-const OTHER: &str = "conformance-other";
-const LEASE: Duration = Duration::from_secs(60);
-
-fn event(name: &str, sender: Option<SenderId>, extra: Vec<Subscriber>) -> StoredEvent {
-    StoredEvent {
-        id: Uuid::now_v7(),
-        name: name.to_owned(),
-        message: serde_json::json!({"event": name, "data": {"n": 1}}),
-        sender,
-        options: StoredOptions {
-            headers: vec![("x-test".into(), "1".into())],
-            timeout_ms: 1000,
-            retry: crate::RetryPolicy::outbox_default().into(),
-            keepalive: true,
-            recipients: extra.iter().map(|s| s.uuid).collect(),
-            subscribers: extra,
-            context: None,
-        },
-        created_at: now_micros(),
-    }
-}
-
-fn attempt(delivery: Uuid, subscriber: Uuid, number: u32, status: u16) -> AttemptRecord {
-    AttemptRecord {
-        delivery_id: delivery,
-        subscriber,
-        number,
-        started_at: now_micros(),
-        status: Some(status),
-        latency_us: 1500,
-        error: (status >= 300).then(|| format!("HTTP {status}")),
-        response: Some("ok".into()),
-        worker: WORKER.into(),
-    }
-}
-
-/// Runs every check on `db` (see the module docs).
-pub async fn run<D: Database + Clone>(db: D) {
-    let store = SqlStore::<D>::new(db.clone());
-    let outbox = SqlOutbox::<D>::new(db.clone());
-    outbox
-        .check_schema("migrate")
-        .await
-        .expect("check_schema: the migrations are applied");
-    subscriptions(&store).await;
-    matching_reads_one_index_range_per_case(&db).await;
-    // The outbox checks start from no subscriptions.
-    for (s, _) in store.statuses(false).await.unwrap() {
-        let owner = s
-            .owner
-            .clone()
-            .expect("the checks' subscriptions have owners");
-        assert!(store.delete(&owner, s.uuid).await.unwrap());
-    }
-    outbox_operations(db.clone(), &store, &outbox).await;
-    legacy_snapshots(db, &outbox).await;
-}
-
-/// A lookup reads the `(owner, event)` index, one range per candidate
-/// pattern and owner case, never the whole table (PostgreSQL is told not
-/// to scan sequentially, as it would on a table this small).
-async fn matching_reads_one_index_range_per_case<D: Database>(db: &D) {
-    let plan = db
-        .run(Box::new(|conn| {
-            Box::pin(async move {
-                let sql = super::store::matching_sql(4, true);
-                let params = || -> Vec<super::Param> {
-                    ["*", "a.b", "a.*", "*.b", "\"alice\""]
-                        .into_iter()
-                        .map(super::Param::from)
-                        .collect()
-                };
-                if conn.dialect() == super::Dialect::Postgres {
-                    conn.begin().await?;
-                    let explained = async {
-                        conn.batch("SET LOCAL enable_seqscan = off").await?;
-                        let kinds = [super::Kind::Text];
-                        super::query(conn, &format!("EXPLAIN {sql}"), params(), &kinds).await
-                    }
-                    .await;
-                    conn.rollback().await?;
-                    explained?.iter().map(|r| r.text(0)).collect()
-                } else {
-                    let kinds = [
-                        super::Kind::BigInt,
-                        super::Kind::BigInt,
-                        super::Kind::BigInt,
-                        super::Kind::Text,
-                    ];
-                    let sql = format!("EXPLAIN QUERY PLAN {sql}");
-                    super::query(conn, &sql, params(), &kinds)
-                        .await?
-                        .iter()
-                        .map(|r| r.text(3))
-                        .collect::<crate::Result<Vec<_>>>()
-                }
-            })
-        }))
-        .await
-        .expect("explain the lookup");
-    let plan = plan.join("\n");
-    assert_eq!(
-        plan.matches("thorn_subscribers_owner_event").count(),
-        2,
-        "both owner cases on the (owner, event) index:\n{plan}"
-    );
-    assert!(
-        !plan.contains("Seq Scan") && !plan.contains("SCAN thorn_subscribers"),
-        "{plan}"
-    );
-    if plan.contains("Index Cond") {
-        assert!(
-            plan.contains("owner IS NULL") && plan.contains("owner = "),
-            "{plan}"
-        );
-    }
-}
 
 /// A delivery the previous version wrote with its subscriber inline (in
 /// `recipient`, secret included) is sent from it, and its first claim
 /// moves the snapshot to a recipient row.
-async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
+pub(super) async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
     let old = Subscriber::new("legacy.*", "https://legacy.example/hook").unwrap();
     let written = event("legacy.created", None, Vec::new());
     let (delivery, e, o) = (Uuid::now_v7(), written.clone(), old.clone());
@@ -150,7 +28,7 @@ async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
         Box::pin(async move {
             write_events(conn, std::slice::from_ref(&e), "migrate").await?;
             let now = now_micros();
-            super::execute(
+            crate::sql::execute(
                 conn,
                 "INSERT INTO thorn_deliveries (id, event_id, subscriber_uuid, recipient, url, \
                  state, attempts, run_at, created_at, updated_at) \
@@ -181,8 +59,8 @@ async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
             Box::pin(async move {
                 let sql = "SELECT (SELECT COUNT(*) FROM thorn_deliveries WHERE recipient IS NOT NULL), \
                      (SELECT COUNT(*) FROM thorn_subscribers WHERE recipient_only AND hmac_secret = $1)";
-                let kinds = [super::Kind::BigInt, super::Kind::BigInt];
-                let rows = super::query(conn, sql, vec![secret.into()], &kinds).await?;
+                let kinds = [crate::sql::Kind::BigInt, crate::sql::Kind::BigInt];
+                let rows = crate::sql::query(conn, sql, vec![secret.into()], &kinds).await?;
                 Ok((rows[0].int(0)?, rows[0].int(1)?))
             })
         }))
@@ -191,139 +69,11 @@ async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOutbox<D>) {
     assert_eq!(left, (0, 1), "the snapshot moved to a recipient row");
     assert_eq!(outbox.release(WORKER, vec![delivery]).await.unwrap(), 1);
 }
-
-async fn subscriptions<D: Database>(store: &SqlStore<D>) {
-    let alice = SenderId::from("alice");
-    let seven = SenderId::Int(7);
-    let a = Subscriber::new("article.*", "https://a.example/hook")
-        .unwrap()
-        .with_owner(alice.clone());
-    let b = Subscriber::new("article.created", "https://b.example/hook")
-        .unwrap()
-        .with_owner(seven.clone())
-        .with_standard_webhooks(true);
-    store.insert(a.clone()).await.expect("insert");
-    store.insert(b.clone()).await.expect("insert");
-    assert!(
-        store.insert(a.clone()).await.is_err(),
-        "insert: a duplicate uuid is refused"
-    );
-
-    let got = store.get(&alice, a.uuid).await.unwrap().expect("get: own");
-    assert_eq!(got, a, "get: every field round-trips");
-    assert_eq!(
-        store.get(&seven, a.uuid).await.unwrap(),
-        None,
-        "get: another owner's"
-    );
-    assert_eq!(
-        store.list(&alice).await.unwrap(),
-        vec![a.clone()],
-        "list: own only"
-    );
-
-    let found = |event: &'static str, sender: Option<SenderId>| async move {
-        let mut uuids: Vec<Uuid> = store
-            .subscribers_for(event, sender.as_ref())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.uuid)
-            .collect();
-        uuids.sort();
-        uuids
-    };
-    assert_eq!(
-        found("article.created", Some(alice.clone())).await,
-        vec![a.uuid],
-        "match: owner"
-    );
-    assert_eq!(
-        found("article.created", Some(seven.clone())).await,
-        vec![b.uuid]
-    );
-    assert!(
-        found("article.created", None).await.is_empty(),
-        "match: owned need a sender"
-    );
-    assert!(
-        found("comment.created", Some(alice.clone()))
-            .await
-            .is_empty()
-    );
-
-    let mut changed = a.clone().rotate_secret("a-new-secret");
-    changed.url = "https://a2.example/hook".parse().unwrap();
-    changed.touch();
-    assert!(store.update(changed.clone()).await.unwrap(), "update");
-    let got = store.get(&alice, a.uuid).await.unwrap().unwrap();
-    assert_eq!(
-        (got.url.as_str(), got.hmac_secret.as_str()),
-        ("https://a2.example/hook", "a-new-secret")
-    );
-    assert_eq!(
-        got.previous_secrets, changed.previous_secrets,
-        "update: earlier secrets"
-    );
-    let mut foreign = changed.clone();
-    foreign.owner = Some(seven.clone());
-    assert!(
-        !store.update(foreign).await.unwrap(),
-        "update: another owner's is refused"
-    );
-
-    assert!(
-        store
-            .set_active(&alice, a.uuid, false, "paused by alice")
-            .await
-            .unwrap()
-    );
-    assert!(
-        found("article.created", Some(alice.clone()))
-            .await
-            .is_empty(),
-        "paused: no match"
-    );
-    let statuses = store.statuses(true).await.unwrap();
-    assert_eq!(statuses.len(), 1, "statuses: the disabled one");
-    assert_eq!(
-        statuses[0].1.disabled_reason.as_deref(),
-        Some("paused by alice")
-    );
-    assert!(store.set_active(&alice, a.uuid, true, "").await.unwrap());
-    assert_eq!(
-        found("article.created", Some(alice.clone())).await,
-        vec![a.uuid],
-        "resumed"
-    );
-
-    store.mark_gone(b.uuid).await.unwrap();
-    let gone = store.statuses(true).await.unwrap();
-    assert_eq!(gone.len(), 1);
-    assert!(
-        gone[0]
-            .1
-            .disabled_reason
-            .as_deref()
-            .unwrap()
-            .contains("410")
-    );
-    assert!(store.enable(b.uuid).await.unwrap(), "enable");
-    assert!(
-        !store.enable(Uuid::new_v4()).await.unwrap(),
-        "enable: unknown"
-    );
-    assert!(store.statuses(true).await.unwrap().is_empty());
-
-    assert!(
-        !store.delete(&seven, a.uuid).await.unwrap(),
-        "delete: another owner's"
-    );
-    assert!(store.delete(&alice, a.uuid).await.unwrap(), "delete");
-    assert_eq!(store.get(&alice, a.uuid).await.unwrap(), None);
-}
-
-async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outbox: &SqlOutbox<D>) {
+pub(super) async fn outbox_operations<D: Database + Clone>(
+    db: D,
+    store: &SqlStore<D>,
+    outbox: &SqlOutbox<D>,
+) {
     let alice = SenderId::from("alice");
     let stored = Subscriber::new("order.*", "https://stored.example/hook")
         .unwrap()
@@ -426,11 +176,11 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
             Box::pin(async move {
                 let sql = "SELECT (SELECT COUNT(*) FROM thorn_events WHERE options LIKE $1) \
                      + (SELECT COUNT(*) FROM thorn_deliveries WHERE recipient IS NOT NULL)";
-                let rows = super::query(
+                let rows = crate::sql::query(
                     conn,
                     sql,
                     vec![format!("%{secret}%").into()],
-                    &[super::Kind::BigInt],
+                    &[crate::sql::Kind::BigInt],
                 )
                 .await?;
                 rows[0].int(0)
@@ -503,7 +253,7 @@ async fn outbox_operations<D: Database + Clone>(db: D, store: &SqlStore<D>, outb
     // with a new secret.
     let renewed = recipient.clone().rotate_secret("static rotated");
     db.run(Box::new(move |conn| {
-        Box::pin(async move { super::store::write_recipients(conn, &[&renewed]).await })
+        Box::pin(async move { crate::sql::store::write_recipients(conn, &[&renewed]).await })
     }))
     .await
     .unwrap();

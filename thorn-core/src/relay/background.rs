@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use crate::outbox::{OutboxStore, RelayCounters, RelayOptions, RelayStats, run_relay};
+use super::{RelayCounters, RelayOptions, RelayStats, run_relay};
+use crate::outbox::OutboxStore;
 use crate::{Error, Result, Thorn};
 
 /// A relay on a background thread with its own runtime: what the ORM

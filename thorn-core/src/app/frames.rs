@@ -1,0 +1,211 @@
+//! The open managed transactions and savepoints of one [`Thorn`](crate::Thorn), and the
+//! events each holds until it commits. The integrations drive them through
+//! [`crate::transaction`].
+
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::Error;
+use crate::dispatch::Outgoing;
+use crate::outbox::StoredEvent;
+
+/// Where a raised model event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the dispatcher as it is raised (`honors_transaction = false`).
+    Immediate,
+    /// Held in memory until its transaction commits, then to the
+    /// dispatcher; discarded on rollback.
+    OnCommit,
+    /// Written to the outbox table in the caller's transaction.
+    Outbox,
+}
+
+/// One managed transaction or savepoint. The ORM integration chooses it:
+/// the identity of the connection (or transaction object) and a level
+/// within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameKey {
+    connection: usize,
+    level: usize,
+}
+
+impl FrameKey {
+    /// The frame of `connection` (an address that stays the same while the
+    /// transaction runs) at nesting `level`.
+    pub fn new(connection: usize, level: usize) -> Self {
+        FrameKey { connection, level }
+    }
+}
+
+/// Where a write runs, as the ORM integration sees it when it raises the
+/// write's events (see [`crate::transaction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Outside any transaction; the integration runs the write in a short
+    /// transaction of its own and calls [`Raised::committed`](crate::transaction::Raised::committed) after its
+    /// COMMIT.
+    Own,
+    /// Outside any transaction, on a connection that has committed the
+    /// statement by the time its events are raised.
+    Autocommit,
+    /// Inside the managed transaction or savepoint `FrameKey`.
+    Managed(FrameKey),
+    /// Inside a transaction or savepoint Thorn does not manage.
+    Unmanaged,
+    /// On a connection the integration cannot place: it may commit each
+    /// statement on its own, or be a transaction that will roll back.
+    Unknown,
+}
+
+/// Where a managed transaction sits, given to [`ManagedFrame::begin`](crate::transaction::ManagedFrame::begin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// None: its COMMIT is the real one.
+    Root,
+    /// A savepoint of this managed frame: on release, its events join it.
+    Managed(FrameKey),
+    /// A savepoint inside a transaction Thorn does not manage: its outbox
+    /// rows are written at release (the database keeps their rollback
+    /// semantics), and events held in memory are refused.
+    Unmanaged,
+    /// Not a transaction's frame but a test transaction's marker (Diesel's
+    /// `begin_test_transaction`, which never commits): writes directly in
+    /// it behave as if they committed on their own ([`Scope::Own`]), and
+    /// transactions opened in it as outermost ones. See [`Thorn::scope_at`](crate::Thorn::scope_at).
+    Test,
+}
+
+impl Parent {
+    /// Where a transaction (or savepoint) begun in `scope` sits: outermost
+    /// outside any transaction, a savepoint of the managed frame it is
+    /// begun in, or detached inside one Thorn does not manage (or cannot
+    /// place).
+    pub fn enclosing(scope: Scope) -> Parent {
+        match scope {
+            Scope::Own | Scope::Autocommit => Parent::Root,
+            Scope::Managed(key) => Parent::Managed(key),
+            Scope::Unmanaged | Scope::Unknown => Parent::Unmanaged,
+        }
+    }
+}
+
+pub(crate) struct Frame {
+    pub(crate) parent: Parent,
+    /// Some ancestor is a transaction Thorn does not manage.
+    pub(crate) detached: bool,
+    pub(crate) held: Vec<Outgoing>,
+    pub(crate) rows: Vec<StoredEvent>,
+    /// A write inside failed after its statement ran: why.
+    pub(crate) failed: Option<String>,
+}
+
+/// The open frames of one [`Thorn`](crate::Thorn): a few at a time (one per open
+/// managed transaction or savepoint), so a list beats a hash map.
+#[derive(Default)]
+pub(crate) struct Frames {
+    map: Mutex<FrameList>,
+}
+
+#[derive(Default)]
+pub(crate) struct FrameList(Vec<(FrameKey, Frame)>);
+
+impl FrameList {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn get(&self, key: &FrameKey) -> Option<&Frame> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, f)| f)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &FrameKey) -> Option<&mut Frame> {
+        self.0
+            .iter_mut()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f)
+    }
+
+    pub(crate) fn insert(&mut self, key: FrameKey, frame: Frame) -> Option<Frame> {
+        let old = self.remove(&key);
+        self.0.push((key, frame));
+        old
+    }
+
+    pub(crate) fn remove(&mut self, key: &FrameKey) -> Option<Frame> {
+        let i = self.0.iter().rposition(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+impl fmt::Debug for Frames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frames")
+            .field("open", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Frames {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FrameList> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn begin(&self, key: FrameKey, parent: Parent) {
+        let mut map = self.lock();
+        let detached = match parent {
+            Parent::Root | Parent::Test => false,
+            Parent::Unmanaged => true,
+            Parent::Managed(p) => map.get(&p).is_none_or(|f| f.detached),
+        };
+        let frame = Frame {
+            parent,
+            detached,
+            held: Vec::new(),
+            rows: Vec::new(),
+            failed: None,
+        };
+        if map.insert(key, frame).is_some() {
+            tracing::error!(
+                ?key,
+                "a managed transaction frame was opened twice; the older one's events are discarded"
+            );
+        }
+    }
+
+    /// The scope of a write at `key`: see [`Thorn::scope_at`](crate::Thorn::scope_at).
+    pub(crate) fn scope_at(&self, key: FrameKey) -> Scope {
+        match self.lock().get(&key) {
+            Some(f) if f.parent == Parent::Test => Scope::Own,
+            Some(_) => Scope::Managed(key),
+            None => Scope::Unmanaged,
+        }
+    }
+
+    /// `Some(detached)` when `key` is open.
+    pub(crate) fn detached(&self, key: FrameKey) -> Option<bool> {
+        self.lock().get(&key).map(|f| f.detached)
+    }
+
+    /// Marks `key`: a write inside it returned an error after its
+    /// statement ran, so it must not commit.
+    pub(crate) fn fail(&self, key: FrameKey, error: &Error) {
+        if let Some(frame) = self.lock().get_mut(&key) {
+            frame.failed.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    /// The innermost open frame at or below `key`: writes through a
+    /// transaction handle while a savepoint of it is open run inside that
+    /// savepoint. `None` when `key` is not open.
+    pub(crate) fn innermost(&self, key: FrameKey) -> Option<FrameKey> {
+        let list = self.lock();
+        list.get(&key)?;
+        let mut at = key;
+        while let Some((child, _)) = list.0.iter().find(|(_, f)| f.parent == Parent::Managed(at)) {
+            at = *child;
+        }
+        Some(at)
+    }
+}

@@ -1,0 +1,197 @@
+//! Conformance of the subscription store: matching and its index use,
+//! and every operation an owner makes.
+
+use uuid::Uuid;
+
+use crate::sql::{Database, SqlStore};
+use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
+
+/// A lookup reads the `(owner, event)` index, one range per candidate
+/// pattern and owner case, never the whole table (PostgreSQL is told not
+/// to scan sequentially, as it would on a table this small).
+pub(super) async fn matching_reads_one_index_range_per_case<D: Database>(db: &D) {
+    let plan = db
+        .run(Box::new(|conn| {
+            Box::pin(async move {
+                let sql = crate::sql::store::matching_sql(4, true);
+                let params = || -> Vec<crate::sql::Param> {
+                    ["*", "a.b", "a.*", "*.b", "\"alice\""]
+                        .into_iter()
+                        .map(crate::sql::Param::from)
+                        .collect()
+                };
+                if conn.dialect() == crate::sql::Dialect::Postgres {
+                    conn.begin().await?;
+                    let explained = async {
+                        conn.batch("SET LOCAL enable_seqscan = off").await?;
+                        let kinds = [crate::sql::Kind::Text];
+                        crate::sql::query(conn, &format!("EXPLAIN {sql}"), params(), &kinds).await
+                    }
+                    .await;
+                    conn.rollback().await?;
+                    explained?.iter().map(|r| r.text(0)).collect()
+                } else {
+                    let kinds = [
+                        crate::sql::Kind::BigInt,
+                        crate::sql::Kind::BigInt,
+                        crate::sql::Kind::BigInt,
+                        crate::sql::Kind::Text,
+                    ];
+                    let sql = format!("EXPLAIN QUERY PLAN {sql}");
+                    crate::sql::query(conn, &sql, params(), &kinds)
+                        .await?
+                        .iter()
+                        .map(|r| r.text(3))
+                        .collect::<crate::Result<Vec<_>>>()
+                }
+            })
+        }))
+        .await
+        .expect("explain the lookup");
+    let plan = plan.join("\n");
+    assert_eq!(
+        plan.matches("thorn_subscribers_owner_event").count(),
+        2,
+        "both owner cases on the (owner, event) index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("SCAN thorn_subscribers"),
+        "{plan}"
+    );
+    if plan.contains("Index Cond") {
+        assert!(
+            plan.contains("owner IS NULL") && plan.contains("owner = "),
+            "{plan}"
+        );
+    }
+}
+pub(super) async fn subscriptions<D: Database>(store: &SqlStore<D>) {
+    let alice = SenderId::from("alice");
+    let seven = SenderId::Int(7);
+    let a = Subscriber::new("article.*", "https://a.example/hook")
+        .unwrap()
+        .with_owner(alice.clone());
+    let b = Subscriber::new("article.created", "https://b.example/hook")
+        .unwrap()
+        .with_owner(seven.clone())
+        .with_standard_webhooks(true);
+    store.insert(a.clone()).await.expect("insert");
+    store.insert(b.clone()).await.expect("insert");
+    assert!(
+        store.insert(a.clone()).await.is_err(),
+        "insert: a duplicate uuid is refused"
+    );
+
+    let got = store.get(&alice, a.uuid).await.unwrap().expect("get: own");
+    assert_eq!(got, a, "get: every field round-trips");
+    assert_eq!(
+        store.get(&seven, a.uuid).await.unwrap(),
+        None,
+        "get: another owner's"
+    );
+    assert_eq!(
+        store.list(&alice).await.unwrap(),
+        vec![a.clone()],
+        "list: own only"
+    );
+
+    let found = |event: &'static str, sender: Option<SenderId>| async move {
+        let mut uuids: Vec<Uuid> = store
+            .subscribers_for(event, sender.as_ref())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.uuid)
+            .collect();
+        uuids.sort();
+        uuids
+    };
+    assert_eq!(
+        found("article.created", Some(alice.clone())).await,
+        vec![a.uuid],
+        "match: owner"
+    );
+    assert_eq!(
+        found("article.created", Some(seven.clone())).await,
+        vec![b.uuid]
+    );
+    assert!(
+        found("article.created", None).await.is_empty(),
+        "match: owned need a sender"
+    );
+    assert!(
+        found("comment.created", Some(alice.clone()))
+            .await
+            .is_empty()
+    );
+
+    let mut changed = a.clone().rotate_secret("a-new-secret");
+    changed.url = "https://a2.example/hook".parse().unwrap();
+    changed.touch();
+    assert!(store.update(changed.clone()).await.unwrap(), "update");
+    let got = store.get(&alice, a.uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (got.url.as_str(), got.hmac_secret.as_str()),
+        ("https://a2.example/hook", "a-new-secret")
+    );
+    assert_eq!(
+        got.previous_secrets, changed.previous_secrets,
+        "update: earlier secrets"
+    );
+    let mut foreign = changed.clone();
+    foreign.owner = Some(seven.clone());
+    assert!(
+        !store.update(foreign).await.unwrap(),
+        "update: another owner's is refused"
+    );
+
+    assert!(
+        store
+            .set_active(&alice, a.uuid, false, "paused by alice")
+            .await
+            .unwrap()
+    );
+    assert!(
+        found("article.created", Some(alice.clone()))
+            .await
+            .is_empty(),
+        "paused: no match"
+    );
+    let statuses = store.statuses(true).await.unwrap();
+    assert_eq!(statuses.len(), 1, "statuses: the disabled one");
+    assert_eq!(
+        statuses[0].1.disabled_reason.as_deref(),
+        Some("paused by alice")
+    );
+    assert!(store.set_active(&alice, a.uuid, true, "").await.unwrap());
+    assert_eq!(
+        found("article.created", Some(alice.clone())).await,
+        vec![a.uuid],
+        "resumed"
+    );
+
+    store.mark_gone(b.uuid).await.unwrap();
+    let gone = store.statuses(true).await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(
+        gone[0]
+            .1
+            .disabled_reason
+            .as_deref()
+            .unwrap()
+            .contains("410")
+    );
+    assert!(store.enable(b.uuid).await.unwrap(), "enable");
+    assert!(
+        !store.enable(Uuid::new_v4()).await.unwrap(),
+        "enable: unknown"
+    );
+    assert!(store.statuses(true).await.unwrap().is_empty());
+
+    assert!(
+        !store.delete(&seven, a.uuid).await.unwrap(),
+        "delete: another owner's"
+    );
+    assert!(store.delete(&alice, a.uuid).await.unwrap(), "delete");
+    assert_eq!(store.get(&alice, a.uuid).await.unwrap(), None);
+}

@@ -1,0 +1,227 @@
+//! What operators and owners read and do afterwards: attempts, counts,
+//! replay and pruning.
+
+use uuid::Uuid;
+
+use crate::outbox::{DeliveryInfo, DeliveryState, Pruned, now_micros};
+use crate::sql::{Connection, Kind, Param, execute, insert_rows, limit, query};
+use crate::{Error, Result};
+
+use super::deliveries::{DELIVERY_COLUMNS, DELIVERY_ROW, delivery_row};
+use super::events::{EVENT_COLUMNS, EVENT_KINDS, event_from_row, with_recipients};
+
+/// The columns of `thorn_attempts`.
+pub(super) const ATTEMPT_COLUMNS: &str =
+    "delivery_id, attempt, started_at, status, latency_us, error, response, worker";
+
+/// The statement counting events and deliveries by state, in one snapshot
+/// (separate statements can count a delivery twice as it moves on).
+pub(super) const COUNTS: &str = "SELECT \
+    (SELECT COUNT(*) FROM thorn_events WHERE fanned_out_at IS NULL), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'delivered'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'dead'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'cancelled'), \
+    (SELECT COUNT(*) FROM thorn_deliveries WHERE state = 'pending' AND locked_until > $1)";
+/// Deletes the deliveries `which` selects (with `params`), their attempts
+/// and — with `events_before` — the events fanned out before it that have
+/// no delivery left.
+pub(super) async fn prune_deliveries(
+    conn: &mut dyn Connection,
+    which: &str,
+    params: Vec<Param>,
+    events_before: Option<i64>,
+) -> Result<Pruned> {
+    let attempts = execute(
+        conn,
+        &format!("DELETE FROM thorn_attempts WHERE delivery_id IN ({which})"),
+        params.clone(),
+    )
+    .await?;
+    let deliveries = execute(
+        conn,
+        &format!("DELETE FROM thorn_deliveries WHERE id IN ({which})"),
+        params,
+    )
+    .await?;
+    let events = match events_before {
+        Some(cutoff) => {
+            let events = execute(
+                conn,
+                "DELETE FROM thorn_events WHERE fanned_out_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_deliveries d WHERE d.event_id = thorn_events.id)",
+                vec![cutoff.into()],
+            )
+            .await?;
+            // Recipient rows go with the last of their deliveries, unless
+            // an event not yet fanned out names them.
+            execute(
+                conn,
+                "DELETE FROM thorn_subscribers WHERE recipient_only \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_deliveries d \
+                     WHERE d.subscriber_uuid = thorn_subscribers.uuid) \
+                 AND NOT EXISTS (SELECT 1 FROM thorn_events e WHERE e.fanned_out_at IS NULL \
+                     AND e.options LIKE '%' || thorn_subscribers.uuid || '%')",
+                Vec::new(),
+            )
+            .await?;
+            events
+        }
+        None => 0,
+    };
+    Ok(Pruned {
+        events,
+        deliveries,
+        attempts,
+    })
+}
+
+pub(super) async fn prune_owner(
+    conn: &mut dyn Connection,
+    which: &str,
+    owner: String,
+) -> Result<Pruned> {
+    let mut pruned = prune_deliveries(conn, which, vec![owner.clone().into()], None).await?;
+    pruned.events += execute(
+        conn,
+        "DELETE FROM thorn_events WHERE sender = $1",
+        vec![owner.clone().into()],
+    )
+    .await?;
+    // Its recipients' rows (and their secrets) too.
+    execute(
+        conn,
+        "DELETE FROM thorn_subscribers WHERE recipient_only AND owner = $1",
+        vec![owner.into()],
+    )
+    .await?;
+    Ok(pruned)
+}
+
+pub(super) fn uuid_of(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| Error::Store(format!("`{text}` is not a uuid: {e}").into()))
+}
+
+/// New deliveries of event `id` to today's stored subscriptions, its own
+/// recipients and the static subscribers it went to.
+pub(super) async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option<Vec<Uuid>>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM thorn_events WHERE id = $1");
+    let Some(row) = query(conn, &sql, vec![id.to_string().into()], &EVENT_KINDS)
+        .await?
+        .pop()
+    else {
+        return Ok(None);
+    };
+    let mut event = event_from_row(&row, 0)?;
+    with_recipients(conn, std::slice::from_mut(&mut event)).await?;
+    let mut subscribers =
+        crate::sql::store::matching(conn, &event.name, event.sender.as_ref()).await?;
+    subscribers.extend(event.own_recipients().cloned());
+    // And the other recipients it went to (static subscribers), as their
+    // rows are now.
+    let sql = format!(
+        "SELECT {} FROM thorn_subscribers WHERE recipient_only AND uuid IN \
+         (SELECT subscriber_uuid FROM thorn_deliveries WHERE event_id = $1)",
+        crate::sql::store::COLUMNS
+    );
+    for row in query(
+        conn,
+        &sql,
+        vec![id.to_string().into()],
+        &crate::sql::store::KINDS,
+    )
+    .await?
+    {
+        let recipient = crate::sql::store::from_row(&row, 0)?;
+        if !subscribers.iter().any(|s| s.uuid == recipient.uuid) {
+            subscribers.push(recipient);
+        }
+    }
+    let now = now_micros();
+    let mut ids = Vec::with_capacity(subscribers.len());
+    let mut rows: Vec<Param> = Vec::new();
+    for subscriber in &subscribers {
+        let delivery = Uuid::now_v7();
+        ids.push(delivery);
+        rows.extend(delivery_row(
+            delivery,
+            &id.to_string(),
+            subscriber,
+            now,
+            None,
+        )?);
+    }
+    insert_rows(
+        conn,
+        "thorn_deliveries",
+        DELIVERY_COLUMNS,
+        DELIVERY_ROW,
+        "",
+        rows,
+    )
+    .await?;
+    Ok(Some(ids))
+}
+pub(super) fn int32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Deliveries with their event's name, newest first: one by `id`, or
+/// those in `state`, or all; `max` at most.
+pub(super) async fn infos(
+    conn: &mut dyn Connection,
+    id: Option<Uuid>,
+    state: Option<DeliveryState>,
+    max: usize,
+) -> Result<Vec<DeliveryInfo>> {
+    let mut params: Vec<Param> = vec![limit(max).into()];
+    let mut filter = String::new();
+    if let Some(id) = id {
+        params.push(id.to_string().into());
+        filter.push_str(" AND d.id = $2");
+    }
+    if let Some(state) = state {
+        params.push(state.as_str().into());
+        filter.push_str(&format!(" AND d.state = ${}", params.len()));
+    }
+    let sql = format!(
+        "SELECT d.id, d.event_id, e.name, d.url, d.state, d.attempts, d.run_at, \
+         d.last_status, d.last_error, d.locked_by \
+         FROM thorn_deliveries d JOIN thorn_events e ON e.id = d.event_id \
+         WHERE 1 = 1{filter} ORDER BY d.created_at DESC, d.id DESC LIMIT $1"
+    );
+    query(
+        conn,
+        &sql,
+        params,
+        &[
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Int,
+            Kind::BigInt,
+            Kind::Int,
+            Kind::Text,
+            Kind::Text,
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeliveryInfo {
+            id: r.text(0)?,
+            event_id: r.text(1)?,
+            event: r.text(2)?,
+            url: r.text(3)?,
+            state: r.text(4)?,
+            attempts: int32(r.int(5)?),
+            run_at: r.int(6)?,
+            last_status: r.opt_int(7)?.map(int32),
+            last_error: r.opt_text(8)?,
+            locked_by: r.opt_text(9)?,
+        })
+    })
+    .collect()
+}
