@@ -36,18 +36,23 @@
 //! With the `diesel` feature (on by default), `thorn::diesel` runs Diesel
 //! statements and sends the model's events.
 
-pub use thorn_core::{AbsoluteUrl, FieldValue, Fired, Q, RetryPatch, WebhookFields};
 pub use thorn_core::{
-    Backoff, Blocked, Callbacks, Config, ContentType, DeliveryOutcome, Digest, DispatchOn,
-    Dispatched, Dispatcher, DispatcherKind, Drained, Error, Event, InFlight, ModelEvent, Outgoing,
-    Result, RetryPolicy, Route, SecurityError, SendOptions, SenderId, Subscriber, SubscriberStore,
-    SubscriptionStore, Thorn, ThornBuilder, WebhookModel, Webhooks,
+    AbsoluteUrl, Backoff, Blocked, Callbacks, Config, ContentType, DeliveryOutcome, Digest,
+    DispatchOn, Dispatched, Dispatcher, DispatcherKind, Drained, Error, Event, FieldValue, Fired,
+    ModelEvent, Q, RelayOptions, RelayStats, Result, RetryPatch, RetryPolicy, SecurityError,
+    SendOptions, SenderId, Subscriber, SubscriberStore, SubscriptionStore, Thorn, ThornBuilder,
+    WebhookFields, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
-    buffer, codec, config, delivery, dispatch, event, filter, model, outbox, relay, retry, signing,
-    subscriber, transaction, validate,
+    buffer, codec, delivery, dispatch, filter, model, outbox, retry, signing, subscriber, validate,
 };
 pub use thorn_derive::WebhookModel;
+
+/// The names most applications use, for a glob import: `use thorn::prelude::*;`.
+pub mod prelude {
+    pub use thorn_core::prelude::*;
+    pub use thorn_derive::WebhookModel;
+}
 
 /// Diesel integration: statements that send the model's webhooks.
 #[cfg(feature = "diesel")]
@@ -66,10 +71,8 @@ pub mod __private {
     #[cfg(not(feature = "diesel"))]
     pub use crate::{__noop as diesel_fetch_old, __noop as diesel_no_old_row};
     pub use serde_json;
-    pub use thorn_core::filter::probe;
-    pub use thorn_core::model::AsSender;
-    pub use thorn_core::model::payload_probe;
-    pub use thorn_core::model::url_probe;
+    pub use thorn_core::filter::{ops, probe};
+    pub use thorn_core::model::{AsSender, payload_probe, to_headers, url_probe};
     #[cfg(feature = "diesel")]
     pub use thorn_diesel::{__fetch_old as diesel_fetch_old, __no_old_row as diesel_no_old_row};
 }

@@ -1,11 +1,11 @@
-//! Thorn's SQL conformance suite (`thorn_core::sql::conformance`) through
+//! Thorn's SQL conformance suite (`thorn_core::integration::sql::conformance`) through
 //! each ORM on each database: every store and outbox operation behaves the
 //! same through Diesel and SeaORM, on SQLite and PostgreSQL (when
 //! `THORN_TEST_DATABASE_URL` is set).
 
 use thorn::diesel::migrate;
 use thorn::diesel::sql::DieselDb;
-use thorn_core::sql::conformance;
+use thorn_core::integration::sql::conformance;
 
 use crate::db::{pg_pool, sqlite_pool};
 
@@ -29,7 +29,7 @@ async fn diesel_on_postgres() {
 mod seaorm {
     use sea_orm::{ConnectionTrait, Database};
     use thorn::seaorm::sql::SeaOrmDb;
-    use thorn_core::sql::conformance;
+    use thorn_core::integration::sql::conformance;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn seaorm_on_sqlite() {

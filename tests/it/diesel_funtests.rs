@@ -8,8 +8,8 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
+use thorn::RelayOptions;
 use thorn::diesel::{DieselStore, Relay, migrate};
-use thorn::relay::RelayOptions;
 use thorn::{Config, SubscriptionStore, Thorn, WebhookModel};
 
 use crate::funtests::{Blog, base_config};

@@ -11,10 +11,10 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
 use std::sync::Arc;
 
+use thorn::RelayOptions;
 use thorn::diesel::outbox::{OutboxCounts, thorn_attempts, thorn_deliveries};
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, DieselStore, Relay, migrate};
-use thorn::relay::RelayOptions;
 use thorn::subscriber::MemoryStore;
 use thorn::{Config, RetryPolicy, Subscriber, Thorn, WebhookModel};
 

@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
     QueryFilter, Set,
 };
-use thorn::relay::RelayOptions;
+use thorn::RelayOptions;
 use thorn::seaorm::{Relay, SeaOrmStore, migrate};
 use thorn::{Config, SubscriptionStore, Thorn};
 

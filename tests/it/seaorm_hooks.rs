@@ -49,7 +49,7 @@ fn start_relay(
     rt.block_on(thorn::seaorm::Relay::start_with(
         thorn,
         db.clone(),
-        thorn::relay::RelayOptions {
+        thorn::RelayOptions {
             poll: std::time::Duration::from_millis(50),
             ..Default::default()
         },

@@ -276,7 +276,7 @@ crate::seaorm_funtests::on_both!(
                 .new_events
         };
         let thorn = thorn_to(&receiver, true);
-        let signal = thorn.outbox_signal().clone();
+        let signal = thorn_core::integration::ThornExt::outbox_signal(&thorn).clone();
         rt.block_on(thorn::seaorm::scope(thorn, async {
             let notified = signal.notified();
             let mut notified = std::pin::pin!(notified);

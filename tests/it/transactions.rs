@@ -229,7 +229,7 @@ macro_rules! diesel_suite {
                 thorn::diesel::migrate(&mut *pool.get().unwrap()).unwrap();
                 let receiver = Receiver::start();
                 let thorn = thorn_to(&receiver, outbox_config());
-                let signal = thorn.outbox_signal().clone();
+                let signal = thorn_core::integration::ThornExt::outbox_signal(&thorn).clone();
                 let notified = signal.notified();
                 let mut notified = std::pin::pin!(notified);
                 notified.as_mut().enable();

@@ -25,9 +25,9 @@ use axum::http::StatusCode;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use thorn::RelayOptions;
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
 use thorn::diesel::{DieselOutbox, Relay, migrate};
-use thorn::relay::RelayOptions;
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, Subscriber, Thorn, WebhookModel};
 

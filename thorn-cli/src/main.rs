@@ -23,12 +23,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
 use diesel::{PgConnection, SqliteConnection};
+use thorn::RelayOptions;
 use thorn::diesel::outbox::RelayConnection;
 use thorn::diesel::{DieselOutbox, DieselStore, Migrate, SqliteBusyTimeout};
 use thorn::outbox::DeliveryState;
-use thorn::relay::{RelayCounters, RelayOptions, run_relay};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, RetryPolicy, Thorn};
+use thorn_core::integration::{RelayCounters, run_relay};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -470,7 +471,9 @@ fn worker<C: RelayConnection>(
     let store = Arc::new(DieselStore::new(pool.clone()));
     let thorn = Thorn::builder(config).shared_store(store).build()?;
     let options = RelayOptions {
-        worker: args.name.unwrap_or_else(thorn::relay::default_worker_name),
+        worker: args
+            .name
+            .unwrap_or_else(thorn_core::integration::default_worker_name),
         concurrency: args.concurrency.max(1),
         lease: Duration::from_secs_f64(args.lease.max(0.1)),
         poll: Duration::from_secs_f64(args.poll.max(0.01)),

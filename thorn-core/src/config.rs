@@ -77,7 +77,7 @@ pub struct Config {
     /// (`THORN_OUTBOX`, off): `false` holds them in memory and hands them
     /// to the dispatcher after COMMIT; `true` writes them to the outbox
     /// table in the caller's transaction, for a relay or `thorn worker` to
-    /// deliver. See [`crate::transaction`].
+    /// deliver. See [`crate::integration`].
     pub outbox: bool,
     /// The `Hook-HMAC` signer (`THORN_HMAC_SIGNER`).
     pub hmac_signer: Signer,
@@ -95,7 +95,7 @@ pub struct Config {
     /// Model events leave only after their database transaction commits
     /// (`THORN_SIGNAL_HONORS_TRANSACTION`, on); an event's own
     /// `honors_transaction` overrides it. Off, model events are sent as
-    /// they are raised, committed or not. See [`crate::transaction`].
+    /// they are raised, committed or not. See [`crate::integration`].
     pub signal_honors_transaction: bool,
     /// Base URL joined to model `reverse` paths (`THORN_BASE_URL`).
     pub base_url: Option<Url>,
@@ -145,7 +145,7 @@ impl Default for Config {
 
 /// `Mozilla/5.0 (compatible; thorn/<version>; reqwest/0.13)`, the shape of
 /// Python Thorn's user agent.
-pub fn default_user_agent() -> String {
+pub(crate) fn default_user_agent() -> String {
     format!(
         "Mozilla/5.0 (compatible; thorn/{}; reqwest/0.13)",
         env!("CARGO_PKG_VERSION")

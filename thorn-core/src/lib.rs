@@ -4,39 +4,47 @@
 //! crate defines.
 //!
 //! Most applications depend on the `thorn` facade crate instead, which
-//! re-exports this crate next to the derive and the ORM integrations.
+//! re-exports this crate's application API next to the derive and the ORM
+//! integrations. What an application uses is at the root (the common part
+//! also in [`prelude`]) and in the modules named after what they hold —
+//! [`signing`] for receivers, [`validate`] for recipient rules,
+//! [`subscriber`] for stores. What an ORM integration uses — transaction
+//! frames, outbox records, the relay, the SQL layer — is in
+//! [`integration`], and nothing else is public.
 
 pub mod buffer;
 pub mod codec;
-pub mod config;
 pub mod delivery;
 pub mod dispatch;
-pub mod error;
-pub mod event;
 pub mod filter;
+pub mod integration;
 pub mod model;
 pub mod outbox;
-pub mod relay;
+pub mod prelude;
 pub mod retry;
-pub mod schema;
 pub mod signing;
-pub mod sql;
 pub mod subscriber;
-pub mod transaction;
 pub mod validate;
 
 mod app;
+mod config;
+mod error;
+mod event;
+mod relay;
+mod schema;
+mod sql;
+mod transaction;
 
 pub use app::{Drained, Thorn, ThornBuilder};
 pub use codec::ContentType;
 pub use config::{Config, DispatcherKind};
 pub use delivery::{Callbacks, DeliveryOutcome};
-pub use dispatch::{Dispatched, Dispatcher, InFlight, Outgoing};
+pub use dispatch::{Dispatched, Dispatcher};
 pub use error::{Blocked, Error, Result, SecurityError};
 pub use event::{Event, RetryPatch, SendOptions};
 pub use filter::{FieldValue, Q, WebhookFields};
 pub use model::{AbsoluteUrl, DispatchOn, Fired, ModelEvent, WebhookModel, Webhooks};
+pub use relay::{RelayOptions, RelayStats};
 pub use retry::{Backoff, RetryPolicy};
 pub use signing::Digest;
 pub use subscriber::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
-pub use transaction::{Route, Scope};

@@ -256,7 +256,7 @@ mod schedule_tests {
 
 /// What an attempt's result means for the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// 2xx: delivered.
     Delivered,
     /// Try again (after `Retry-After` when the receiver sent one).
@@ -268,7 +268,7 @@ pub enum Verdict {
 }
 
 /// Classifies an HTTP status (see the module docs).
-pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
+pub(crate) fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
         410 => Verdict::Gone,
@@ -279,7 +279,10 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
 }
 
 /// Parses a `Retry-After` header: delay-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -325,7 +325,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// unique-local, link-local, site-local, multicast, documentation and
 /// discard ranges; and every IPv4 range again when carried inside IPv6
 /// (mapped, compatible, NAT64 and 6to4 forms).
-pub fn internal_reason(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn internal_reason(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => internal_v4(v4),
         IpAddr::V6(v6) => internal_v6(v6),

@@ -209,7 +209,7 @@ fn generate(ident: &Ident, field_names: &[Ident], model: &Model) -> TokenStream 
         }
         if let Some(path) = e.headers.as_ref().or(model.headers.as_ref()) {
             chain.extend(quote_spanned! {path.span()=>
-                .with_headers(|m: &#ident| ::thorn::model::to_headers(#path(m)))
+                .with_headers(|m: &#ident| ::thorn::__private::to_headers(#path(m)))
             });
         }
         let reverse = reverse_closure(ident, e.reverse.as_ref().or(model.reverse.as_ref()));

@@ -172,7 +172,7 @@ fn condition(
     op_span: proc_macro2::Span,
     value: &Expr,
 ) -> TokenStream {
-    let ops = quote_spanned!(op_span=> ::thorn::filter::ops);
+    let ops = quote_spanned!(op_span=> ::thorn::__private::ops);
     let span = value.span();
     // The row's name carries the field's span (same call-site hygiene), so
     // errors about the field's type point at the field.

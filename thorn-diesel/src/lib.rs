@@ -17,7 +17,7 @@
 //!
 //! The calls return what Diesel's `get_result` returns. Events leave only
 //! after the transaction they were raised in commits
-//! ([`thorn_core::transaction`]):
+//! ([`thorn_core::integration`]):
 //!
 //! - inside [`transaction`] — Diesel's `conn.transaction` closure, managed
 //!   by Thorn, nestable as savepoints — they are held until its `COMMIT`
@@ -61,8 +61,10 @@ pub use store::DieselStore;
 
 use diesel::query_dsl::LoadQuery;
 use diesel::result::QueryResult;
-use thorn_core::outbox::StoredEvent;
-use thorn_core::transaction::{FrameKey, ManagedFrame, Parent, Raised, Scope};
+use thorn_core::integration::StoredEvent;
+use thorn_core::integration::{
+    FrameKey, ManagedFrame, Parent, Raised, Scope, ThornExt, WebhooksExt,
+};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 /// Runs an `INSERT ... RETURNING` statement and sends the model's create
@@ -374,7 +376,7 @@ fn transaction_state<C: diesel::Connection>(conn: &mut C) -> QueryResult<(usize,
 /// Writes through `thorn::diesel` inside a `conn.transaction(..)` that
 /// Thorn does not manage are refused (with the in-memory default) or
 /// written through at once (with the outbox): see
-/// [`thorn_core::transaction`].
+/// [`thorn_core::integration`].
 ///
 /// ```ignore
 /// let article = thorn::diesel::transaction(&thorn, conn, |conn| {
@@ -434,7 +436,7 @@ pub fn begin_test_transaction<C: diesel::Connection>(
 #[derive(Debug)]
 #[must_use = "dropping it at once makes the test transaction one Thorn does not manage"]
 pub struct TestTransaction {
-    _marker: thorn_core::transaction::ManagedFrame,
+    _marker: thorn_core::integration::ManagedFrame,
 }
 
 /// A core error as Diesel's: encode errors as serialization errors, the
@@ -661,7 +663,7 @@ where
                 .iter()
                 .map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
                 .collect();
-            let context = thorn_core::Webhooks::<M>::m2m_context(on, &keys);
+            let context = M::webhooks().m2m_context(on, &keys);
             raised = fire(thorn, conn, on, [(instance, None)], Some(context), scope)?;
         }
         Ok((related, raised))

@@ -8,7 +8,7 @@
 use diesel::Connection;
 use diesel::result::QueryResult;
 
-use thorn_core::schema::{MIGRATIONS, MIGRATIONS_TABLE};
+use thorn_core::integration::schema::{MIGRATIONS, MIGRATIONS_TABLE};
 
 diesel::table! {
     /// Which of Thorn's migrations ran.
@@ -19,7 +19,7 @@ diesel::table! {
 }
 
 /// The newest migration this version of Thorn knows.
-pub const LATEST: i64 = thorn_core::schema::LATEST;
+pub const LATEST: i64 = thorn_core::integration::schema::LATEST;
 
 macro_rules! migrate_for {
     ($conn:ty, $postgres:expr) => {

@@ -4,7 +4,7 @@
 //! With the outbox on (`THORN_OUTBOX=true`, [`Config::outbox`](thorn_core::Config::outbox)),
 //! each model event that honours the transaction is written to
 //! `thorn_events` on the caller's connection, in its transaction. Inside
-//! [`crate::transaction`] the events of the whole transaction are written
+//! [`thorn_core::integration`] the events of the whole transaction are written
 //! as one multi-row `INSERT` just before `COMMIT` (a rolled-back savepoint
 //! drops its own); inside a `conn.transaction(...)` Thorn does not manage,
 //! each write's events are written right after its statement, so the
@@ -39,9 +39,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use thorn_core::outbox::{DeliveryState, Pruned, StoredEvent};
-use thorn_core::relay::{BackgroundRelay, RelayOptions, RelayStats};
-use thorn_core::sql::{SqlOutbox, ready};
+use thorn_core::integration::BackgroundRelay;
+use thorn_core::integration::StoredEvent;
+use thorn_core::integration::ThornExt;
+use thorn_core::integration::sql::{SqlOutbox, ready};
+use thorn_core::outbox::{DeliveryState, Pruned};
+use thorn_core::{RelayOptions, RelayStats};
 use thorn_core::{Result, Thorn};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -146,10 +149,10 @@ pub trait OutboxConnection: diesel::Connection {
 
 impl<C: SqlConnection> OutboxConnection for C
 where
-    for<'c> DieselConn<'c, C>: thorn_core::sql::Connection,
+    for<'c> DieselConn<'c, C>: thorn_core::integration::sql::Connection,
 {
     fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()> {
-        ready(thorn_core::sql::outbox::write_events(
+        ready(thorn_core::integration::sql::write_events(
             &mut DieselConn(self),
             events,
             "thorn::diesel::migrate(conn)",
@@ -168,10 +171,10 @@ where
 }
 
 /// The outbox tables in a Diesel database, over an r2d2 pool: Thorn's
-/// [`SqlOutbox`] on [`DieselDb`], the [`OutboxStore`](thorn_core::outbox::OutboxStore) a relay or worker
+/// [`SqlOutbox`] on [`DieselDb`], the [`OutboxStore`](thorn_core::integration::OutboxStore) a relay or worker
 /// claims from.
 ///
-/// As an [`OutboxStore`](thorn_core::outbox::OutboxStore) its statements run on tokio's blocking threads;
+/// As an [`OutboxStore`](thorn_core::integration::OutboxStore) its statements run on tokio's blocking threads;
 /// its own methods (counts, deliveries, retries) run on the calling
 /// thread.
 pub struct DieselOutbox<C: R2D2Connection + 'static> {
@@ -216,7 +219,7 @@ impl<C: SqlConnection> DieselOutbox<C> {
     }
 
     /// Thorn's SQL outbox on this pool, its statements run on tokio's
-    /// blocking threads: the [`OutboxStore`](thorn_core::outbox::OutboxStore) a relay claims from.
+    /// blocking threads: the [`OutboxStore`](thorn_core::integration::OutboxStore) a relay claims from.
     pub fn sql(&self) -> &SqlOutbox<DieselDb<C>> {
         &self.outbox
     }
@@ -341,7 +344,9 @@ fn listen(
                 continue;
             }
         };
-        if let Err(error) = conn.batch_execute(&format!("LISTEN {}", thorn_core::outbox::CHANNEL)) {
+        if let Err(error) =
+            conn.batch_execute(&format!("LISTEN {}", thorn_core::integration::CHANNEL))
+        {
             tracing::warn!(%error, "outbox listener: LISTEN failed");
             std::thread::sleep(Duration::from_secs(1));
             continue;

@@ -11,7 +11,9 @@ use diesel::row::{Field, NamedRow};
 use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 use thorn_core::Result;
-use thorn_core::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work, ready};
+use thorn_core::integration::sql::{
+    Connection, Database, Dialect, Kind, Param, Row, Value, Work, ready,
+};
 use thorn_core::subscriber::BoxFuture;
 
 use crate::store::store_err;

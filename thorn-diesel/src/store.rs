@@ -13,8 +13,8 @@
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
-use thorn_core::schema::SubscriberRecord;
-use thorn_core::sql::{SqlStore, ready};
+use thorn_core::integration::schema::SubscriberRecord;
+use thorn_core::integration::sql::{SqlStore, ready};
 use thorn_core::subscriber::{BoxFuture, SubscriptionStore};
 use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
 use uuid::Uuid;
@@ -142,7 +142,7 @@ pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Er
     Error::Store(Box::new(e))
 }
 
-pub use thorn_core::schema::SubscriberStatus;
+pub use thorn_core::integration::schema::SubscriberStatus;
 
 /// Subscriptions in a Diesel database, over an r2d2 pool: Thorn's
 /// [`SqlStore`] on [`DieselDb`].

@@ -36,7 +36,7 @@
 //! loss.
 //!
 //! Events leave only after the transaction they were raised in commits
-//! ([`thorn_core::transaction`]). A hook cannot see a commit, so run
+//! ([`thorn_core::integration`]). A hook cannot see a commit, so run
 //! transactions through Thorn: [`transaction`] (SeaORM's closure form) or
 //! [`begin`] (its `begin()` / `commit()` form), nestable as savepoints.
 //! Inside them, events are held until `COMMIT` — in memory, or as outbox
@@ -119,9 +119,9 @@ use sea_orm::{
     InsertMany, IntoActiveModel, TransactionError, TransactionSession, TransactionTrait,
 };
 use std::pin::Pin;
-use thorn_core::outbox::StoredEvent;
-use thorn_core::schema::{MIGRATIONS, MIGRATIONS_TABLE};
-use thorn_core::transaction::{FrameKey, ManagedFrame, Parent, Scope};
+use thorn_core::integration::StoredEvent;
+use thorn_core::integration::schema::{MIGRATIONS, MIGRATIONS_TABLE};
+use thorn_core::integration::{FrameKey, ManagedFrame, Parent, Scope, ThornExt, WebhooksExt};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
 static INSTALLED: RwLock<Option<Thorn>> = RwLock::new(None);
@@ -473,7 +473,7 @@ fn core_error(model: &str, error: thorn_core::Error) -> DbErr {
 }
 
 /// Refuses, before the statement runs, a write whose `on` events could
-/// not follow the transaction `db` is in (see [`thorn_core::transaction`]).
+/// not follow the transaction `db` is in (see [`thorn_core::integration`]).
 fn admit<M: WebhookModel, C: ConnectionTrait>(db: &C, on: DispatchOn) -> Result<(), DbErr> {
     let webhooks = M::webhooks();
     if !webhooks.fires_on(on) {
@@ -773,7 +773,7 @@ where
         .iter()
         .map(|l| sea_value_to_json_value(&l.get(related)))
         .collect();
-    let context = thorn_core::Webhooks::<M>::m2m_context(on, &keys);
+    let context = M::webhooks().m2m_context(on, &keys);
     let thorn = thorn_for(webhooks.model())?;
     fire(&thorn, db, on, [(instance, None)], Some(context)).await
 }

@@ -5,7 +5,7 @@
 //! With the outbox on (`THORN_OUTBOX=true`, [`Config::outbox`](thorn_core::Config::outbox)),
 //! each model event that honours the transaction is written to
 //! `thorn_events` through the transaction the hook was given
-//! ([`write_events`]): inside [`crate::transaction`] / [`crate::begin`]
+//! ([`write_events`]): inside [`thorn_core::integration`] / [`crate::begin`]
 //! as one multi-row `INSERT` just before `COMMIT`, inside a transaction
 //! of SeaORM's own right after the statement. A save on a bare
 //! `DatabaseConnection` is refused: its row would commit before its event
@@ -39,10 +39,12 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use sqlx::postgres::PgListener;
-use thorn_core::outbox::{CHANNEL, StoredEvent};
-use thorn_core::relay::{RelayCounters, RelayOptions, RelayStats, run_relay};
-use thorn_core::sql::SqlOutbox;
+use thorn_core::integration::ThornExt;
+use thorn_core::integration::sql::SqlOutbox;
+use thorn_core::integration::{CHANNEL, StoredEvent};
+use thorn_core::integration::{RelayCounters, run_relay};
 use thorn_core::{Error, Result, Thorn};
+use thorn_core::{RelayOptions, RelayStats};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -64,8 +66,12 @@ pub type SeaOrmOutbox = SqlOutbox<SeaOrmDb>;
 /// process's relay at once. A missing table is
 /// [`thorn_core::Error::OutboxMissing`].
 pub async fn write_events<C: ConnectionTrait>(db: &C, events: &[StoredEvent]) -> Result<()> {
-    thorn_core::sql::outbox::write_events(&mut SeaConn(db), events, "thorn::seaorm::migrate(&db)")
-        .await
+    thorn_core::integration::sql::write_events(
+        &mut SeaConn(db),
+        events,
+        "thorn::seaorm::migrate(&db)",
+    )
+    .await
 }
 
 /// Connects a `LISTEN thorn_outbox` connection from `pool`.

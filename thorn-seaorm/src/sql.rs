@@ -8,7 +8,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
     TransactionTrait,
 };
-use thorn_core::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work};
+use thorn_core::integration::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work};
 use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Error, Result};
 

@@ -12,11 +12,11 @@
 //! rows the other wrote.
 
 use thorn_core::Error;
-use thorn_core::sql::SqlStore;
+use thorn_core::integration::sql::SqlStore;
 
 use crate::sql::SeaOrmDb;
 
-pub use thorn_core::schema::SubscriberStatus;
+pub use thorn_core::integration::schema::SubscriberStatus;
 
 /// Wraps a database error (or any other) as Thorn's store error.
 pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {

@@ -1,6 +1,6 @@
 //! The open managed transactions and savepoints of one [`Thorn`](crate::Thorn), and the
 //! events each holds until it commits. The integrations drive them through
-//! [`crate::transaction`].
+//! [`crate::integration`].
 
 use std::fmt;
 use std::sync::Mutex;
@@ -39,7 +39,7 @@ impl FrameKey {
 }
 
 /// Where a write runs, as the ORM integration sees it when it raises the
-/// write's events (see [`crate::transaction`]).
+/// write's events (see [`crate::integration`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Outside any transaction; the integration runs the write in a short
@@ -72,7 +72,7 @@ pub enum Parent {
     /// Not a transaction's frame but a test transaction's marker (Diesel's
     /// `begin_test_transaction`, which never commits): writes directly in
     /// it behave as if they committed on their own ([`Scope::Own`]), and
-    /// transactions opened in it as outermost ones. See [`Thorn::scope_at`](crate::Thorn::scope_at).
+    /// transactions opened in it as outermost ones. See [`ThornExt::scope_at`](crate::integration::ThornExt::scope_at).
     Test,
 }
 
@@ -174,7 +174,7 @@ impl Frames {
         }
     }
 
-    /// The scope of a write at `key`: see [`Thorn::scope_at`](crate::Thorn::scope_at).
+    /// The scope of a write at `key`: see [`ThornExt::scope_at`](crate::integration::ThornExt::scope_at).
     pub(crate) fn scope_at(&self, key: FrameKey) -> Scope {
         match self.lock().get(&key) {
             Some(f) if f.parent == Parent::Test => Scope::Own,

@@ -123,14 +123,14 @@ impl Thorn {
 
     /// Where this Thorn finds subscribers: its store and its
     /// configuration's static subscribers.
-    pub fn subscribers(&self) -> &Directory {
+    pub(crate) fn subscribers(&self) -> &Directory {
         &self.inner.subscribers
     }
 
     /// Where a model event goes when raised: [`Route::Immediate`] unless
     /// it `honors_transaction`, then [`Route::Outbox`] with
     /// [`Config::outbox`] and [`Route::OnCommit`] without.
-    pub fn route(&self, honors_transaction: bool) -> Route {
+    pub(crate) fn route_for(&self, honors_transaction: bool) -> Route {
         match (honors_transaction, self.inner.config.outbox) {
             (false, _) => Route::Immediate,
             (true, true) => Route::Outbox,
@@ -141,9 +141,9 @@ impl Thorn {
     /// The scope of a write on a connection whose innermost transaction
     /// is `key` (for integrations that know their transaction depth, as
     /// Diesel does): [`Scope::Managed`] when `key` is an open frame,
-    /// [`Scope::Own`] when it marks a test transaction ([`Parent::Test`]),
+    /// [`Scope::Own`] when it marks a test transaction (`Parent::Test`),
     /// [`Scope::Unmanaged`] otherwise.
-    pub fn scope_at(&self, key: FrameKey) -> Scope {
+    pub(crate) fn frame_scope(&self, key: FrameKey) -> Scope {
         self.inner.frames.scope_at(key)
     }
 
@@ -151,7 +151,7 @@ impl Thorn {
     /// innermost savepoint of it that is open (writes through an outer
     /// handle run inside it), or `key` itself; `None` when `key` is not
     /// managed.
-    pub fn managed_frame(&self, key: FrameKey) -> Option<FrameKey> {
+    pub(crate) fn innermost_frame(&self, key: FrameKey) -> Option<FrameKey> {
         self.inner.frames.innermost(key)
     }
 
@@ -196,7 +196,7 @@ impl Thorn {
 
     /// Signalled each time this process writes an event to the outbox, so
     /// an in-process relay wakes without waiting for its next poll.
-    pub fn outbox_signal(&self) -> &Arc<tokio::sync::Notify> {
+    pub(crate) fn outbox_written(&self) -> &Arc<tokio::sync::Notify> {
         &self.inner.outbox_written
     }
 

@@ -21,7 +21,7 @@ use crate::{Error, Result};
 
 /// The pooled HTTP client deliveries go through.
 #[derive(Debug, Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     client: reqwest::Client,
     validators: Validators,
     signer: Signer,
@@ -34,7 +34,7 @@ impl HttpClient {
     /// A client for `config` that enforces `validators`: no proxy from the
     /// environment, no redirects, TLS certificates verified, and every
     /// resolved address checked at connect time.
-    pub fn new(config: &Config, validators: Validators) -> Result<Self> {
+    pub(crate) fn new(config: &Config, validators: Validators) -> Result<Self> {
         // Our TLS provider unless the application installed its own.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
@@ -61,13 +61,13 @@ impl HttpClient {
     }
 
     /// The recipient validators this client enforces.
-    pub fn validators(&self) -> &Validators {
+    pub(crate) fn validators(&self) -> &Validators {
         &self.validators
     }
 
     /// The headers of an attempt, signatures included. `timestamp` is the
     /// Unix time of the attempt (for Standard Webhooks).
-    pub fn headers_for(&self, delivery: &Delivery, timestamp: i64) -> Result<HeaderMap> {
+    pub(crate) fn headers_for(&self, delivery: &Delivery, timestamp: i64) -> Result<HeaderMap> {
         let s = &delivery.subscriber;
         let mut h = HeaderMap::with_capacity(10 + delivery.headers.len());
         let value = |name: &str, v: &str| {
@@ -131,7 +131,7 @@ impl HttpClient {
     }
 
     /// Performs attempt number `number` (1-based) of `delivery`.
-    pub async fn attempt(&self, delivery: &Delivery, number: u32) -> Attempt {
+    pub(crate) async fn attempt(&self, delivery: &Delivery, number: u32) -> Attempt {
         let started = Instant::now();
         let mut response_head = Bytes::new();
         let (result, verdict) = match self.post(delivery).await {

@@ -48,7 +48,7 @@ pub mod headers {
 
 /// One event for one subscriber, ready to POST.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Unique id, sent as `Hook-Delivery` on every attempt.
     pub id: Uuid,
     /// Event name, sent as `Hook-Event`.
@@ -101,7 +101,7 @@ impl DeliveryOutcome {
 
 /// One attempt: its outcome and what it means for the delivery.
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// The outcome.
     pub outcome: DeliveryOutcome,
     /// Retry, give up, or done.
@@ -112,7 +112,7 @@ pub struct Attempt {
 }
 
 /// How much of a response body an [`Attempt`] keeps.
-pub const RESPONSE_HEAD: usize = 256;
+pub(crate) const RESPONSE_HEAD: usize = 256;
 
 /// Called with the outcome of a delivery attempt.
 pub type Callback = Arc<dyn Fn(&DeliveryOutcome) + Send + Sync>;
@@ -157,4 +157,4 @@ impl Callbacks {
 
 mod client;
 
-pub use client::HttpClient;
+pub(crate) use client::HttpClient;

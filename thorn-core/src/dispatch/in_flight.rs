@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 /// Counts the events a dispatcher has accepted and not yet finished
 /// (queued, being delivered, or waiting to retry), so a program can wait
-/// for them before it exits ([`Thorn::drain`]). Dispatchers of your own
+/// for them before it exits ([`Thorn::drain`](crate::Thorn::drain)). Dispatchers of your own
 /// can use it too.
 #[derive(Debug, Default)]
 pub struct InFlight {

@@ -153,11 +153,6 @@ impl InProcessDispatcher {
         ));
         Ok(InProcessDispatcher { inner })
     }
-
-    /// The HTTP client of the configured validators.
-    pub fn client(&self) -> &HttpClient {
-        &self.inner.clients.default
-    }
 }
 
 impl Dispatcher for InProcessDispatcher {

@@ -4,7 +4,7 @@
 //!   the background, through one pooled HTTP client: deliveries are grouped
 //!   by scheme, host and port so connections are reused, the number in
 //!   flight is bounded overall and per host, and failed attempts are
-//!   retried by the event's [`RetryPolicy`] with the same `Hook-Delivery`.
+//!   retried by the event's [`RetryPolicy`](crate::RetryPolicy) with the same `Hook-Delivery`.
 //!   `send` returns at once with a [`Dispatched`] handle; nothing blocks the
 //!   caller's thread or database transaction.
 //! - [`DisabledDispatcher`] sends nothing.
@@ -30,7 +30,7 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch(&self, subscribers: &Directory, outgoing: Outgoing) -> Dispatched;
 
     /// The events this dispatcher has accepted and not finished, for
-    /// [`Thorn::drain`]; `None` when it keeps no work of its own in the
+    /// [`Thorn::drain`](crate::Thorn::drain); `None` when it keeps no work of its own in the
     /// background.
     fn in_flight(&self) -> Option<&InFlight> {
         None

@@ -33,6 +33,7 @@ use std::ops::{BitAnd, BitOr, Not};
 mod typed;
 mod value;
 
+#[doc(hidden)]
 pub use typed::{Compare, Contains, OptionLike, TextLike, Truthy, ops};
 pub use value::{FieldValue, Op, ToFieldValue};
 

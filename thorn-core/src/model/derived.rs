@@ -70,7 +70,7 @@ pub mod payload_probe {
     }
 }
 
-/// Used by derived code: a model's [`AbsoluteUrl`] when it has one, else
+/// Used by derived code: a model's [`AbsoluteUrl`](crate::AbsoluteUrl) when it has one, else
 /// nothing (autoref specialization, resolved at compile time).
 #[doc(hidden)]
 pub mod url_probe {

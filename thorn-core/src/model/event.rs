@@ -212,9 +212,9 @@ impl<M> ModelEvent<M> {
     }
 
     /// Where this event goes when a write raises it under `thorn`'s
-    /// configuration ([`crate::transaction`]).
+    /// configuration ([`crate::integration`]).
     pub fn route(&self, thorn: &Thorn) -> Route {
-        thorn.route(self.honors_transaction(thorn))
+        thorn.route_for(self.honors_transaction(thorn))
     }
 
     /// True when the filter (if any) passes for `new` and, on change, `old`.

@@ -24,8 +24,9 @@ use crate::Result;
 
 mod derived;
 mod event;
-mod webhooks;
+pub(crate) mod webhooks;
 
+#[doc(hidden)]
 pub use derived::{AsSender, payload_probe, to_headers, url_probe};
 pub use event::ModelEvent;
 pub use webhooks::{Fired, Webhooks};

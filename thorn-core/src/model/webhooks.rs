@@ -61,39 +61,6 @@ impl<M> Webhooks<M> {
         self.events.iter().any(|e| e.dispatches_on == on)
     }
 
-    /// Checks that `on` is a many-to-many change on a relation some event
-    /// of the model declares; the error names the declared relations.
-    pub fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String> {
-        let relation = match on {
-            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
-            _ => return Err(format!("{on:?} is not a many-to-many change")),
-        };
-        let mut declared: Vec<&str> = self
-            .events
-            .iter()
-            .filter_map(|e| match e.dispatches_on {
-                DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => {
-                    Some(r)
-                }
-                _ => None,
-            })
-            .collect();
-        if declared.contains(&relation) {
-            return Ok(());
-        }
-        declared.sort_unstable();
-        declared.dedup();
-        Err(format!(
-            "{} declares no many-to-many relation `{relation}` (declared: {})",
-            self.model,
-            if declared.is_empty() {
-                "none".to_owned()
-            } else {
-                declared.join(", ")
-            }
-        ))
-    }
-
     /// True when some event firing on `on` has a `now_` filter, so the
     /// integration must fetch the old row before writing.
     pub fn needs_old_row(&self, on: DispatchOn) -> bool {
@@ -125,73 +92,8 @@ impl<M> Webhooks<M> {
         instance: &M,
         related: &[Value],
     ) -> Vec<Fired<'_, M>> {
-        let context = Self::m2m_context(on, related);
+        let context = m2m_context(on, related);
         self.dispatch_with_context(thorn, on, instance, None, Some(context))
-    }
-
-    /// Refuses, before the write runs, a write whose `on` events could not
-    /// follow `scope` (see [`crate::transaction`]): an event held until
-    /// commit inside a transaction Thorn does not manage, or an outbox or
-    /// `propagate_errors` event on a connection that commits on its own.
-    /// ORM integrations call it before running the statement, so an `Err`
-    /// never leaves a row written without its events.
-    pub fn admit(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> Result<()> {
-        for event in self.events.iter().filter(|e| e.dispatches_on == on) {
-            crate::transaction::admit(
-                thorn,
-                self.model,
-                event.name(),
-                event.route(thorn),
-                event.propagate_errors,
-                scope,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// True when an `on` event could make a write in `scope` fail after
-    /// its statement ran — it propagates its errors, or its outbox row is
-    /// written right after the statement — so the integration should run
-    /// statement and events in a transaction (or savepoint) of their own
-    /// for an `Err` to leave nothing behind. In a managed transaction,
-    /// outbox rows wait for COMMIT and cannot fail the write.
-    pub fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> bool {
-        let writes_through = !matches!(scope, Scope::Managed(_));
-        self.events.iter().any(|e| {
-            e.dispatches_on == on
-                && (e.propagate_errors || (writes_through && e.route(thorn) == Route::Outbox))
-        })
-    }
-
-    /// Raises the events of `on` for each `(row, old row)`, as an ORM
-    /// integration does after a write that runs in `scope`: each event that
-    /// fires goes where its [`Route`] and the scope say
-    /// ([`crate::transaction`]) — to the dispatcher now, into the managed
-    /// transaction's frame, or into the returned [`Raised`] (outbox rows to
-    /// write through the connection now, events to hand over once the write
-    /// committed).
-    ///
-    /// An event that cannot be prepared (its payload does not encode, say)
-    /// is logged and skipped, unless it has `propagate_errors`: then the
-    /// error is returned, so the caller's transaction can roll back. An
-    /// event the scope cannot carry is always an error.
-    pub fn raise<'r>(
-        &self,
-        thorn: &Thorn,
-        on: DispatchOn,
-        rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
-        context: Option<Value>,
-        scope: Scope,
-    ) -> Result<Raised>
-    where
-        M: 'r,
-    {
-        let raised = self.raise_rows(thorn, on, rows, context, scope);
-        if let (Err(error), Scope::Managed(key)) = (&raised, scope) {
-            // The statement ran: the transaction must not commit.
-            thorn.frames().fail(key, error);
-        }
-        raised
     }
 
     fn raise_rows<'r>(
@@ -229,16 +131,6 @@ impl<M> Webhooks<M> {
         Ok(raised)
     }
 
-    /// The context a many-to-many change gives subscriber callbacks:
-    /// `{"relation": ..., "related": [...]}`.
-    pub fn m2m_context(on: DispatchOn, related: &[Value]) -> Value {
-        let relation = match on {
-            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
-            _ => "",
-        };
-        serde_json::json!({ "relation": relation, "related": related })
-    }
-
     /// The events that fire on `on` and whose filters pass for `new`
     /// (and `old`).
     fn firing<'s, 'r>(
@@ -267,4 +159,139 @@ impl<M> Webhooks<M> {
             })
             .collect()
     }
+}
+
+/// What an ORM integration does with a model's events around a write:
+/// check the write can carry them, raise them after it ran. Implemented
+/// for every [`Webhooks`]; applications do not call it.
+pub trait WebhooksExt<M> {
+    /// Checks that `on` is a many-to-many change on a relation some event
+    /// of the model declares; the error names the declared relations.
+    fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String>;
+    /// Refuses, before the write runs, a write whose `on` events could not
+    /// follow `scope` (see [`Scope`]): an event held until commit inside a
+    /// transaction Thorn does not manage, or an outbox or
+    /// `propagate_errors` event on a connection that commits on its own.
+    /// Call it before running the statement, so an `Err` never leaves a
+    /// row written without its events.
+    fn admit(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> Result<()>;
+    /// True when an `on` event could make a write in `scope` fail after
+    /// its statement ran — it propagates its errors, or its outbox row is
+    /// written right after the statement — so the integration should run
+    /// statement and events in a transaction (or savepoint) of their own
+    /// for an `Err` to leave nothing behind. In a managed transaction,
+    /// outbox rows wait for COMMIT and cannot fail the write.
+    fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> bool;
+    /// Raises the events of `on` for each `(row, old row)`, after a write
+    /// that ran in `scope`: each event that fires goes where its [`Route`]
+    /// and the scope say — to the dispatcher now, into the managed
+    /// transaction's frame, or into the returned [`Raised`] (outbox rows
+    /// to write through the connection now, events to hand over once the
+    /// write committed).
+    ///
+    /// An event that cannot be prepared (its payload does not encode, say)
+    /// is logged and skipped, unless it has `propagate_errors`: then the
+    /// error is returned, so the caller's transaction can roll back. An
+    /// event the scope cannot carry is always an error.
+    fn raise<'r>(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
+        context: Option<Value>,
+        scope: Scope,
+    ) -> Result<Raised>
+    where
+        M: 'r;
+    /// The context a many-to-many change gives subscriber callbacks:
+    /// `{"relation": ..., "related": [...]}`.
+    fn m2m_context(&self, on: DispatchOn, related: &[Value]) -> Value;
+}
+
+impl<M> WebhooksExt<M> for Webhooks<M> {
+    fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String> {
+        let relation = match on {
+            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
+            _ => return Err(format!("{on:?} is not a many-to-many change")),
+        };
+        let mut declared: Vec<&str> = self
+            .events
+            .iter()
+            .filter_map(|e| match e.dispatches_on {
+                DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect();
+        if declared.contains(&relation) {
+            return Ok(());
+        }
+        declared.sort_unstable();
+        declared.dedup();
+        Err(format!(
+            "{} declares no many-to-many relation `{relation}` (declared: {})",
+            self.model,
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.join(", ")
+            }
+        ))
+    }
+
+    fn admit(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> Result<()> {
+        for event in self.events.iter().filter(|e| e.dispatches_on == on) {
+            crate::transaction::admit(
+                thorn,
+                self.model,
+                event.name(),
+                event.route(thorn),
+                event.propagate_errors,
+                scope,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn needs_transaction(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> bool {
+        let writes_through = !matches!(scope, Scope::Managed(_));
+        self.events.iter().any(|e| {
+            e.dispatches_on == on
+                && (e.propagate_errors || (writes_through && e.route(thorn) == Route::Outbox))
+        })
+    }
+
+    fn raise<'r>(
+        &self,
+        thorn: &Thorn,
+        on: DispatchOn,
+        rows: impl IntoIterator<Item = (&'r M, Option<&'r M>)>,
+        context: Option<Value>,
+        scope: Scope,
+    ) -> Result<Raised>
+    where
+        M: 'r,
+    {
+        let raised = self.raise_rows(thorn, on, rows, context, scope);
+        if let (Err(error), Scope::Managed(key)) = (&raised, scope) {
+            // The statement ran: the transaction must not commit.
+            thorn.frames().fail(key, error);
+        }
+        raised
+    }
+
+    fn m2m_context(&self, on: DispatchOn, related: &[Value]) -> Value {
+        m2m_context(on, related)
+    }
+}
+
+/// The context a many-to-many change gives subscriber callbacks:
+/// `{"relation": ..., "related": [...]}`.
+pub(crate) fn m2m_context(on: DispatchOn, related: &[Value]) -> Value {
+    let relation = match on {
+        DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
+        _ => "",
+    };
+    serde_json::json!({ "relation": relation, "related": related })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// uuid once. Static subscribers have no row; a `410 Gone` is handled by
 /// `mark_gone`, not here.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     /// Delivered at least once: failing no more.
     pub recovered: Vec<String>,
     /// Failed (will retry, or dead): failing since now if not already.
@@ -18,7 +18,7 @@ pub struct Health {
 
 impl Health {
     /// Sorts the attempts' subscribers by outcome.
-    pub fn of(attempts: &[(AttemptRecord, Next)]) -> Self {
+    pub(crate) fn of(attempts: &[(AttemptRecord, Next)]) -> Self {
         let mut health = Health::default();
         for (a, next) in attempts {
             match next {
@@ -36,12 +36,12 @@ impl Health {
 
     /// The reason stored for a subscription disabled after `window` of
     /// failures.
-    pub fn disabled_reason(window: Duration) -> String {
+    pub(crate) fn disabled_reason(window: Duration) -> String {
         format!("deliveries failed for longer than {}", humanize(window))
     }
 
     /// Logs that a subscription was disabled after `window` of failures.
-    pub fn log_disabled(uuid: &str, url: &str, window: Duration) {
+    pub(crate) fn log_disabled(uuid: &str, url: &str, window: Duration) {
         let url = url::Url::parse(url)
             .map(|u| crate::subscriber::SafeUrl(&u).to_string())
             .unwrap_or_default();

@@ -6,11 +6,11 @@
 //! sent by the write that raised it. It becomes a [`StoredEvent`] that the
 //! ORM integration inserts through the caller's connection — for a managed
 //! transaction, all of its events in one multi-row `INSERT` just before
-//! `COMMIT` ([`crate::transaction`]) — so the event exists if and only if
+//! `COMMIT` ([`crate::integration`]) — so the event exists if and only if
 //! the row committed: a rolled-back transaction or savepoint takes its
 //! events with it.
 //!
-//! A relay ([`run_relay`], started in-process by the integrations or by
+//! A relay ([`run_relay`](crate::integration::run_relay), started in-process by the integrations or by
 //! `thorn worker`) then works the tables through an [`OutboxStore`]:
 //!
 //! 1. **fan-out**, once per event: claim new events, look up their
@@ -36,16 +36,17 @@
 //! Times in the outbox are microseconds since the Unix epoch, as the
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
-mod health;
-mod store;
-mod stored;
+pub(crate) mod health;
+pub(crate) mod store;
+pub(crate) mod stored;
 
-pub use health::Health;
-pub use store::{
-    Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo,
-    DeliveryState, FanOut, NewDelivery, Next, OutboxCounts, OutboxStore, Pruned,
+pub(crate) use health::Health;
+pub(crate) use store::{
+    Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, Next, OutboxStore,
 };
-pub use stored::{StoredEvent, StoredOptions, StoredRetry};
+pub use store::{AttemptInfo, DeliveryHistory, DeliveryInfo, DeliveryState, OutboxCounts, Pruned};
+#[cfg_attr(not(feature = "conformance"), allow(unused_imports))]
+pub(crate) use stored::{StoredEvent, StoredOptions};
 
 use std::time::Duration;
 
@@ -53,17 +54,17 @@ use std::time::Duration;
 pub const CHANNEL: &str = "thorn_outbox";
 
 /// Microseconds since the Unix epoch, now.
-pub fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
 /// `d` in microseconds, saturating.
-pub fn micros(d: Duration) -> i64 {
+pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// `90s`, `15m`, `3h`, `2d`: the largest whole unit.
-pub fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => format!("{}ms", d.as_millis()),

@@ -8,7 +8,8 @@ mod work;
 pub use background::BackgroundRelay;
 
 use lanes::*;
-pub use options::{RelayCounters, RelayOptions, RelayStats, default_worker_name};
+pub use options::{RelayCounters, default_worker_name};
+pub use options::{RelayOptions, RelayStats};
 use work::*;
 
 use std::collections::{HashMap, VecDeque};
@@ -48,7 +49,7 @@ fn destination(url: &url::Url) -> String {
 /// deliveries in flight finish and record their attempts, and returns.
 ///
 /// `wake` is notified by whatever learns of new events: this process's
-/// own outbox writes ([`Thorn::outbox_signal`]) or PostgreSQL's `LISTEN`.
+/// own outbox writes ([`ThornExt::outbox_signal`](crate::integration::ThornExt::outbox_signal)) or PostgreSQL's `LISTEN`.
 /// Without a wake-up the relay polls, at most `options.poll` apart.
 ///
 /// Claims are renewed every third of `options.lease` while their

@@ -20,8 +20,8 @@ use crate::{Error, Result};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod outbox;
-pub mod store;
+pub(crate) mod outbox;
+pub(crate) mod store;
 
 pub use outbox::SqlOutbox;
 pub use store::SqlStore;

@@ -108,7 +108,8 @@ mod store;
 
 pub use directory::Directory;
 pub use memory::MemoryStore;
-pub use pattern::{candidate_patterns, pattern_matches, validate_pattern};
+pub(crate) use pattern::candidate_patterns;
+pub use pattern::{pattern_matches, validate_pattern};
 pub use statics::{StaticSubscribers, SubscriberCallback, SubscriberQuery};
 pub use store::{BoxFuture, SubscriberStore, SubscriptionStore};
 

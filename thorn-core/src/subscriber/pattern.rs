@@ -9,7 +9,7 @@ pub fn pattern_matches(pattern: &str, event: &str) -> bool {
 /// The (at most four) patterns that select `event`: `*`, the event itself,
 /// `<first>.*` and `*.<rest>`. A store indexed by pattern finds every
 /// subscriber of an event with these lookups.
-pub fn candidate_patterns(event: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+pub(crate) fn candidate_patterns(event: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     let (first, rest) = match event.split_once('.') {
         Some((first, rest)) => (Some(first), Some(rest)),
         None => (None, None),

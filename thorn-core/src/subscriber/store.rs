@@ -12,7 +12,7 @@ use crate::Result;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where subscriptions are stored: a database table (thorn-diesel,
-/// thorn-seaorm) or memory ([`MemoryStore`]).
+/// thorn-seaorm) or memory ([`MemoryStore`](super::MemoryStore)).
 pub trait SubscriberStore: Send + Sync + 'static {
     /// Every subscriber that should receive `event` sent by `sender`
     /// (pattern and owner rules applied).

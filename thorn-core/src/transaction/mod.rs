@@ -1,81 +1,5 @@
-//! When a raised model event leaves: at once, after its transaction
-//! commits, or through the outbox.
-//!
-//! A model event that honours transactions (the default;
-//! `honors_transaction = false` opts out, `THORN_SIGNAL_HONORS_TRANSACTION`
-//! sets the default) leaves only after the database transaction it was
-//! raised in has committed, and never when it rolls back. Where it waits is
-//! its [`Route`]:
-//!
-//! | route | chosen by | what happens |
-//! |---|---|---|
-//! | [`Route::Immediate`] | `honors_transaction = false` | handed to the dispatcher as it is raised |
-//! | [`Route::OnCommit`] | the default | held in memory with its transaction, handed to the dispatcher after COMMIT; a rollback discards it, a rolled-back savepoint discards what was raised inside it (Django's `transaction.on_commit`) |
-//! | [`Route::Outbox`] | [`Config::outbox`](crate::Config::outbox) (`THORN_OUTBOX`) | a row of `thorn_events`, written through the caller's connection in its transaction, delivered by a relay or `thorn worker` once committed |
-//!
-//! Neither Diesel nor SeaORM tells anyone when a transaction commits, so
-//! Thorn learns it from its own managed-transaction calls
-//! (`thorn::diesel::transaction`, `thorn::seaorm::transaction`). Each opens
-//! a frame ([`ManagedFrame::begin`]) that collects the events raised inside
-//! it. A frame that ends in a rollback is discarded; a savepoint's frame
-//! that is released joins its parent; the outermost frame writes its
-//! outbox rows as one multi-row `INSERT` just before COMMIT and hands its
-//! held events to the dispatcher after COMMIT succeeded.
-//!
-//! The ORM integrations say where a write runs with a [`Scope`], and
-//! [`Webhooks::admit`](crate::Webhooks::admit) and
-//! [`Webhooks::raise`](crate::Webhooks::raise) decide, in this one place,
-//! what happens to each event:
-//!
-//! | scope | immediate | on commit | outbox |
-//! |---|---|---|---|
-//! | [`Scope::Own`]: no transaction, the integration wraps the write in one of its own | sent now | after that COMMIT | written in it |
-//! | [`Scope::Autocommit`]: no transaction, the statement has committed already | sent now | sent now (it committed) | refused before the write |
-//! | [`Scope::Managed`]: a transaction or savepoint Thorn manages | sent now | held in its frame | held in its frame, written before COMMIT |
-//! | [`Scope::Unmanaged`]: a transaction Thorn does not manage | sent now | refused before the write | written through at once |
-//! | [`Scope::Unknown`]: a connection that may or may not be in a transaction | sent now | refused before the write | refused before the write |
-//!
-//! "Refused before the write" is an error returned before the statement
-//! runs, so an `Err` never leaves a row committed without its event. An
-//! event with `propagate_errors = true` is refused under
-//! [`Scope::Autocommit`] and [`Scope::Unknown`] too: its errors could only
-//! arrive after the row committed. Where an event could fail the write
-//! after its statement ran ([`Webhooks::needs_transaction`](crate::Webhooks::needs_transaction)),
-//! integrations that can run the statement and its events in a savepoint
-//! of their own do so.
-//!
-//! What an integration does around one write in a managed transaction:
-//!
-//! ```
-//! use thorn_core::transaction::{FrameKey, ManagedFrame, Parent, Scope};
-//! use thorn_core::{Config, DispatchOn, DispatcherKind, ModelEvent, Thorn, Webhooks};
-//!
-//! struct Note;
-//! let webhooks = Webhooks::<Note>::new(
-//!     "Note",
-//!     vec![ModelEvent::new("on_create", "note.created", DispatchOn::Create)],
-//! );
-//! let thorn = Thorn::new(Config { dispatcher: DispatcherKind::Disabled, ..Config::default() })?;
-//!
-//! // BEGIN: a frame for the transaction (the key names the connection).
-//! let mut frame = ManagedFrame::begin(&thorn, FrameKey::new(1, 1), Parent::Root);
-//! let scope = Scope::Managed(frame.key());
-//! webhooks.admit(&thorn, DispatchOn::Create, scope)?; // before the INSERT runs
-//! // ... the INSERT runs ...
-//! let raised = webhooks.raise(&thorn, DispatchOn::Create, [(&Note, None)], None, scope)?;
-//! assert!(raised.is_empty()); // the event waits in the frame
-//! raised.committed(&thorn);
-//! let rows = frame.before_commit()?; // outbox rows to write now: none in memory
-//! assert!(rows.is_empty());
-//! // COMMIT succeeded: the held event goes to the dispatcher.
-//! frame.committed();
-//! # Ok::<(), thorn_core::Error>(())
-//! ```
-//!
-//! This process's relay is woken once rows are committed: after the COMMIT
-//! of a managed transaction or of the integration's own. Rows written
-//! inside a transaction Thorn does not manage wake nobody early; the
-//! relay's poll (or PostgreSQL's `NOTIFY`, sent at commit) finds them.
+//! Managed-transaction frames, and where a raised model event goes in
+//! each [`Scope`]; documented for integrations in [`crate::integration`].
 
 use std::fmt;
 
@@ -217,11 +141,11 @@ fn release(thorn: &Thorn, held: Vec<Outgoing>, wake: bool) {
     // Delivery runs in the background; its outcome is logged.
     thorn.dispatch_batch(held);
     if wake {
-        thorn.outbox_signal().notify_one();
+        thorn.outbox_written().notify_one();
     }
 }
 
-/// What [`Webhooks::raise`](crate::Webhooks::raise) left for the
+/// What [`WebhooksExt::raise`](crate::integration::WebhooksExt::raise) left for the
 /// integration: outbox rows to write through the connection now, and
 /// events to hand over once the write committed. Under
 /// [`Scope::Managed`] both stay in the frame and this is empty.
@@ -328,4 +252,51 @@ pub(crate) fn place(
         Scope::Own | Scope::Autocommit => raised.held.push(outgoing),
     }
     Ok(())
+}
+
+/// What an ORM integration asks a [`Thorn`] about transactions: where a
+/// model event goes, and which managed frame a write joins. Implemented
+/// for [`Thorn`]; applications do not call it.
+pub trait ThornExt {
+    /// Where a model event goes when raised: [`Route::Immediate`] unless
+    /// it `honors_transaction`, then [`Route::Outbox`] with
+    /// [`Config::outbox`](crate::Config::outbox) and [`Route::OnCommit`]
+    /// without.
+    fn route(&self, honors_transaction: bool) -> Route;
+
+    /// The scope of a write on a connection whose innermost transaction
+    /// is `key` (for integrations that know their transaction depth, as
+    /// Diesel does): [`Scope::Managed`] when `key` is an open frame,
+    /// [`Scope::Own`] when it marks a test transaction ([`Parent::Test`]),
+    /// [`Scope::Unmanaged`] otherwise.
+    fn scope_at(&self, key: FrameKey) -> Scope;
+
+    /// The frame a write through the managed transaction `key` joins: the
+    /// innermost savepoint of it that is open (writes through an outer
+    /// handle run inside it), or `key` itself; `None` when `key` is not
+    /// managed.
+    fn managed_frame(&self, key: FrameKey) -> Option<FrameKey>;
+
+    /// Signalled each time this process writes an event to the outbox, so
+    /// an in-process relay wakes without waiting for its next poll. Notify
+    /// it after committing outbox rows written outside a managed frame.
+    fn outbox_signal(&self) -> &std::sync::Arc<tokio::sync::Notify>;
+}
+
+impl ThornExt for Thorn {
+    fn route(&self, honors_transaction: bool) -> Route {
+        self.route_for(honors_transaction)
+    }
+
+    fn scope_at(&self, key: FrameKey) -> Scope {
+        self.frame_scope(key)
+    }
+
+    fn managed_frame(&self, key: FrameKey) -> Option<FrameKey> {
+        self.innermost_frame(key)
+    }
+
+    fn outbox_signal(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        self.outbox_written()
+    }
 }
