@@ -18,7 +18,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use thorn::diesel::DieselStore;
 use thorn::diesel::sql::SqlConnection;
 use thorn::diesel::store::{SubscriberRow, thorn_subscribers};
-use thorn::subscriber::{MemoryStore, SubscriberStore};
+use thorn::subscriber::{MemoryStore, SubscriberLookup};
 use thorn::{Config, SenderId, Subscriber, Thorn};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -126,7 +126,7 @@ fn main() {
                 store.add(s.clone());
             }
             let thorn = Thorn::builder(Config::default())
-                .shared_store(store as Arc<dyn SubscriberStore>)
+                .shared_store(store as Arc<dyn SubscriberLookup>)
                 .build()
                 .unwrap();
             mean_lookup(&thorn, &runtime)

@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use diesel::prelude::*;
-use thorn::signing::{Digest, verify};
+use thorn::signing::{HmacDigest, verify};
 use thorn::subscriber::MemoryStore;
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, Subscriber, Thorn, WebhookModel};
@@ -141,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .to_owned()
         };
         let verified = verify(
-            Digest::Sha256,
+            HmacDigest::Sha256,
             secret.as_bytes(),
             &hook.body,
             &header("hook-hmac"),

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use thorn::api::Api;
-use thorn::subscriber::{MemoryStore, SubscriberStore};
+use thorn::subscriber::{MemoryStore, SubscriberLookup};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, Event, SenderId, Thorn};
 use tower::ServiceExt;
@@ -369,7 +369,7 @@ fn a_subscription_made_over_the_api_receives_the_next_event() {
     ));
     assert_eq!(s, StatusCode::CREATED, "{created}");
     let thorn = Thorn::builder(local_config())
-        .shared_store(store as Arc<dyn SubscriberStore>)
+        .shared_store(store as Arc<dyn SubscriberLookup>)
         .build()
         .unwrap();
     // Owner-scoped: another sender's event does not reach it.
@@ -398,7 +398,7 @@ fn a_subscription_made_over_the_api_receives_the_next_event() {
         created["id"].as_str().unwrap()
     );
     assert!(thorn::signing::verify(
-        thorn::Digest::Sha256,
+        thorn::HmacDigest::Sha256,
         created["hmac_secret"].as_str().unwrap().as_bytes(),
         &got.body,
         got.header("hook-hmac"),

@@ -17,7 +17,7 @@ fn setup() -> (Receiver, Thorn, Event) {
     (receiver, thorn, Event::new("user.created"))
 }
 
-fn send(thorn: &Thorn, event: &Event, n: i32) -> thorn::Dispatched {
+fn send(thorn: &Thorn, event: &Event, n: i32) -> thorn::SendHandle {
     event.send(thorn, &json!({ "n": n })).unwrap()
 }
 

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use thorn::subscriber::MemoryStore;
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, ContentType, Digest, Event, Subscriber, Thorn, WebhookModel};
+use thorn::{Config, ContentType, Event, HmacDigest, Subscriber, Thorn, WebhookModel};
 
 use crate::receiver::Receiver;
 
@@ -146,7 +146,7 @@ fn insert_update_delete_send_three_signed_webhooks() {
         // Signed with the subscriber's secret over the exact body.
         assert!(
             thorn::signing::verify(
-                Digest::Sha256,
+                HmacDigest::Sha256,
                 subscriber.hmac_secret.as_bytes(),
                 &request.body,
                 request.header("hook-hmac"),
@@ -216,7 +216,7 @@ fn only_matching_and_owned_subscribers_receive() {
         Subscriber::new("article.created", &form.url)
             .unwrap()
             .with_content_type(ContentType::FormUrlEncoded)
-            .with_digest(Digest::Sha512)
+            .with_digest(HmacDigest::Sha512)
             .with_secret("form-secret"),
     ]);
     let mut conn = connection();
@@ -241,7 +241,7 @@ fn only_matching_and_owned_subscribers_receive() {
         "application/x-www-form-urlencoded"
     );
     assert!(thorn::signing::verify(
-        Digest::Sha512,
+        HmacDigest::Sha512,
         b"form-secret",
         &got[0].body,
         got[0].header("hook-hmac")
@@ -324,7 +324,7 @@ fn static_subscribers_from_configuration_receive_events() {
     let got = receiver.expect(1, WAIT);
     assert_eq!(got[0].header("hook-event"), "article.removed");
     assert!(thorn::signing::verify(
-        Digest::Sha256,
+        HmacDigest::Sha256,
         b"static",
         &got[0].body,
         got[0].header("hook-hmac")

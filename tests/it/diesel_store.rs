@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::json;
 use thorn::diesel::{DieselStore, migrate};
-use thorn::subscriber::{SubscriberStore, SubscriptionStore};
+use thorn::subscriber::{SubscriberLookup, SubscriptionStore};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Event, SendOptions, SenderId, Subscriber, Thorn};
 use tower::ServiceExt;
@@ -157,7 +157,7 @@ async fn api_to_delivery(store: Arc<dyn SubscriptionStore>) {
     )
     .unwrap();
     let thorn = Thorn::builder(local_config())
-        .shared_store(store as Arc<dyn SubscriberStore>)
+        .shared_store(store as Arc<dyn SubscriberLookup>)
         .build()
         .unwrap();
     let outcomes = Event::new("order.paid")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use thorn::retry::RetryPolicy;
-use thorn::subscriber::{MemoryStore, SubscriberStore};
+use thorn::subscriber::{MemoryStore, SubscriberLookup};
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, DispatcherKind, Error, Event, SendOptions, Subscriber, Thorn};
 
@@ -44,7 +44,7 @@ pub(crate) fn thorn_for(
         store.add(s.clone());
     }
     let thorn = Thorn::builder(config)
-        .shared_store(store.clone() as Arc<dyn SubscriberStore>)
+        .shared_store(store.clone() as Arc<dyn SubscriberLookup>)
         .build()
         .unwrap();
     (thorn, store, subs)

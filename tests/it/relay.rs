@@ -177,7 +177,7 @@ fn pending_deliveries_use_the_new_secret_and_wait_while_paused() {
     for r in &rest {
         assert!(
             thorn::signing::verify(
-                thorn::Digest::Sha256,
+                thorn::HmacDigest::Sha256,
                 b"the-new-secret",
                 &r.body,
                 r.header("hook-hmac")
@@ -187,7 +187,7 @@ fn pending_deliveries_use_the_new_secret_and_wait_while_paused() {
     }
     for r in &first {
         assert!(thorn::signing::verify(
-            thorn::Digest::Sha256,
+            thorn::HmacDigest::Sha256,
             sub.hmac_secret.as_bytes(),
             &r.body,
             r.header("hook-hmac")
@@ -455,7 +455,7 @@ fn a_static_subscribers_secret_is_stored_in_thorn_subscribers_only() {
     for request in &got {
         assert!(
             thorn::signing::verify(
-                thorn::signing::Digest::Sha256,
+                thorn::signing::HmacDigest::Sha256,
                 secret.as_bytes(),
                 &request.body,
                 request.header("hook-hmac"),

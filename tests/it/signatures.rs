@@ -121,6 +121,6 @@ fn the_compat_signer_signs_hook_hmac_like_python_thorns_default() {
     let got = &receiver.expect(1, WAIT)[0];
     assert_eq!(
         got.header("hook-hmac"),
-        thorn::signing::compat_sign(thorn::Digest::Sha256, b"legacy", &got.body)
+        thorn::signing::compat_sign(thorn::HmacDigest::Sha256, b"legacy", &got.body)
     );
 }

@@ -5,24 +5,24 @@
 //! and, for `compat_sign`, with `itsdangerous.Signer(secret,
 //! digest_method=hashlib.<d>).get_signature(body)` (itsdangerous 2.2.0).
 
-use thorn::signing::{Digest, compat_sign, sign, verify};
+use thorn::signing::{HmacDigest, compat_sign, sign, verify};
 
 const SECRET: &[u8] = b"C=JTX)v3~dQCl];[_h[{q{CScm}oglLoe&>ga:>R~jR$.x?t|kW!FH:s@|4bu:11";
 const BODY: &[u8] = br#"{"event": "article.created", "ref": "https://example.com/article/1/", "sender": null, "data": {"title": "Hello"}}"#;
 
-const VECTORS: [(Digest, &str, &str); 3] = [
+const VECTORS: [(HmacDigest, &str, &str); 3] = [
     (
-        Digest::Sha1,
+        HmacDigest::Sha1,
         "E2do6Atq6lYEAF/okajkIPjr7Ac=",
         "Co8P1jDpO_9epUy9aeHcDvOYCYw",
     ),
     (
-        Digest::Sha256,
+        HmacDigest::Sha256,
         "TlORcDBhmGtN/hym9ZK6Vk6OaWqjy5v9d40D8gFS7uE=",
         "rrxdZuSw2d7fURf2RgHKlpZuyQh68Ig1tDQEG9UqNDM",
     ),
     (
-        Digest::Sha512,
+        HmacDigest::Sha512,
         "khHuIEBKMnViukiQbZtYgDxDSidXxu0vGp0NH8B8VwbznBiAF3iB6zEuUZmKcVVnGzKP1pW19j/djO2Z4IxrzQ==",
         "HewZNJhHKeCtu-UhgcJIOM4FK8l8r8d3sJAw4DN0xGr0cmmc7nEHajN7grBAQyQtfywL0mjjG3c0tg7LtO-XMg",
     ),
@@ -62,5 +62,5 @@ fn verify_accepts_the_right_signature_only() {
         );
     }
     // A signature made with one digest does not pass as another.
-    assert!(!verify(Digest::Sha512, SECRET, BODY, VECTORS[1].1));
+    assert!(!verify(HmacDigest::Sha512, SECRET, BODY, VECTORS[1].1));
 }

@@ -47,7 +47,7 @@ use axum::routing::get;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use thorn_core::codec::ContentType;
-use thorn_core::signing::{Digest, generate_secret};
+use thorn_core::signing::{HmacDigest, generate_secret};
 use thorn_core::subscriber::validate_pattern;
 use thorn_core::validate::Validators;
 use thorn_core::{Config, SenderId, Subscriber, SubscriptionStore};
@@ -456,7 +456,7 @@ impl Api {
             }
         }
         if let Some(d) = text("hmac_digest", false, &mut errors) {
-            match d.parse::<Digest>() {
+            match d.parse::<HmacDigest>() {
                 Ok(d) => target.hmac_digest = d,
                 Err(e) => errors.entry("hmac_digest").or_default().push(e.to_string()),
             }

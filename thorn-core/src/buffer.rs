@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::dispatch::{Dispatched, Outgoing};
+use crate::dispatch::{OutgoingEvent, SendHandle};
 use crate::{Error, Result, Thorn};
 
 /// When [`maybe_flush`] sends the buffer.
@@ -53,8 +53,8 @@ pub struct BufferOptions {
 
 struct Held {
     thorn: Thorn,
-    outgoing: Outgoing,
-    reply: oneshot::Sender<Dispatched>,
+    outgoing: OutgoingEvent,
+    reply: oneshot::Sender<SendHandle>,
 }
 
 pub(crate) struct State {
@@ -97,7 +97,7 @@ pub(crate) fn current() -> Option<Shared> {
 }
 
 /// Holds `outgoing` in `shared`; the handle resolves once it is flushed.
-pub(crate) fn hold(shared: &Shared, thorn: &Thorn, outgoing: Outgoing) -> Dispatched {
+pub(crate) fn hold(shared: &Shared, thorn: &Thorn, outgoing: OutgoingEvent) -> SendHandle {
     let (reply, rx) = oneshot::channel();
     let mut state = lock(shared);
     state.held.push(Held {
@@ -106,7 +106,7 @@ pub(crate) fn hold(shared: &Shared, thorn: &Thorn, outgoing: Outgoing) -> Dispat
         reply,
     });
     state.since_flush += 1;
-    Dispatched::buffered(rx)
+    SendHandle::buffered(rx)
 }
 
 fn flush_state(shared: &Shared) -> usize {
@@ -273,7 +273,7 @@ pub async fn buffered<F: Future>(options: BufferOptions, future: F) -> F::Output
 impl Thorn {
     /// Hands an event to the dispatcher, or to the active buffer
     /// ([`crate::buffer`]) when there is one.
-    pub(crate) fn dispatch(&self, outgoing: Outgoing) -> Dispatched {
+    pub(crate) fn dispatch(&self, outgoing: OutgoingEvent) -> SendHandle {
         match current() {
             Some(buffer) => hold(&buffer, self, outgoing),
             None => self.dispatch_now(outgoing),
@@ -282,7 +282,7 @@ impl Thorn {
 
     /// Hands the events of a committed transaction to the dispatcher at
     /// once (or to the active buffer), when nobody waits for outcomes.
-    pub(crate) fn dispatch_batch(&self, batch: Vec<Outgoing>) {
+    pub(crate) fn dispatch_batch(&self, batch: Vec<OutgoingEvent>) {
         if current().is_some() {
             for outgoing in batch {
                 drop(self.dispatch(outgoing));

@@ -1,38 +1,4 @@
-//! Settings, with the defaults of Thorn's manual.
-//!
-//! Build a [`Config`] in code (`Config { event_timeout: ..., ..Config::default() }`)
-//! or read it from `THORN_*` environment variables with [`Config::from_env`]:
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `THORN_EVENT_TIMEOUT` | seconds per HTTP request | `3.0` |
-//! | `THORN_RETRY` | retry failed deliveries | `true` |
-//! | `THORN_RETRY_MAX` | retries before giving up | `10` |
-//! | `THORN_RETRY_DELAY` | seconds between retries | `60` |
-//! | `THORN_OUTBOX_RETRY_SCHEDULE` | waits between retries through the outbox, ±20% | `5s,5m,30m,2h,5h,10h,10h` |
-//! | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
-//! | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
-//! | `THORN_OUTBOX` | write model events to the outbox table instead of holding them in memory until COMMIT | `false` |
-//! | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
-//! | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
-//! | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
-//! | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
-//! | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
-//! | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
-//! | `THORN_MAX_QUEUED` | in-process events waiting to start; beyond, new ones are refused (`Error::QueueFull`) | `100000` |
-//! | `THORN_STANDARD_WEBHOOKS` | also send Standard Webhooks signature headers | `false` |
-//!
-//! Recipient validators are set in code only ([`Config::recipient_validators`]).
-//!
-//! ```
-//! use std::time::Duration;
-//! use thorn_core::Config;
-//!
-//! let env = [("THORN_EVENT_TIMEOUT", "1.5"), ("THORN_DISPATCHER", "disabled")];
-//! let config = Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
-//! assert_eq!(config.event_timeout, Duration::from_millis(1500));
-//! assert!(Config::from_lookup(|k| (k == "THORN_RETRY_MAX").then(|| "ten".into())).is_err());
-//! ```
+//! [`Config`]: every setting, from code or from `THORN_*` variables.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -57,6 +23,42 @@ pub enum DispatcherKind {
 }
 
 /// Everything configurable, with the manual's defaults.
+///
+/// Settings, with the defaults of Thorn's manual.
+///
+/// Build a [`Config`] in code (`Config { event_timeout: ..., ..Config::default() }`)
+/// or read it from `THORN_*` environment variables with [`Config::from_env`]:
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `THORN_EVENT_TIMEOUT` | seconds per HTTP request | `3.0` |
+/// | `THORN_RETRY` | retry failed deliveries | `true` |
+/// | `THORN_RETRY_MAX` | retries before giving up | `10` |
+/// | `THORN_RETRY_DELAY` | seconds between retries | `60` |
+/// | `THORN_OUTBOX_RETRY_SCHEDULE` | waits between retries through the outbox, ±20% | `5s,5m,30m,2h,5h,10h,10h` |
+/// | `THORN_SUBSCRIBERS` | static subscribers, JSON (see [`StaticSubscribers::from_json`]) | none |
+/// | `THORN_DISPATCHER` | `default` (in-process) or `disabled` | `default` |
+/// | `THORN_OUTBOX` | write model events to the outbox table instead of holding them in memory until COMMIT | `false` |
+/// | `THORN_HMAC_SIGNER` | `sign` or `compat_sign` | `sign` |
+/// | `THORN_EVENT_CHOICES` | allowed event patterns for subscriptions, JSON list or comma-separated | any |
+/// | `THORN_SIGNAL_HONORS_TRANSACTION` | model events follow the database transaction | `true` |
+/// | `THORN_BASE_URL` | base joined to model `reverse` paths for the `ref` field | none |
+/// | `THORN_MAX_CONCURRENCY` | in-process deliveries in flight at once | `64` |
+/// | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
+/// | `THORN_MAX_QUEUED` | in-process events waiting to start; beyond, new ones are refused (`Error::QueueFull`) | `100000` |
+/// | `THORN_STANDARD_WEBHOOKS` | also send Standard Webhooks signature headers | `false` |
+///
+/// Recipient validators are set in code only ([`Config::recipient_validators`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use thorn_core::Config;
+///
+/// let env = [("THORN_EVENT_TIMEOUT", "1.5"), ("THORN_DISPATCHER", "disabled")];
+/// let config = Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
+/// assert_eq!(config.event_timeout, Duration::from_millis(1500));
+/// assert!(Config::from_lookup(|k| (k == "THORN_RETRY_MAX").then(|| "ten".into())).is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Timeout of one HTTP request (`THORN_EVENT_TIMEOUT`, 3 s).
@@ -245,7 +247,7 @@ impl Config {
         }
         if let Some(v) = get("THORN_HMAC_SIGNER") {
             c.hmac_signer = match v.trim().rsplit(':').next().unwrap_or_default() {
-                "sign" => Signer::Standard,
+                "sign" => Signer::Hmac,
                 "compat_sign" => Signer::Compat,
                 _ => {
                     return Err(invalid(
@@ -325,7 +327,7 @@ mod tests {
         assert_eq!(c.retry.max_retries, 10);
         assert_eq!(c.retry.retry_delay, Duration::from_secs(60));
         assert_eq!(c.dispatcher, DispatcherKind::InProcess);
-        assert_eq!(c.hmac_signer, Signer::Standard);
+        assert_eq!(c.hmac_signer, Signer::Hmac);
         assert!(
             c.user_agent
                 .contains(concat!("thorn/", env!("CARGO_PKG_VERSION")))

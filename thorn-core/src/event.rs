@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::delivery::{Callbacks, DeliveryOutcome};
-use crate::dispatch::{Dispatched, Message, Outgoing};
+use crate::dispatch::{Message, OutgoingEvent, SendHandle};
 use crate::error::to_message_value;
 use crate::retry::RetryPolicy;
 use crate::subscriber::{SenderId, Subscriber, SubscriberCallback, SubscriberQuery};
@@ -290,7 +290,7 @@ impl Event {
     ///
     /// Returns once the event is handed to the dispatcher; fails at once if
     /// the payload cannot be encoded ([`Error::Encode`]).
-    pub fn send<T: Serialize + ?Sized>(&self, thorn: &Thorn, payload: &T) -> Result<Dispatched> {
+    pub fn send<T: Serialize + ?Sized>(&self, thorn: &Thorn, payload: &T) -> Result<SendHandle> {
         self.send_with(thorn, payload, SendOptions::default())
     }
 
@@ -300,20 +300,20 @@ impl Event {
         thorn: &Thorn,
         payload: &T,
         options: SendOptions,
-    ) -> Result<Dispatched> {
+    ) -> Result<SendHandle> {
         let message = to_message_value(&self.name, payload)?;
         Ok(self.send_value(thorn, message, options))
     }
 
     /// Sends a message that is already a JSON value (cannot fail to encode).
-    pub fn send_value(&self, thorn: &Thorn, message: Value, options: SendOptions) -> Dispatched {
+    pub fn send_value(&self, thorn: &Thorn, message: Value, options: SendOptions) -> SendHandle {
         thorn.dispatch(self.outgoing(thorn, message, options))
     }
 
-    /// The [`Outgoing`] that [`Event::send_value`] hands to the dispatcher:
+    /// The [`OutgoingEvent`] that [`Event::send_value`] hands to the dispatcher:
     /// `request_data` merged, extra subscribers resolved, JSON encoded once.
     /// Integrations that write events to a transactional outbox start here.
-    pub fn outgoing(&self, thorn: &Thorn, message: Value, options: SendOptions) -> Outgoing {
+    pub fn outgoing(&self, thorn: &Thorn, message: Value, options: SendOptions) -> OutgoingEvent {
         self.outgoing_message(thorn, Message::Value(message), options)
     }
 
@@ -322,7 +322,7 @@ impl Event {
         thorn: &Thorn,
         mut message: Message,
         options: SendOptions,
-    ) -> Outgoing {
+    ) -> OutgoingEvent {
         if let Some(extra) = &self.request_data {
             let mut value = message.into_value();
             if let Value::Object(body) = &mut value {
@@ -343,7 +343,7 @@ impl Event {
                 extra_subscribers.extend(cb(&query));
             }
         }
-        Outgoing {
+        OutgoingEvent {
             event: self.name.clone(),
             message,
             json: std::sync::OnceLock::new(),

@@ -99,7 +99,7 @@
 pub use crate::model::webhooks::WebhooksExt;
 pub use crate::outbox::CHANNEL;
 pub use crate::outbox::store::{
-    Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, Next, OutboxStore,
+    AfterAttempt, Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, OutboxStore,
 };
 pub use crate::outbox::stored::{StoredEvent, StoredOptions, StoredRetry};
 pub use crate::relay::{BackgroundRelay, RelayCounters, default_worker_name, run_relay};

@@ -256,7 +256,7 @@ mod schedule_tests {
 
 /// What an attempt's result means for the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(crate) enum AttemptVerdict {
     /// 2xx: delivered.
     Delivered,
     /// Try again (after `Retry-After` when the receiver sent one).
@@ -268,13 +268,13 @@ pub(crate) enum Verdict {
 }
 
 /// Classifies an HTTP status (see the module docs).
-pub(crate) fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
+pub(crate) fn classify_status(status: u16, retry_after: Option<Duration>) -> AttemptVerdict {
     match status {
-        200..=299 => Verdict::Delivered,
-        410 => Verdict::Gone,
-        429 | 503 => Verdict::Retry(retry_after),
-        408 | 500..=599 => Verdict::Retry(None),
-        _ => Verdict::Fail,
+        200..=299 => AttemptVerdict::Delivered,
+        410 => AttemptVerdict::Gone,
+        429 | 503 => AttemptVerdict::Retry(retry_after),
+        408 | 500..=599 => AttemptVerdict::Retry(None),
+        _ => AttemptVerdict::Fail,
     }
 }
 
@@ -302,19 +302,19 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_as_designed() {
-        assert_eq!(classify_status(200, None), Verdict::Delivered);
-        assert_eq!(classify_status(204, None), Verdict::Delivered);
+        assert_eq!(classify_status(200, None), AttemptVerdict::Delivered);
+        assert_eq!(classify_status(204, None), AttemptVerdict::Delivered);
         for s in [408, 500, 502, 504, 599] {
-            assert_eq!(classify_status(s, None), Verdict::Retry(None), "{s}");
+            assert_eq!(classify_status(s, None), AttemptVerdict::Retry(None), "{s}");
         }
         let after = Some(Duration::from_secs(2));
-        assert_eq!(classify_status(429, after), Verdict::Retry(after));
-        assert_eq!(classify_status(503, after), Verdict::Retry(after));
-        assert_eq!(classify_status(500, after), Verdict::Retry(None));
+        assert_eq!(classify_status(429, after), AttemptVerdict::Retry(after));
+        assert_eq!(classify_status(503, after), AttemptVerdict::Retry(after));
+        assert_eq!(classify_status(500, after), AttemptVerdict::Retry(None));
         for s in [301, 302, 400, 401, 403, 404, 422] {
-            assert_eq!(classify_status(s, None), Verdict::Fail, "{s}");
+            assert_eq!(classify_status(s, None), AttemptVerdict::Fail, "{s}");
         }
-        assert_eq!(classify_status(410, None), Verdict::Gone);
+        assert_eq!(classify_status(410, None), AttemptVerdict::Gone);
     }
 
     #[test]

@@ -6,12 +6,12 @@
 //! receivers migrating from Python.
 //!
 //! ```
-//! use thorn_core::signing::{sign, verify, Digest};
+//! use thorn_core::signing::{sign, verify, HmacDigest};
 //!
 //! let body = br#"{"event": "article.created"}"#;
-//! let sig = sign(Digest::Sha256, b"secret", body);
-//! assert!(verify(Digest::Sha256, b"secret", body, &sig));
-//! assert!(!verify(Digest::Sha256, b"secret", b"tampered", &sig));
+//! let sig = sign(HmacDigest::Sha256, b"secret", body);
+//! assert!(verify(HmacDigest::Sha256, b"secret", body, &sig));
+//! assert!(!verify(HmacDigest::Sha256, b"secret", b"tampered", &sig));
 //! ```
 
 use std::fmt;
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// The hash function of an HMAC signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Digest {
+pub enum HmacDigest {
     /// SHA-1 (accepted for compatibility; prefer SHA-256).
     Sha1,
     /// SHA-256, the default.
@@ -35,18 +35,18 @@ pub enum Digest {
     Sha512,
 }
 
-impl Digest {
+impl HmacDigest {
     /// The name used in settings and the REST API: `sha1`, `sha256`, `sha512`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Digest::Sha1 => "sha1",
-            Digest::Sha256 => "sha256",
-            Digest::Sha512 => "sha512",
+            HmacDigest::Sha1 => "sha1",
+            HmacDigest::Sha256 => "sha256",
+            HmacDigest::Sha512 => "sha512",
         }
     }
 }
 
-impl fmt::Display for Digest {
+impl fmt::Display for HmacDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -57,35 +57,35 @@ impl fmt::Display for Digest {
 #[error("unknown HMAC digest `{0}`: expected one of sha1, sha256, sha512")]
 pub struct UnknownDigest(pub String);
 
-impl FromStr for Digest {
+impl FromStr for HmacDigest {
     type Err = UnknownDigest;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "sha1" => Ok(Digest::Sha1),
-            "sha256" => Ok(Digest::Sha256),
-            "sha512" => Ok(Digest::Sha512),
+            "sha1" => Ok(HmacDigest::Sha1),
+            "sha256" => Ok(HmacDigest::Sha256),
+            "sha512" => Ok(HmacDigest::Sha512),
             _ => Err(UnknownDigest(s.to_owned())),
         }
     }
 }
 
-fn hmac_bytes(digest: Digest, key: &[u8], message: &[u8]) -> Vec<u8> {
+fn hmac_bytes(digest: HmacDigest, key: &[u8], message: &[u8]) -> Vec<u8> {
     fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
         let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
         mac.update(message);
         mac.finalize().into_bytes().to_vec()
     }
     match digest {
-        Digest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
-        Digest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
-        Digest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
+        HmacDigest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
+        HmacDigest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
+        HmacDigest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
     }
 }
 
 /// Signs `body` with `secret`: base64 (standard alphabet, padded) of
 /// `HMAC(digest, secret, body)`. Same output as Python Thorn's
 /// `thorn.utils.hmac.sign(digest, secret, body)`.
-pub fn sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
+pub fn sign(digest: HmacDigest, secret: &[u8], body: &[u8]) -> String {
     STANDARD.encode(hmac_bytes(digest, secret, body))
 }
 
@@ -93,7 +93,7 @@ pub fn sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
 ///
 /// Returns `false` for a signature that is not valid base64 or does not
 /// match the body.
-pub fn verify(digest: Digest, secret: &[u8], body: &[u8], signature: &str) -> bool {
+pub fn verify(digest: HmacDigest, secret: &[u8], body: &[u8], signature: &str) -> bool {
     let Ok(expected) = STANDARD.decode(signature.trim()) else {
         return false;
     };
@@ -103,9 +103,9 @@ pub fn verify(digest: Digest, secret: &[u8], body: &[u8], signature: &str) -> bo
         mac.verify_slice(expected).is_ok()
     }
     match digest {
-        Digest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(secret, body, &expected),
-        Digest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(secret, body, &expected),
-        Digest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(secret, body, &expected),
+        HmacDigest::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(secret, body, &expected),
+        HmacDigest::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(secret, body, &expected),
+        HmacDigest::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(secret, body, &expected),
     }
 }
 
@@ -116,14 +116,14 @@ pub fn verify(digest: Digest, secret: &[u8], body: &[u8], signature: &str) -> bo
 ///
 /// Opt in with [`Signer::Compat`] only for receivers that still verify
 /// that format.
-pub fn compat_sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
+pub fn compat_sign(digest: HmacDigest, secret: &[u8], body: &[u8]) -> String {
     let mut salted = Vec::with_capacity(25 + secret.len());
     salted.extend_from_slice(b"itsdangerous.Signersigner");
     salted.extend_from_slice(secret);
     let key = match digest {
-        Digest::Sha1 => <sha1::Sha1 as sha2::Digest>::digest(&salted).to_vec(),
-        Digest::Sha256 => <sha2::Sha256 as sha2::Digest>::digest(&salted).to_vec(),
-        Digest::Sha512 => <sha2::Sha512 as sha2::Digest>::digest(&salted).to_vec(),
+        HmacDigest::Sha1 => <sha1::Sha1 as sha2::Digest>::digest(&salted).to_vec(),
+        HmacDigest::Sha256 => <sha2::Sha256 as sha2::Digest>::digest(&salted).to_vec(),
+        HmacDigest::Sha512 => <sha2::Sha512 as sha2::Digest>::digest(&salted).to_vec(),
     };
     URL_SAFE_NO_PAD.encode(hmac_bytes(digest, &key, body))
 }
@@ -133,16 +133,16 @@ pub fn compat_sign(digest: Digest, secret: &[u8], body: &[u8]) -> String {
 pub enum Signer {
     /// [`sign`]: Thorn's recommended signer, verifiable in any language.
     #[default]
-    Standard,
+    Hmac,
     /// [`compat_sign`]: Thorn's legacy itsdangerous format.
     Compat,
 }
 
 impl Signer {
     /// Signs `body` with this signer.
-    pub fn sign(self, digest: Digest, secret: &[u8], body: &[u8]) -> String {
+    pub fn sign(self, digest: HmacDigest, secret: &[u8], body: &[u8]) -> String {
         match self {
-            Signer::Standard => sign(digest, secret, body),
+            Signer::Hmac => sign(digest, secret, body),
             Signer::Compat => compat_sign(digest, secret, body),
         }
     }
@@ -182,7 +182,7 @@ pub fn standard_webhooks_signature<'a>(
         }
         out.push_str("v1,");
         out.push_str(&STANDARD.encode(hmac_bytes(
-            Digest::Sha256,
+            HmacDigest::Sha256,
             &standard_webhooks_key(secret),
             &signed,
         )));
@@ -239,10 +239,10 @@ mod tests {
 
     #[test]
     fn digest_names_round_trip() {
-        for d in [Digest::Sha1, Digest::Sha256, Digest::Sha512] {
-            assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
+        for d in [HmacDigest::Sha1, HmacDigest::Sha256, HmacDigest::Sha512] {
+            assert_eq!(d.as_str().parse::<HmacDigest>().unwrap(), d);
         }
-        let err = "md5".parse::<Digest>().unwrap_err();
+        let err = "md5".parse::<HmacDigest>().unwrap_err();
         assert!(err.to_string().contains("md5"));
     }
 

@@ -1,7 +1,7 @@
 //! Subscriptions stored in the application's database, through Diesel:
 //! the `thorn_subscribers` table (created by [`crate::migrate()`]).
 //!
-//! [`DieselStore`] implements both [`SubscriberStore`] (finding who gets an
+//! [`DieselStore`] implements both [`SubscriberLookup`] (finding who gets an
 //! event, with the four pattern lookups on an indexed column) and
 //! [`SubscriptionStore`] (the REST API's create/read/update/delete). It
 //! works on `SqliteConnection` and, with the `postgres` feature,
@@ -16,7 +16,7 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use thorn_core::integration::schema::SubscriberRecord;
 use thorn_core::integration::sql::{SqlStore, ready};
 use thorn_core::subscriber::{BoxFuture, SubscriptionStore};
-use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberStore};
+use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberLookup};
 use uuid::Uuid;
 
 use crate::sql::{DieselDb, SqlConnection};
@@ -147,7 +147,7 @@ pub use thorn_core::integration::schema::SubscriberStatus;
 /// Subscriptions in a Diesel database, over an r2d2 pool: Thorn's
 /// [`SqlStore`] on [`DieselDb`].
 ///
-/// As a [`SubscriberStore`] and [`SubscriptionStore`] (what `Thorn` and
+/// As a [`SubscriberLookup`] and [`SubscriptionStore`] (what `Thorn` and
 /// the REST API use) its statements run on tokio's blocking threads; its
 /// own methods ([`DieselStore::statuses`], [`DieselStore::enable`]) run
 /// on the calling thread.
@@ -208,7 +208,7 @@ impl<C: SqlConnection> DieselStore<C> {
     }
 }
 
-impl<C: SqlConnection> SubscriberStore for DieselStore<C> {
+impl<C: SqlConnection> SubscriberLookup for DieselStore<C> {
     fn subscribers_for<'a>(
         &'a self,
         event: &'a str,

@@ -1,7 +1,7 @@
 //! Subscriptions stored in the application's database, through SeaORM:
 //! the `thorn_subscribers` table (created by [`crate::migrate`]).
 //!
-//! [`SeaOrmStore`] implements both [`SubscriberStore`](thorn_core::SubscriberStore) (finding who gets an
+//! [`SeaOrmStore`] implements both [`SubscriberLookup`](thorn_core::SubscriberLookup) (finding who gets an
 //! event, with the four pattern lookups on an indexed column) and
 //! [`SubscriptionStore`](thorn_core::SubscriptionStore) (the REST API's create/read/update/delete), on
 //! SQLite and PostgreSQL alike.

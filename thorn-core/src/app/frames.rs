@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use crate::Error;
-use crate::dispatch::Outgoing;
+use crate::dispatch::OutgoingEvent;
 use crate::outbox::StoredEvent;
 
 /// Where a raised model event goes.
@@ -94,7 +94,7 @@ pub(crate) struct Frame {
     pub(crate) parent: Parent,
     /// Some ancestor is a transaction Thorn does not manage.
     pub(crate) detached: bool,
-    pub(crate) held: Vec<Outgoing>,
+    pub(crate) held: Vec<OutgoingEvent>,
     pub(crate) rows: Vec<StoredEvent>,
     /// A write inside failed after its statement ran: why.
     pub(crate) failed: Option<String>,

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use crate::Result;
 use crate::config::{Config, DispatcherKind};
-use crate::dispatch::{DisabledDispatcher, Dispatched, Dispatcher, InProcessDispatcher, Outgoing};
-use crate::subscriber::{Directory, SenderId, Subscriber, SubscriberStore};
+use crate::dispatch::{
+    DisabledDispatcher, Dispatcher, InProcessDispatcher, OutgoingEvent, SendHandle,
+};
+use crate::subscriber::{Directory, SenderId, Subscriber, SubscriberLookup};
 use frames::{FrameKey, Frames, Route, Scope};
 
 pub(crate) mod frames;
@@ -201,7 +203,7 @@ impl Thorn {
     }
 
     /// Hands an event to the dispatcher, bypassing any buffer.
-    pub(crate) fn dispatch_now(&self, outgoing: Outgoing) -> Dispatched {
+    pub(crate) fn dispatch_now(&self, outgoing: OutgoingEvent) -> SendHandle {
         self.inner
             .dispatcher
             .dispatch(&self.inner.subscribers, outgoing)
@@ -209,7 +211,7 @@ impl Thorn {
 
     /// Hands a committed transaction's events to the dispatcher at once,
     /// bypassing any buffer.
-    pub(crate) fn dispatch_batch_now(&self, batch: Vec<Outgoing>) {
+    pub(crate) fn dispatch_batch_now(&self, batch: Vec<OutgoingEvent>) {
         self.inner
             .dispatcher
             .dispatch_batch(&self.inner.subscribers, batch);
@@ -220,19 +222,19 @@ impl Thorn {
 #[must_use]
 pub struct ThornBuilder {
     config: Config,
-    store: Option<Arc<dyn SubscriberStore>>,
+    store: Option<Arc<dyn SubscriberLookup>>,
     dispatcher: Option<Arc<dyn Dispatcher>>,
 }
 
 impl ThornBuilder {
     /// Where subscriptions are stored.
-    pub fn store(mut self, store: impl SubscriberStore) -> Self {
+    pub fn store(mut self, store: impl SubscriberLookup) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
     /// A store that is already shared.
-    pub fn shared_store(mut self, store: Arc<dyn SubscriberStore>) -> Self {
+    pub fn shared_store(mut self, store: Arc<dyn SubscriberLookup>) -> Self {
         self.store = Some(store);
         self
     }

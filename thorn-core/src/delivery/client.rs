@@ -13,7 +13,7 @@ use url::Url;
 use super::{Attempt, Delivery, DeliveryOutcome, RESPONSE_HEAD, headers};
 use crate::config::Config;
 use crate::error::SecurityError;
-use crate::retry::{Verdict, classify_status, parse_retry_after};
+use crate::retry::{AttemptVerdict, classify_status, parse_retry_after};
 use crate::signing::{Signer, standard_webhooks_signature};
 use crate::subscriber::SafeUrl;
 use crate::validate::Validators;
@@ -139,7 +139,7 @@ impl HttpClient {
                 response_head = head;
                 let verdict = classify_status(status, retry_after);
                 let result = match verdict {
-                    Verdict::Delivered => Ok(status),
+                    AttemptVerdict::Delivered => Ok(status),
                     _ => Err(Error::Status {
                         url: SafeUrl(&delivery.subscriber.url).to_string(),
                         status,
@@ -147,9 +147,11 @@ impl HttpClient {
                 };
                 (result, verdict)
             }
-            Err(e @ Error::Security(_)) => (Err(e), Verdict::Fail),
-            Err(e @ (Error::Timeout { .. } | Error::Http { .. })) => (Err(e), Verdict::Retry(None)),
-            Err(e) => (Err(e), Verdict::Fail),
+            Err(e @ Error::Security(_)) => (Err(e), AttemptVerdict::Fail),
+            Err(e @ (Error::Timeout { .. } | Error::Http { .. })) => {
+                (Err(e), AttemptVerdict::Retry(None))
+            }
+            Err(e) => (Err(e), AttemptVerdict::Fail),
         };
         let outcome = DeliveryOutcome {
             delivery_id: delivery.id,

@@ -24,7 +24,7 @@ use reqwest::header::HeaderMap;
 use url::Url;
 use uuid::Uuid;
 
-use crate::retry::Verdict;
+use crate::retry::AttemptVerdict;
 use crate::subscriber::Subscriber;
 use crate::{Error, Result};
 
@@ -105,7 +105,7 @@ pub(crate) struct Attempt {
     /// The outcome.
     pub outcome: DeliveryOutcome,
     /// Retry, give up, or done.
-    pub verdict: Verdict,
+    pub verdict: AttemptVerdict,
     /// The first bytes of the response body (up to [`RESPONSE_HEAD`]),
     /// empty when there was no response.
     pub response_head: Bytes,

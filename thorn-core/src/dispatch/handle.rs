@@ -1,4 +1,4 @@
-//! [`Dispatched`]: the handle `send` returns, to await the outcomes of
+//! [`SendHandle`]: the handle `send` returns, to await the outcomes of
 //! its deliveries.
 
 use tokio::sync::oneshot;
@@ -13,34 +13,34 @@ enum Pending {
     Done,
     Running(OutcomesRx),
     /// Held in a buffer; the dispatcher's handle arrives at flush.
-    Buffered(oneshot::Receiver<Dispatched>),
+    Buffered(oneshot::Receiver<SendHandle>),
 }
 
 /// A handle on a dispatched event: wait for it to learn what each
 /// subscriber finally answered. Dropping it does not cancel anything.
 #[derive(Debug)]
 #[must_use = "dropping the handle is fine, but then nobody learns whether delivery worked"]
-pub struct Dispatched {
+pub struct SendHandle {
     pending: Pending,
 }
 
-impl Dispatched {
+impl SendHandle {
     /// A handle that is already finished with no deliveries.
     pub fn none() -> Self {
-        Dispatched {
+        SendHandle {
             pending: Pending::Done,
         }
     }
 
     /// A handle on outcomes a dispatcher will send through `rx`.
     pub fn from_receiver(rx: oneshot::Receiver<Result<Vec<DeliveryOutcome>>>) -> Self {
-        Dispatched {
+        SendHandle {
             pending: Pending::Running(rx),
         }
     }
 
-    pub(crate) fn buffered(rx: oneshot::Receiver<Dispatched>) -> Self {
-        Dispatched {
+    pub(crate) fn buffered(rx: oneshot::Receiver<SendHandle>) -> Self {
+        SendHandle {
             pending: Pending::Buffered(rx),
         }
     }
@@ -67,7 +67,7 @@ impl Dispatched {
     ///
     /// # Panics
     ///
-    /// When called from inside an async runtime; use [`Dispatched::outcomes`]
+    /// When called from inside an async runtime; use [`SendHandle::outcomes`]
     /// there.
     pub fn wait(self) -> Result<Vec<DeliveryOutcome>> {
         let mut pending = self.pending;

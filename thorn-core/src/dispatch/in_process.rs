@@ -9,11 +9,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::{Dispatched, Dispatcher, InFlight, InFlightEntry, Outgoing};
+use super::{Dispatcher, InFlight, InFlightEntry, OutgoingEvent, SendHandle};
 use crate::codec::ContentType;
 use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryOutcome, HttpClient};
-use crate::retry::Verdict;
+use crate::retry::AttemptVerdict;
 use crate::subscriber::Directory;
 use crate::subscriber::Subscriber;
 use crate::validate::Validators;
@@ -109,7 +109,7 @@ struct Job {
     /// Keeps the dispatcher running until the job is done, after the
     /// application's last handle is gone.
     _dispatcher: Arc<InProcess>,
-    outgoing: Outgoing,
+    outgoing: OutgoingEvent,
     /// Where the outcomes go, when somebody waits for them.
     reply: Option<oneshot::Sender<Result<Vec<DeliveryOutcome>>>>,
     /// Counted from `dispatch` until every delivery finished.
@@ -156,13 +156,13 @@ impl InProcessDispatcher {
 }
 
 impl Dispatcher for InProcessDispatcher {
-    fn dispatch(&self, subscribers: &Directory, outgoing: Outgoing) -> Dispatched {
+    fn dispatch(&self, subscribers: &Directory, outgoing: OutgoingEvent) -> SendHandle {
         let (reply, rx) = oneshot::channel();
         if !self.inner.admit(1) {
             let error = self.inner.queue_full(&outgoing.event);
             tracing::error!(event = %outgoing.event, %error, "webhook not sent");
             let _ = reply.send(Err(error));
-            return Dispatched::from_receiver(rx);
+            return SendHandle::from_receiver(rx);
         }
         let job = Job {
             subscribers: subscribers.clone(),
@@ -177,14 +177,14 @@ impl Dispatcher for InProcessDispatcher {
         {
             let _ = reply.send(Err(Error::DispatcherClosed));
         }
-        Dispatched::from_receiver(rx)
+        SendHandle::from_receiver(rx)
     }
 
     fn in_flight(&self) -> Option<&InFlight> {
         Some(&self.inner.in_flight)
     }
 
-    fn dispatch_batch(&self, subscribers: &Directory, batch: Vec<Outgoing>) {
+    fn dispatch_batch(&self, subscribers: &Directory, batch: Vec<OutgoingEvent>) {
         if batch.is_empty() {
             return;
         }
@@ -352,7 +352,7 @@ impl InProcess {
     async fn deliver_all(
         self: &Arc<Self>,
         subscribers: &Directory,
-        outgoing: Outgoing,
+        outgoing: OutgoingEvent,
         fanning: OwnedSemaphorePermit,
     ) -> Result<Vec<DeliveryOutcome>> {
         let client = self.clients.get(outgoing.validators.as_ref())?;
@@ -444,7 +444,7 @@ impl InProcess {
         &self,
         subscribers: &Directory,
         client: &HttpClient,
-        outgoing: &Outgoing,
+        outgoing: &OutgoingEvent,
         delivery: Delivery,
         host: Arc<Semaphore>,
         first: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -473,13 +473,13 @@ impl InProcess {
             drop(permits);
             outgoing.callbacks.fire(&attempt.outcome);
             match attempt.verdict {
-                Verdict::Retry(after) if outgoing.retry.allows(number) => {
+                AttemptVerdict::Retry(after) if outgoing.retry.allows(number) => {
                     let wait = outgoing.retry.delay(number, after);
                     tracing::debug!(delivery = %delivery.id, retry = number, ?wait, "webhook retry scheduled");
                     tokio::time::sleep(wait).await;
                     number += 1;
                 }
-                Verdict::Gone => {
+                AttemptVerdict::Gone => {
                     tracing::info!(subscriber = %delivery.subscriber.uuid, url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription marked gone");
                     if let Err(error) = subscribers.mark_gone(delivery.subscriber.uuid).await {

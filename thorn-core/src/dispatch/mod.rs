@@ -5,7 +5,7 @@
 //!   by scheme, host and port so connections are reused, the number in
 //!   flight is bounded overall and per host, and failed attempts are
 //!   retried by the event's [`RetryPolicy`](crate::RetryPolicy) with the same `Hook-Delivery`.
-//!   `send` returns at once with a [`Dispatched`] handle; nothing blocks the
+//!   `send` returns at once with a [`SendHandle`]; nothing blocks the
 //!   caller's thread or database transaction.
 //! - [`DisabledDispatcher`] sends nothing.
 //!
@@ -18,16 +18,16 @@ mod in_flight;
 mod in_process;
 mod outgoing;
 
-pub use handle::Dispatched;
+pub use handle::SendHandle;
 pub use in_flight::{InFlight, InFlightEntry};
 pub use in_process::InProcessDispatcher;
-pub use outgoing::Outgoing;
+pub use outgoing::OutgoingEvent;
 pub(crate) use outgoing::{Message, ModelMessage};
 
 /// What `send` does with an event.
 pub trait Dispatcher: Send + Sync + 'static {
     /// Starts delivering `outgoing`; returns at once.
-    fn dispatch(&self, subscribers: &Directory, outgoing: Outgoing) -> Dispatched;
+    fn dispatch(&self, subscribers: &Directory, outgoing: OutgoingEvent) -> SendHandle;
 
     /// The events this dispatcher has accepted and not finished, for
     /// [`Thorn::drain`](crate::Thorn::drain); `None` when it keeps no work of its own in the
@@ -40,7 +40,7 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// transaction), when nobody waits for their outcomes. The default
     /// dispatches them one by one; a dispatcher with a queue can hand the
     /// batch over at once.
-    fn dispatch_batch(&self, subscribers: &Directory, batch: Vec<Outgoing>) {
+    fn dispatch_batch(&self, subscribers: &Directory, batch: Vec<OutgoingEvent>) {
         for outgoing in batch {
             drop(self.dispatch(subscribers, outgoing));
         }
@@ -52,8 +52,8 @@ pub trait Dispatcher: Send + Sync + 'static {
 pub struct DisabledDispatcher;
 
 impl Dispatcher for DisabledDispatcher {
-    fn dispatch(&self, _subscribers: &Directory, outgoing: Outgoing) -> Dispatched {
+    fn dispatch(&self, _subscribers: &Directory, outgoing: OutgoingEvent) -> SendHandle {
         tracing::debug!(event = %outgoing.event, "dispatcher disabled: event not sent");
-        Dispatched::none()
+        SendHandle::none()
     }
 }

@@ -1,4 +1,4 @@
-//! [`Outgoing`]: an event on its way to the dispatcher, its message kept
+//! [`OutgoingEvent`]: an event on its way to the dispatcher, its message kept
 //! in parts until a subscriber's content type asks for a body.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::retry::RetryPolicy;
 use crate::subscriber::{SenderId, Subscriber};
 use crate::validate::Validators;
 
-/// The message of an [`Outgoing`].
+/// The message of an [`OutgoingEvent`].
 #[derive(Debug, Clone)]
 pub(crate) enum Message {
     /// Any JSON value (`Event::send`).
@@ -83,7 +83,7 @@ impl ModelMessage {
 /// One event on its way out: the message and how to send it. Built by
 /// [`crate::Event::send`] and by model events.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct OutgoingEvent {
     /// Event name.
     pub event: Arc<str>,
     /// The message, before encoding.
@@ -113,7 +113,7 @@ pub struct Outgoing {
     pub callbacks: Callbacks,
 }
 
-impl Outgoing {
+impl OutgoingEvent {
     /// The message, before encoding.
     pub fn message(&self) -> std::borrow::Cow<'_, Value> {
         self.message.to_value()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{DispatchOn, FilterFn, HeadersFn, PayloadFn};
-use crate::dispatch::{Dispatched, Message, ModelMessage, Outgoing};
+use crate::dispatch::{Message, ModelMessage, OutgoingEvent, SendHandle};
 use crate::error::to_message_value;
 use crate::event::{Event, RetryPatch, SendOptions};
 use crate::filter::{Q, WebhookFields};
@@ -309,7 +309,7 @@ impl<M> ModelEvent<M> {
 
     /// Sends exactly what an automatic dispatch for `instance` would send
     /// (filters are not consulted: this is the manual way).
-    pub fn send_from_instance(&self, thorn: &Thorn, instance: &M) -> Result<Dispatched> {
+    pub fn send_from_instance(&self, thorn: &Thorn, instance: &M) -> Result<SendHandle> {
         self.send_with_context(thorn, instance, None)
     }
 
@@ -318,7 +318,7 @@ impl<M> ModelEvent<M> {
         thorn: &Thorn,
         instance: &M,
         context: Option<Value>,
-    ) -> Result<Dispatched> {
+    ) -> Result<SendHandle> {
         Ok(thorn.dispatch(self.outgoing(thorn, instance, context)?))
     }
 
@@ -330,7 +330,7 @@ impl<M> ModelEvent<M> {
         thorn: &Thorn,
         instance: &M,
         context: Option<Value>,
-    ) -> Result<Outgoing> {
+    ) -> Result<OutgoingEvent> {
         let renamed = match self.name_fn {
             Some(f) => Some(f(instance)).filter(|n| n != self.event.name()),
             None => None,
@@ -361,7 +361,7 @@ impl<M> ModelEvent<M> {
         instance: &M,
         data: &T,
         sender: Option<SenderId>,
-    ) -> Result<Dispatched> {
+    ) -> Result<SendHandle> {
         let message = self.message(thorn, instance, data, sender.as_ref())?;
         let name = self.name_for(instance);
         let options = self.options(instance, sender, None)?;

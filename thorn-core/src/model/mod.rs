@@ -29,7 +29,7 @@ pub(crate) mod webhooks;
 #[doc(hidden)]
 pub use derived::{AsSender, payload_probe, to_headers, url_probe};
 pub use event::ModelEvent;
-pub use webhooks::{Fired, Webhooks};
+pub use webhooks::{SentEvent, Webhooks};
 
 /// The write that makes a model event fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,18 +6,18 @@ use std::fmt;
 use serde_json::Value;
 
 use super::{DispatchOn, ModelEvent};
-use crate::dispatch::Dispatched;
+use crate::dispatch::SendHandle;
 use crate::transaction::{Raised, Route, Scope};
 use crate::{Error, Result, Thorn};
 
 /// One event a write set off: which one, and its handle (or why it could
 /// not be sent).
 #[derive(Debug)]
-pub struct Fired<'a, M> {
+pub struct SentEvent<'a, M> {
     /// The event.
     pub event: &'a ModelEvent<M>,
     /// The dispatch handle, or the error that stopped sending.
-    pub result: Result<Dispatched>,
+    pub result: Result<SendHandle>,
 }
 
 /// All events of model `M`, as declared by `#[webhook_model(...)]`.
@@ -78,7 +78,7 @@ impl<M> Webhooks<M> {
         on: DispatchOn,
         new: &M,
         old: Option<&M>,
-    ) -> Vec<Fired<'_, M>> {
+    ) -> Vec<SentEvent<'_, M>> {
         self.dispatch_with_context(thorn, on, new, old, None)
     }
 
@@ -91,7 +91,7 @@ impl<M> Webhooks<M> {
         on: DispatchOn,
         instance: &M,
         related: &[Value],
-    ) -> Vec<Fired<'_, M>> {
+    ) -> Vec<SentEvent<'_, M>> {
         let context = m2m_context(on, related);
         self.dispatch_with_context(thorn, on, instance, None, Some(context))
     }
@@ -151,9 +151,9 @@ impl<M> Webhooks<M> {
         new: &M,
         old: Option<&M>,
         context: Option<Value>,
-    ) -> Vec<Fired<'_, M>> {
+    ) -> Vec<SentEvent<'_, M>> {
         self.firing(on, new, old)
-            .map(|e| Fired {
+            .map(|e| SentEvent {
                 event: e,
                 result: e.send_with_context(thorn, new, context.clone()),
             })

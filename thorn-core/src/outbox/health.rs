@@ -1,6 +1,6 @@
 //! The health of stored subscriptions as the outbox keeps it.
 
-use crate::outbox::{AttemptRecord, Next, humanize};
+use crate::outbox::{AfterAttempt, AttemptRecord, humanize};
 use std::time::Duration;
 
 /// What a batch of finished attempts says about the stored subscriptions'
@@ -18,13 +18,15 @@ pub(crate) struct Health {
 
 impl Health {
     /// Sorts the attempts' subscribers by outcome.
-    pub(crate) fn of(attempts: &[(AttemptRecord, Next)]) -> Self {
+    pub(crate) fn of(attempts: &[(AttemptRecord, AfterAttempt)]) -> Self {
         let mut health = Health::default();
         for (a, next) in attempts {
             match next {
-                Next::Delivered => health.recovered.push(a.subscriber.to_string()),
-                Next::Retry { .. } | Next::Dead => health.failing.push(a.subscriber.to_string()),
-                Next::Gone => {}
+                AfterAttempt::Delivered => health.recovered.push(a.subscriber.to_string()),
+                AfterAttempt::Retry { .. } | AfterAttempt::Dead => {
+                    health.failing.push(a.subscriber.to_string())
+                }
+                AfterAttempt::Gone => {}
             }
         }
         for list in [&mut health.recovered, &mut health.failing] {

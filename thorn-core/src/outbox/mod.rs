@@ -42,7 +42,7 @@ pub(crate) mod stored;
 
 pub(crate) use health::Health;
 pub(crate) use store::{
-    Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, Next, OutboxStore,
+    AfterAttempt, Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, OutboxStore,
 };
 pub use store::{AttemptInfo, DeliveryHistory, DeliveryInfo, DeliveryState, OutboxCounts, Pruned};
 #[cfg_attr(not(feature = "conformance"), allow(unused_imports))]

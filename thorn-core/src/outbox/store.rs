@@ -144,7 +144,7 @@ pub struct AttemptRecord {
 
 /// What becomes of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub enum AfterAttempt {
     /// 2xx: done.
     Delivered,
     /// Try again at this time (µs since the epoch).
@@ -158,13 +158,13 @@ pub enum Next {
     Gone,
 }
 
-impl Next {
+impl AfterAttempt {
     /// The delivery state stored for this outcome.
     pub fn state(self) -> DeliveryState {
         match self {
-            Next::Delivered => DeliveryState::Delivered,
-            Next::Retry { .. } => DeliveryState::Pending,
-            Next::Dead | Next::Gone => DeliveryState::Dead,
+            AfterAttempt::Delivered => DeliveryState::Delivered,
+            AfterAttempt::Retry { .. } => DeliveryState::Pending,
+            AfterAttempt::Dead | AfterAttempt::Gone => DeliveryState::Dead,
         }
     }
 }
@@ -283,7 +283,7 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn finish<'a>(
         &'a self,
         worker: &'a str,
-        attempts: Vec<(AttemptRecord, Next)>,
+        attempts: Vec<(AttemptRecord, AfterAttempt)>,
     ) -> BoxFuture<'a, Result<usize>>;
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::dispatch::Outgoing;
+use crate::dispatch::OutgoingEvent;
 use crate::outbox::now_micros;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::subscriber::{SenderId, Subscriber};
@@ -148,7 +148,7 @@ impl StoredEvent {
     ///
     /// Fails when a header value is not UTF-8 text (it could not be stored
     /// faithfully); the error names the event and the header.
-    pub fn from_outgoing(outgoing: Outgoing) -> Result<Self> {
+    pub fn from_outgoing(outgoing: OutgoingEvent) -> Result<Self> {
         let mut headers = Vec::with_capacity(outgoing.headers.len());
         for (name, value) in &outgoing.headers {
             let value = std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Header {

@@ -15,9 +15,10 @@ use uuid::Uuid;
 use crate::codec::ContentType;
 use crate::delivery::{Delivery, HttpClient};
 use crate::outbox::{
-    AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, Next, OutboxStore, micros, now_micros,
+    AfterAttempt, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, OutboxStore, micros,
+    now_micros,
 };
-use crate::retry::{RetryPolicy, Verdict};
+use crate::retry::{AttemptVerdict, RetryPolicy};
 use crate::subscriber::{SenderId, Subscriber};
 use crate::{Error, Result, Thorn};
 
@@ -90,7 +91,7 @@ pub(super) async fn renew_claims(shared: Arc<Shared>, held: Held) {
 /// worker sends those deliveries again.
 pub(super) async fn record_attempts(
     shared: Arc<Shared>,
-    mut records: mpsc::UnboundedReceiver<(AttemptRecord, Next)>,
+    mut records: mpsc::UnboundedReceiver<(AttemptRecord, AfterAttempt)>,
     held: Held,
 ) {
     while let Some(first) = records.recv().await {
@@ -248,7 +249,7 @@ impl Shared {
     }
 
     /// Sends one attempt; returns what to record.
-    pub(super) async fn deliver(&self, claimed: ClaimedDelivery) -> (AttemptRecord, Next) {
+    pub(super) async fn deliver(&self, claimed: ClaimedDelivery) -> (AttemptRecord, AfterAttempt) {
         let number = claimed.attempts + 1;
         let span = tracing::info_span!("thorn.delivery",
             event = %claimed.event.name, delivery = %claimed.id,
@@ -281,11 +282,11 @@ impl Shared {
                 .clone()
                 .unwrap_or_else(|| RetryPolicy::from(event.options.retry.clone()));
             let next = match attempt.verdict {
-                Verdict::Delivered => Next::Delivered,
-                Verdict::Retry(after) if policy.allows(number) => Next::Retry {
+                AttemptVerdict::Delivered => AfterAttempt::Delivered,
+                AttemptVerdict::Retry(after) if policy.allows(number) => AfterAttempt::Retry {
                     at: now_micros().saturating_add(micros(policy.delay(number, after))),
                 },
-                Verdict::Gone => {
+                AttemptVerdict::Gone => {
                     tracing::info!(url = %crate::subscriber::SafeUrl(&delivery.subscriber.url),
                         "receiver answered 410 Gone: subscription removed");
                     if let Err(error) = self
@@ -296,9 +297,9 @@ impl Shared {
                     {
                         tracing::error!(%error, "could not mark subscription gone");
                     }
-                    Next::Gone
+                    AfterAttempt::Gone
                 }
-                _ => Next::Dead,
+                _ => AfterAttempt::Dead,
             };
             let outcome = &attempt.outcome;
             let status = match &outcome.result {
@@ -324,10 +325,10 @@ impl Shared {
                 worker: self.worker.clone(),
             };
             let (counter, label) = match next {
-                Next::Delivered => (&self.counters.delivered, "delivered"),
-                Next::Retry { .. } => (&self.counters.retrying, "retry"),
-                Next::Dead => (&self.counters.dead, "dead"),
-                Next::Gone => (&self.counters.dead, "gone"),
+                AfterAttempt::Delivered => (&self.counters.delivered, "delivered"),
+                AfterAttempt::Retry { .. } => (&self.counters.retrying, "retry"),
+                AfterAttempt::Dead => (&self.counters.dead, "dead"),
+                AfterAttempt::Gone => (&self.counters.dead, "gone"),
             };
             counter.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("thorn_attempts_total", "outcome" => label).increment(1);

@@ -8,7 +8,7 @@ use super::{Connection, Database, Kind, Param, Row, Work, execute, placeholders,
 use crate::outbox::now_micros;
 use crate::schema::{SubscriberRecord, SubscriberStatus, owner_key};
 use crate::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
-use crate::{Result, SenderId, Subscriber, SubscriberStore};
+use crate::{Result, SenderId, Subscriber, SubscriberLookup};
 
 /// The columns a [`Subscriber`] is read from and written to, in the order
 /// of [`values`].
@@ -161,7 +161,7 @@ pub(crate) fn matching_sql(patterns: usize, with_sender: bool) -> String {
 /// Subscriptions stored in the application's database (SQLite or
 /// PostgreSQL), through any ORM that provides a [`Database`].
 ///
-/// Implements [`SubscriberStore`] (who gets an event: the four pattern
+/// Implements [`SubscriberLookup`] (who gets an event: the four pattern
 /// lookups on an indexed column) and [`SubscriptionStore`] (the REST API's
 /// create, read, update and delete). The ORM crates name it
 /// `thorn::diesel::DieselStore` and `thorn::seaorm::SeaOrmStore`.
@@ -254,7 +254,7 @@ impl<D: Database> SqlStore<D> {
     }
 }
 
-impl<D: Database> SubscriberStore for SqlStore<D> {
+impl<D: Database> SubscriberLookup for SqlStore<D> {
     fn subscribers_for<'a>(
         &'a self,
         event: &'a str,

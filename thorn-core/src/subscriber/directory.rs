@@ -6,11 +6,11 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{SenderId, StaticSubscribers, Subscriber, SubscriberQuery, SubscriberStore};
+use super::{SenderId, StaticSubscribers, Subscriber, SubscriberLookup, SubscriberQuery};
 use crate::Result;
 
 /// Where a [`Thorn`](crate::Thorn)'s subscribers come from: its
-/// [`SubscriberStore`], if it has one, then the static and callback
+/// [`SubscriberLookup`], if it has one, then the static and callback
 /// subscribers of its configuration. Cheap to clone; a
 /// [`Dispatcher`](crate::Dispatcher) is handed one with each event.
 ///
@@ -30,7 +30,7 @@ use crate::Result;
 /// ```
 #[derive(Clone, Default)]
 pub struct Directory {
-    store: Option<Arc<dyn SubscriberStore>>,
+    store: Option<Arc<dyn SubscriberLookup>>,
     statics: StaticSubscribers,
 }
 
@@ -45,7 +45,7 @@ impl fmt::Debug for Directory {
 
 impl Directory {
     /// Subscribers from `store` (when given), then from `statics`.
-    pub fn new(store: Option<Arc<dyn SubscriberStore>>, statics: StaticSubscribers) -> Self {
+    pub fn new(store: Option<Arc<dyn SubscriberLookup>>, statics: StaticSubscribers) -> Self {
         Directory { store, statics }
     }
 

@@ -6,11 +6,11 @@ use std::sync::RwLock;
 use uuid::Uuid;
 
 use super::{
-    BoxFuture, SenderId, Subscriber, SubscriberStore, SubscriptionStore, candidate_patterns,
+    BoxFuture, SenderId, Subscriber, SubscriberLookup, SubscriptionStore, candidate_patterns,
 };
 use crate::Result;
 
-/// An in-memory [`SubscriberStore`], indexed by pattern and owner: finding
+/// An in-memory [`SubscriberLookup`], indexed by pattern and owner: finding
 /// the subscribers of an event looks at its four candidate patterns, each
 /// for no owner and for the sender, and at nothing else, however many
 /// other subscriptions there are.
@@ -79,7 +79,7 @@ impl MemoryStore {
     }
 }
 
-impl SubscriberStore for MemoryStore {
+impl SubscriberLookup for MemoryStore {
     fn subscribers_for<'a>(
         &'a self,
         event: &'a str,

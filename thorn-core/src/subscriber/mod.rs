@@ -14,7 +14,7 @@
 //! assert!(!pattern_matches("*.created", "blog.article.created"));
 //! ```
 //!
-//! Subscribers come from a [`SubscriberStore`] (a database table, or the
+//! Subscribers come from a [`SubscriberLookup`] (a database table, or the
 //! in-memory [`MemoryStore`]) and from static configuration
 //! ([`StaticSubscribers`], the `THORN_SUBSCRIBERS` setting), which also
 //! accepts callbacks.
@@ -27,7 +27,7 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::codec::ContentType;
-use crate::signing::{Digest, generate_secret};
+use crate::signing::{HmacDigest, generate_secret};
 use crate::{Error, Result};
 
 /// Who sent an event (a user id), and who owns a subscription.
@@ -111,7 +111,7 @@ pub use memory::MemoryStore;
 pub(crate) use pattern::candidate_patterns;
 pub use pattern::{pattern_matches, validate_pattern};
 pub use statics::{StaticSubscribers, SubscriberCallback, SubscriberQuery};
-pub use store::{BoxFuture, SubscriberStore, SubscriptionStore};
+pub use store::{BoxFuture, SubscriberLookup, SubscriptionStore};
 
 /// One subscription: an event pattern, the URL to POST to, and how to sign
 /// and encode what is sent.
@@ -130,7 +130,7 @@ pub struct Subscriber {
     /// Secret for the `Hook-HMAC` signature.
     pub hmac_secret: String,
     /// Hash function of the signature.
-    pub hmac_digest: Digest,
+    pub hmac_digest: HmacDigest,
     /// Body format.
     pub content_type: ContentType,
     /// Earlier secrets still accepted by the receiver while it rotates to
@@ -210,7 +210,7 @@ impl Subscriber {
             url,
             owner: None,
             hmac_secret: generate_secret(),
-            hmac_digest: Digest::default(),
+            hmac_digest: HmacDigest::default(),
             content_type: ContentType::default(),
             previous_secrets: Vec::new(),
             standard_webhooks: None,
@@ -252,7 +252,7 @@ impl Subscriber {
     }
 
     /// Sets the HMAC digest.
-    pub fn with_digest(mut self, digest: Digest) -> Self {
+    pub fn with_digest(mut self, digest: HmacDigest) -> Self {
         self.hmac_digest = digest;
         self
     }
@@ -413,7 +413,7 @@ mod tests {
         let got = subs.matching("a.b", None);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].content_type, ContentType::FormUrlEncoded);
-        assert_eq!(got[0].hmac_digest, Digest::Sha512);
+        assert_eq!(got[0].hmac_digest, HmacDigest::Sha512);
         assert_eq!(got[0].hmac_secret, "s3");
         // Stable uuid across loads.
         let again =

@@ -8,12 +8,12 @@ use uuid::Uuid;
 use super::{SenderId, Subscriber};
 use crate::Result;
 
-/// A boxed, sendable future, as returned by [`SubscriberStore`] methods.
+/// A boxed, sendable future, as returned by [`SubscriberLookup`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where subscriptions are stored: a database table (thorn-diesel,
 /// thorn-seaorm) or memory ([`MemoryStore`](super::MemoryStore)).
-pub trait SubscriberStore: Send + Sync + 'static {
+pub trait SubscriberLookup: Send + Sync + 'static {
     /// Every subscriber that should receive `event` sent by `sender`
     /// (pattern and owner rules applied).
     fn subscribers_for<'a>(
@@ -32,7 +32,7 @@ pub trait SubscriberStore: Send + Sync + 'static {
 
 /// Subscriptions managed by their owners (the REST API): create, read,
 /// update and delete, always scoped to one owner.
-pub trait SubscriptionStore: SubscriberStore {
+pub trait SubscriptionStore: SubscriberLookup {
     /// The owner's subscriptions, oldest first (ties by uuid).
     fn list(&self, owner: &SenderId) -> BoxFuture<'_, Result<Vec<Subscriber>>>;
     /// One of the owner's subscriptions; `None` when it does not exist or

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::dispatch::Outgoing;
+use crate::dispatch::OutgoingEvent;
 use crate::outbox::StoredEvent;
 use crate::{Error, Result, Thorn};
 
@@ -137,7 +137,7 @@ impl Drop for ManagedFrame {
 }
 
 /// Hands committed events to the dispatcher and wakes the relay.
-fn release(thorn: &Thorn, held: Vec<Outgoing>, wake: bool) {
+fn release(thorn: &Thorn, held: Vec<OutgoingEvent>, wake: bool) {
     // Delivery runs in the background; its outcome is logged.
     thorn.dispatch_batch(held);
     if wake {
@@ -153,7 +153,7 @@ fn release(thorn: &Thorn, held: Vec<Outgoing>, wake: bool) {
 #[must_use = "call `committed` once the write has committed, or the events are lost"]
 pub struct Raised {
     rows: Vec<StoredEvent>,
-    held: Vec<Outgoing>,
+    held: Vec<OutgoingEvent>,
     /// The rows commit with the write ([`Scope::Own`]), so the relay can
     /// be woken after it.
     wake: bool,
@@ -219,14 +219,14 @@ pub(crate) fn place(
     model: &'static str,
     route: Route,
     scope: Scope,
-    outgoing: Outgoing,
+    outgoing: OutgoingEvent,
     raised: &mut Raised,
 ) -> Result<()> {
     if route == Route::Immediate {
         drop(thorn.dispatch(outgoing));
         return Ok(());
     }
-    let unmanaged = |outgoing: &Outgoing| Error::UnmanagedTransaction {
+    let unmanaged = |outgoing: &OutgoingEvent| Error::UnmanagedTransaction {
         model,
         event: outgoing.event.to_string(),
     };

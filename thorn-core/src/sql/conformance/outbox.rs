@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::{LEASE, OTHER, WORKER, attempt, event};
 use crate::outbox::{
-    Among, DeliveryState, FanOut, NewDelivery, Next, OutboxStore, StoredEvent, now_micros,
+    AfterAttempt, Among, DeliveryState, FanOut, NewDelivery, OutboxStore, StoredEvent, now_micros,
 };
 use crate::sql::outbox::write_events;
 use crate::sql::{Database, SqlOutbox, SqlStore};
-use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
+use crate::{SenderId, Subscriber, SubscriberLookup, SubscriptionStore};
 
 /// A delivery the previous version wrote with its subscriber inline (in
 /// `recipient`, secret included) is sent from it, and its first claim
@@ -298,10 +298,13 @@ pub(super) async fn outbox_operations<D: Database + Clone>(
     // Attempts: one delivered, one to retry; a record repeated is kept once.
     let retry_at = now_micros() - 1;
     let records = vec![
-        (attempt(to_stored.id, stored.uuid, 1, 200), Next::Delivered),
+        (
+            attempt(to_stored.id, stored.uuid, 1, 200),
+            AfterAttempt::Delivered,
+        ),
         (
             attempt(to_static.id, recipient.uuid, 1, 503),
-            Next::Retry { at: retry_at },
+            AfterAttempt::Retry { at: retry_at },
         ),
     ];
     assert_eq!(
@@ -343,7 +346,10 @@ pub(super) async fn outbox_operations<D: Database + Clone>(
     outbox
         .finish(
             WORKER,
-            vec![(attempt(to_static.id, recipient.uuid, 2, 500), Next::Dead)],
+            vec![(
+                attempt(to_static.id, recipient.uuid, 2, 500),
+                AfterAttempt::Dead,
+            )],
         )
         .await
         .unwrap();
@@ -468,7 +474,7 @@ pub(super) async fn outbox_operations<D: Database + Clone>(
             WORKER,
             vec![(
                 attempt(d.id, failing.uuid, 1, 500),
-                Next::Retry { at: now_micros() },
+                AfterAttempt::Retry { at: now_micros() },
             )],
         )
         .await

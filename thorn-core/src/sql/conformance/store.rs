@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use crate::sql::{Database, SqlStore};
-use crate::{SenderId, Subscriber, SubscriberStore, SubscriptionStore};
+use crate::{SenderId, Subscriber, SubscriberLookup, SubscriptionStore};
 
 /// A lookup reads the `(owner, event)` index, one range per candidate
 /// pattern and owner case, never the whole table (PostgreSQL is told not

@@ -8,8 +8,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::outbox::{
-    Among, AttemptRecord, ClaimedDelivery, DeliveryState, Health, Next, StoredEvent, micros,
-    now_micros,
+    AfterAttempt, Among, AttemptRecord, ClaimedDelivery, DeliveryState, Health, StoredEvent,
+    micros, now_micros,
 };
 use crate::sql::{
     Connection, Dialect, Kind, Param, execute, in_list, insert_rows, limit, placeholders, query,
@@ -301,7 +301,7 @@ pub(super) type Outcome<'a> = (&'static str, i64, Option<i32>, Option<&'a str>);
 pub(super) async fn finish(
     conn: &mut dyn Connection,
     worker: String,
-    attempts: Vec<(AttemptRecord, Next)>,
+    attempts: Vec<(AttemptRecord, AfterAttempt)>,
     disable_after: Option<Duration>,
 ) -> Result<usize> {
     if attempts.is_empty() {
@@ -324,7 +324,7 @@ pub(super) async fn finish(
     let mut groups: Vec<(Outcome<'_>, Vec<String>)> = Vec::new();
     for (a, next) in &attempts {
         let run_at = match next {
-            Next::Retry { at } => *at,
+            AfterAttempt::Retry { at } => *at,
             _ => now,
         };
         let key = (
@@ -380,7 +380,7 @@ pub(super) async fn finish(
 /// dead. Recipient rows (no subscriptions) are untouched.
 pub(super) async fn track_health(
     conn: &mut dyn Connection,
-    attempts: &[(AttemptRecord, Next)],
+    attempts: &[(AttemptRecord, AfterAttempt)],
     now: i64,
     window: Option<Duration>,
 ) -> Result<()> {

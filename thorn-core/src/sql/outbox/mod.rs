@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::{Database, Dialect, Kind, Param, Work, atomically, execute, in_list, query};
 use crate::outbox::{
-    Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo,
-    DeliveryState, FanOut, Next, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros,
+    AfterAttempt, Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory,
+    DeliveryInfo, DeliveryState, FanOut, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros,
     now_micros,
 };
 use crate::subscriber::BoxFuture;
@@ -433,7 +433,7 @@ impl<D: Database> OutboxStore for SqlOutbox<D> {
     fn finish<'a>(
         &'a self,
         worker: &'a str,
-        attempts: Vec<(AttemptRecord, Next)>,
+        attempts: Vec<(AttemptRecord, AfterAttempt)>,
     ) -> BoxFuture<'a, Result<usize>> {
         let worker = worker.to_owned();
         let disable_after = self.disable_after;
