@@ -37,11 +37,11 @@
 //! statements and sends the model's events.
 
 pub use thorn_core::{
-    AbsoluteUrl, Backoff, Blocked, Callbacks, Config, ContentType, DeliveryOutcome, DispatchOn,
-    Dispatcher, DispatcherKind, Drained, Error, Event, FieldValue, HmacDigest, ModelEvent, Q,
-    RelayOptions, RelayStats, Result, RetryPatch, RetryPolicy, SecurityError, SendHandle,
-    SendOptions, SenderId, SentEvent, Subscriber, SubscriberLookup, SubscriptionStore, Thorn,
-    ThornBuilder, WebhookFields, WebhookModel, Webhooks,
+    AbsoluteUrl, Backoff, Blocked, Callbacks, Config, ContentType, DeliveryError, DeliveryOutcome,
+    DispatchOn, Dispatcher, DispatcherKind, Drained, Error, Event, FieldValue, HmacDigest,
+    ModelEvent, Q, RelayOptions, RelayStats, Result, RetryPatch, RetryPolicy, SecurityError,
+    SendHandle, SendOptions, SenderId, SentEvent, Subscriber, SubscriberLookup, SubscriptionStore,
+    Thorn, ThornBuilder, WebhookFields, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
     buffer, codec, delivery, dispatch, filter, model, outbox, retry, signing, subscriber, validate,

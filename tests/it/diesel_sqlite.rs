@@ -272,7 +272,7 @@ fn loopback_recipients_are_blocked_by_default() {
         .unwrap();
     assert_eq!(outcomes.len(), 1);
     match &outcomes[0].result {
-        Err(thorn::Error::Security(blocked)) => {
+        Err(thorn::DeliveryError::Blocked(blocked)) => {
             assert!(
                 matches!(
                     blocked.rule,

@@ -121,7 +121,10 @@ fn client_errors_are_not_retried_but_408_is() {
         .wait()
         .unwrap();
     assert!(
-        matches!(outcomes[0].result, Err(Error::Status { status: 404, .. })),
+        matches!(
+            outcomes[0].result,
+            Err(thorn::DeliveryError::Status { status: 404, .. })
+        ),
         "{:?}",
         outcomes[0]
     );
@@ -160,7 +163,7 @@ fn retries_stop_at_the_policy_maximum() {
     assert_eq!(outcomes[0].attempts, 3, "first attempt + 2 retries");
     assert!(matches!(
         outcomes[0].result,
-        Err(Error::Status { status: 502, .. })
+        Err(thorn::DeliveryError::Status { status: 502, .. })
     ));
     receiver.expect(3, WAIT);
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use thorn::validate::{Validators, block_internal_ips};
-use thorn::{Config, Error, Event, Subscriber, Thorn};
+use thorn::{Config, Event, Subscriber, Thorn};
 
 use crate::engine::{WAIT, local_config};
 use crate::receiver::{Receiver, Reply};
@@ -53,7 +53,7 @@ fn internal_recipients_are_blocked_in_every_spelling() {
     ] {
         let outcome = send_to(&url, ip_rule_only());
         match &outcome.result {
-            Err(Error::Security(blocked)) => {
+            Err(thorn::DeliveryError::Blocked(blocked)) => {
                 assert!(
                     matches!(blocked.rule, thorn::Blocked::InternalAddress { .. }),
                     "{url}: {blocked}"
@@ -99,7 +99,10 @@ fn redirects_are_not_followed() {
     )]);
     let outcome = send_to(&redirector.url, local_config());
     assert!(
-        matches!(outcome.result, Err(Error::Status { status: 302, .. })),
+        matches!(
+            outcome.result,
+            Err(thorn::DeliveryError::Status { status: 302, .. })
+        ),
         "{outcome:?}"
     );
     assert_eq!(outcome.attempts, 1);
@@ -116,7 +119,7 @@ fn per_event_validators_override_the_configured_ones() {
         .with_subscriber(Subscriber::new("user.created", &receiver.url).unwrap());
     let outcomes = strict.send(&thorn, &json!({})).unwrap().wait().unwrap();
     assert!(
-        matches!(outcomes[0].result, Err(Error::Security(_))),
+        matches!(outcomes[0].result, Err(thorn::DeliveryError::Blocked(_))),
         "{:?}",
         outcomes[0]
     );

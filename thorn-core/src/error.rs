@@ -51,36 +51,6 @@ pub enum Error {
     #[error("database: {0}")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 
-    /// The HTTP request could not be completed (connection refused or reset,
-    /// TLS failure, ...). The message names the cause at the bottom of the
-    /// client's error (`Connection refused (os error 111)`).
-    #[error("request to {url} failed: {}", causes(source))]
-    Http {
-        /// The recipient.
-        url: String,
-        /// What the HTTP client reported.
-        #[source]
-        source: reqwest::Error,
-    },
-
-    /// The recipient did not answer within the event's timeout.
-    #[error("request to {url} timed out after {after:?}")]
-    Timeout {
-        /// The recipient.
-        url: String,
-        /// The timeout that expired.
-        after: Duration,
-    },
-
-    /// The recipient answered with a status outside 2xx.
-    #[error("{url} answered HTTP {status}")]
-    Status {
-        /// The recipient.
-        url: String,
-        /// The HTTP status code.
-        status: u16,
-    },
-
     /// A buffer was disabled while it still held events; flush it first.
     #[error("cannot disable the event buffer: {pending} event(s) are still held (flush first)")]
     BufferNotEmpty {
@@ -212,6 +182,80 @@ pub enum Error {
         /// What panicked, e.g. `the relay thread`.
         what: &'static str,
     },
+}
+
+/// Why one delivery attempt failed: what [`DeliveryOutcome::result`]
+/// holds and delivery callbacks see. Failures before any attempt (a
+/// payload that cannot be encoded, a full queue) are [`Error`]s.
+///
+/// [`DeliveryOutcome::result`]: crate::DeliveryOutcome::result
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// A recipient validator refused the URL or an address it resolved
+    /// to; not retried.
+    #[error(transparent)]
+    Blocked(#[from] SecurityError),
+
+    /// The HTTP request could not be completed (connection refused or reset,
+    /// TLS failure, ...). The message names the cause at the bottom of the
+    /// client's error (`Connection refused (os error 111)`).
+    #[error("request to {url} failed: {}", causes(source))]
+    Request {
+        /// The recipient.
+        url: String,
+        /// What the HTTP client reported.
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// The recipient did not answer within the event's timeout.
+    #[error("request to {url} timed out after {after:?}")]
+    Timeout {
+        /// The recipient.
+        url: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+
+    /// The recipient answered with a status outside 2xx.
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        /// The recipient.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+
+    /// The dispatcher shut down before the delivery's next attempt.
+    #[error("the dispatcher shut down before the delivery finished")]
+    Stopped,
+
+    /// A header of the event cannot be sent as an HTTP header value.
+    #[error("header `{name}` of event `{event}`: {reason}")]
+    Header {
+        /// The event.
+        event: String,
+        /// The header.
+        name: String,
+        /// What is wrong with its value.
+        reason: &'static str,
+    },
+}
+
+impl DeliveryError {
+    /// True when the attempt timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, DeliveryError::Timeout { .. })
+    }
+
+    /// The status the receiver answered, when it answered outside 2xx.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// `error`, then each distinct cause under it: `error sending request:

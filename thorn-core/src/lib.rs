@@ -40,7 +40,7 @@ pub use codec::ContentType;
 pub use config::{Config, DispatcherKind};
 pub use delivery::{Callbacks, DeliveryOutcome};
 pub use dispatch::{Dispatcher, SendHandle};
-pub use error::{Blocked, Error, Result, SecurityError};
+pub use error::{Blocked, DeliveryError, Error, Result, SecurityError};
 pub use event::{Event, RetryPatch, SendOptions};
 pub use filter::{FieldValue, Q, WebhookFields};
 pub use model::{AbsoluteUrl, DispatchOn, ModelEvent, SentEvent, WebhookModel, Webhooks};

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::{Attempt, Delivery, DeliveryOutcome, RESPONSE_HEAD, headers};
 use crate::config::Config;
-use crate::error::SecurityError;
+use crate::error::{DeliveryError, SecurityError};
 use crate::retry::{AttemptVerdict, classify_status, parse_retry_after};
 use crate::signing::{Signer, standard_webhooks_signature};
 use crate::subscriber::SafeUrl;
@@ -67,11 +67,15 @@ impl HttpClient {
 
     /// The headers of an attempt, signatures included. `timestamp` is the
     /// Unix time of the attempt (for Standard Webhooks).
-    pub(crate) fn headers_for(&self, delivery: &Delivery, timestamp: i64) -> Result<HeaderMap> {
+    pub(crate) fn headers_for(
+        &self,
+        delivery: &Delivery,
+        timestamp: i64,
+    ) -> std::result::Result<HeaderMap, DeliveryError> {
         let s = &delivery.subscriber;
         let mut h = HeaderMap::with_capacity(10 + delivery.headers.len());
         let value = |name: &str, v: &str| {
-            HeaderValue::from_str(v).map_err(|_| Error::Header {
+            HeaderValue::from_str(v).map_err(|_| DeliveryError::Header {
                 event: delivery.event.to_string(),
                 name: name.to_owned(),
                 reason: "the value cannot be sent as an HTTP header value",
@@ -140,15 +144,14 @@ impl HttpClient {
                 let verdict = classify_status(status, retry_after);
                 let result = match verdict {
                     AttemptVerdict::Delivered => Ok(status),
-                    _ => Err(Error::Status {
+                    _ => Err(DeliveryError::Status {
                         url: SafeUrl(&delivery.subscriber.url).to_string(),
                         status,
                     }),
                 };
                 (result, verdict)
             }
-            Err(e @ Error::Security(_)) => (Err(e), AttemptVerdict::Fail),
-            Err(e @ (Error::Timeout { .. } | Error::Http { .. })) => {
+            Err(e @ (DeliveryError::Timeout { .. } | DeliveryError::Request { .. })) => {
                 (Err(e), AttemptVerdict::Retry(None))
             }
             Err(e) => (Err(e), AttemptVerdict::Fail),
@@ -180,7 +183,10 @@ impl HttpClient {
         }
     }
 
-    async fn post(&self, delivery: &Delivery) -> Result<(u16, Option<Duration>, Bytes)> {
+    async fn post(
+        &self,
+        delivery: &Delivery,
+    ) -> std::result::Result<(u16, Option<Duration>, Bytes), DeliveryError> {
         let url = &delivery.subscriber.url;
         self.validators.check_url(url)?;
         let now = chrono::Utc::now();
@@ -216,7 +222,7 @@ impl HttpClient {
                 }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => {
-                    return Err(Error::Timeout {
+                    return Err(DeliveryError::Timeout {
                         url: SafeUrl(url).to_string(),
                         after: delivery.timeout,
                     });
@@ -228,11 +234,11 @@ impl HttpClient {
     }
 }
 
-fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
+fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> DeliveryError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if let Some(blocked) = err.downcast_ref::<SecurityError>() {
-            return Error::Security(SecurityError {
+            return DeliveryError::Blocked(SecurityError {
                 url: SafeUrl(url).to_string(),
                 rule: blocked.rule.clone(),
             });
@@ -240,12 +246,12 @@ fn transport_error(url: &Url, timeout: Duration, e: reqwest::Error) -> Error {
         source = err.source();
     }
     if e.is_timeout() {
-        return Error::Timeout {
+        return DeliveryError::Timeout {
             url: SafeUrl(url).to_string(),
             after: timeout,
         };
     }
-    Error::Http {
+    DeliveryError::Request {
         url: SafeUrl(url).to_string(),
         // The URL is said once, without its password.
         source: e.without_url(),

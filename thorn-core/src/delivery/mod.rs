@@ -24,9 +24,9 @@ use reqwest::header::HeaderMap;
 use url::Url;
 use uuid::Uuid;
 
+use crate::error::DeliveryError;
 use crate::retry::AttemptVerdict;
 use crate::subscriber::Subscriber;
-use crate::{Error, Result};
 
 /// Header names Thorn sends.
 pub mod headers {
@@ -81,7 +81,7 @@ pub struct DeliveryOutcome {
     /// Attempts made so far, this one included.
     pub attempts: u32,
     /// The response status (2xx) or what went wrong.
-    pub result: Result<u16>,
+    pub result: std::result::Result<u16, DeliveryError>,
     /// Time of the last attempt, from request start to the end of the
     /// response.
     pub elapsed: Duration,
@@ -95,7 +95,7 @@ impl DeliveryOutcome {
 
     /// True when the attempt timed out.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.result, Err(Error::Timeout { .. }))
+        matches!(self.result, Err(DeliveryError::Timeout { .. }))
     }
 }
 
@@ -146,7 +146,7 @@ impl Callbacks {
     pub fn fire(&self, outcome: &DeliveryOutcome) {
         let callback = match &outcome.result {
             Ok(_) => &self.on_success,
-            Err(Error::Timeout { .. }) => &self.on_timeout,
+            Err(DeliveryError::Timeout { .. }) => &self.on_timeout,
             Err(_) => &self.on_error,
         };
         if let Some(cb) = callback {

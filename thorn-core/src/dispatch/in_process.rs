@@ -13,6 +13,7 @@ use super::{Dispatcher, InFlight, InFlightEntry, OutgoingEvent, SendHandle};
 use crate::codec::ContentType;
 use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryOutcome, HttpClient};
+use crate::error::DeliveryError;
 use crate::retry::AttemptVerdict;
 use crate::subscriber::Directory;
 use crate::subscriber::Subscriber;
@@ -456,14 +457,14 @@ impl InProcess {
                 Some(p) => p,
                 None => match self.permits(&host).await {
                     Ok(p) => p,
-                    Err(e) => {
+                    Err(_) => {
                         return DeliveryOutcome {
                             delivery_id: delivery.id,
                             event: delivery.event.clone(),
                             subscriber: delivery.subscriber.uuid,
                             url: delivery.subscriber.url.clone(),
                             attempts: number - 1,
-                            result: Err(e),
+                            result: Err(DeliveryError::Stopped),
                             elapsed: std::time::Duration::ZERO,
                         };
                     }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::codec::ContentType;
 use crate::delivery::{Delivery, HttpClient};
+use crate::error::DeliveryError;
 use crate::outbox::{
     AfterAttempt, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, OutboxStore, micros,
     now_micros,
@@ -304,7 +305,7 @@ impl Shared {
             let outcome = &attempt.outcome;
             let status = match &outcome.result {
                 Ok(s) => Some(*s),
-                Err(Error::Status { status, .. }) => Some(*status),
+                Err(DeliveryError::Status { status, .. }) => Some(*status),
                 Err(_) => None,
             };
             let span = tracing::Span::current();
