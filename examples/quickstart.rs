@@ -103,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Subscriptions live in memory here; thorn-diesel's table comes later.
     let subscriber = Subscriber::new("article.*", &receiver_url)?;
-    let secret = subscriber.hmac_secret.clone();
+    let secret = subscriber.hmac_secret.expose().to_owned();
     let store = MemoryStore::new();
     store.add(subscriber);
 

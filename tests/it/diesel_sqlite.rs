@@ -147,7 +147,7 @@ fn insert_update_delete_send_three_signed_webhooks() {
         assert!(
             thorn::signing::verify(
                 HmacDigest::Sha256,
-                subscriber.hmac_secret.as_bytes(),
+                subscriber.hmac_secret.expose().as_bytes(),
                 &request.body,
                 request.header("hook-hmac"),
             ),

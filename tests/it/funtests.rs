@@ -143,7 +143,7 @@ pub(crate) fn a_hundred_subscribers_receive_one_event<B: Blog>(config: Config) {
         assert!(
             thorn::signing::verify(
                 sub.hmac_digest,
-                sub.hmac_secret.as_bytes(),
+                sub.hmac_secret.expose().as_bytes(),
                 &r.body,
                 r.header("hook-hmac")
             ),

@@ -188,7 +188,7 @@ fn pending_deliveries_use_the_new_secret_and_wait_while_paused() {
     for r in &first {
         assert!(thorn::signing::verify(
             thorn::HmacDigest::Sha256,
-            sub.hmac_secret.as_bytes(),
+            sub.hmac_secret.expose().as_bytes(),
             &r.body,
             r.header("hook-hmac")
         ));

@@ -75,7 +75,7 @@ fn standard_webhooks_can_be_switched_on_globally() {
     })
     .unwrap();
     let subscriber = Subscriber::new("user.created", &receiver.url).unwrap();
-    let secret = standard_webhooks_secret(&subscriber.hmac_secret);
+    let secret = standard_webhooks_secret(subscriber.hmac_secret.expose());
     Event::new("user.created")
         .with_subscriber(subscriber)
         .send(&thorn, &json!({}))

@@ -47,7 +47,8 @@ use axum::routing::get;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use thorn_core::codec::ContentType;
-use thorn_core::signing::{HmacDigest, generate_secret};
+use thorn_core::signing::HmacDigest;
+use thorn_core::subscriber::Secret;
 use thorn_core::subscriber::validate_pattern;
 use thorn_core::validate::Validators;
 use thorn_core::{Config, SenderId, Subscriber, SubscriptionStore};
@@ -347,7 +348,7 @@ impl Api {
             "url": s.url.as_str(),
             "event": s.event,
             "content_type": s.content_type.as_str(),
-            "hmac_secret": s.hmac_secret,
+            "hmac_secret": s.hmac_secret.expose(),
             "hmac_digest": s.hmac_digest.as_str(),
             "user": s.owner,
             "created_at": timestamp(s.created_at),
@@ -470,7 +471,7 @@ impl Api {
                     "Use 1 to 255 printable characters (or leave it out for a random one).".into(),
                 );
             } else {
-                target.hmac_secret = secret;
+                target.hmac_secret = secret.into();
             }
         }
         let active = match body.get("active") {
@@ -566,7 +567,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_object(&headers, body)?;
     let mut sub = Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
-    sub.hmac_secret = generate_secret();
+    sub.hmac_secret = Secret::generate();
     sub.owner = Some(owner);
     if api.apply(&body, &mut sub, true)? == Some(false) {
         sub.disable(PAUSED);

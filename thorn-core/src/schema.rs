@@ -195,7 +195,7 @@ impl From<&Subscriber> for SubscriberRecord {
             event: s.event.clone(),
             url: s.url.to_string(),
             owner: s.owner.as_ref().map(owner_key),
-            hmac_secret: s.hmac_secret.clone(),
+            hmac_secret: s.hmac_secret.expose().to_owned(),
             hmac_digest: s.hmac_digest.as_str().to_owned(),
             content_type: s.content_type.as_str().to_owned(),
             previous_secrets: serde_json::to_string(&s.previous_secrets).expect("strings are JSON"),
@@ -233,7 +233,7 @@ impl TryFrom<SubscriberRecord> for Subscriber {
                 .map(serde_json::from_str)
                 .transpose()
                 .map_err(|e| corrupt("owner", &e))?,
-            hmac_secret: r.hmac_secret,
+            hmac_secret: r.hmac_secret.into(),
             hmac_digest: r
                 .hmac_digest
                 .parse()

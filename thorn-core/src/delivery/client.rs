@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::{DeliveryError, SecurityError};
 use crate::retry::{AttemptVerdict, classify_status, parse_retry_after};
 use crate::signing::{Signer, standard_webhooks_signature};
-use crate::subscriber::SafeUrl;
+use crate::subscriber::{SafeUrl, Secret};
 use crate::validate::Validators;
 use crate::{Error, Result};
 
@@ -97,9 +97,11 @@ impl HttpClient {
             HeaderName::from_static(headers::HOOK_DELIVERY),
             value("Hook-Delivery", &id)?,
         );
-        let signature = self
-            .signer
-            .sign(s.hmac_digest, s.hmac_secret.as_bytes(), &delivery.body);
+        let signature = self.signer.sign(
+            s.hmac_digest,
+            s.hmac_secret.expose().as_bytes(),
+            &delivery.body,
+        );
         h.insert(
             HeaderName::from_static(headers::HOOK_HMAC),
             value("Hook-HMAC", &signature)?,
@@ -109,8 +111,8 @@ impl HttpClient {
             value("Hook-Subscription", &s.uuid.to_string())?,
         );
         if delivery.standard_webhooks {
-            let secrets = std::iter::once(s.hmac_secret.as_str())
-                .chain(s.previous_secrets.iter().map(String::as_str));
+            let secrets = std::iter::once(s.hmac_secret.expose())
+                .chain(s.previous_secrets.iter().map(Secret::expose));
             let sig = standard_webhooks_signature(secrets, &id, timestamp, &delivery.body);
             h.insert(
                 HeaderName::from_static(headers::WEBHOOK_ID),

@@ -27,7 +27,7 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::codec::ContentType;
-use crate::signing::{HmacDigest, generate_secret};
+use crate::signing::HmacDigest;
 use crate::{Error, Result};
 
 /// Who sent an event (a user id), and who owns a subscription.
@@ -103,6 +103,7 @@ impl From<Uuid> for SenderId {
 mod directory;
 mod memory;
 mod pattern;
+mod secret;
 mod statics;
 mod store;
 
@@ -110,6 +111,7 @@ pub use directory::Directory;
 pub use memory::MemoryStore;
 pub(crate) use pattern::candidate_patterns;
 pub use pattern::{pattern_matches, validate_pattern};
+pub use secret::Secret;
 pub use statics::{StaticSubscribers, SubscriberCallback, SubscriberQuery};
 pub use store::{BoxFuture, SubscriberLookup, SubscriptionStore};
 
@@ -128,7 +130,7 @@ pub struct Subscriber {
     /// When set, only events whose sender is this owner are delivered.
     pub owner: Option<SenderId>,
     /// Secret for the `Hook-HMAC` signature.
-    pub hmac_secret: String,
+    pub hmac_secret: Secret,
     /// Hash function of the signature.
     pub hmac_digest: HmacDigest,
     /// Body format.
@@ -136,7 +138,7 @@ pub struct Subscriber {
     /// Earlier secrets still accepted by the receiver while it rotates to
     /// `hmac_secret`: each adds a Standard Webhooks signature.
     #[serde(default)]
-    pub previous_secrets: Vec<String>,
+    pub previous_secrets: Vec<Secret>,
     /// Send Standard Webhooks headers to this subscriber; `None` follows
     /// [`crate::Config::standard_webhooks`].
     #[serde(default)]
@@ -163,13 +165,10 @@ impl fmt::Debug for Subscriber {
             .field("event", &self.event)
             .field("url", &format_args!("{}", SafeUrl(&self.url)))
             .field("owner", &self.owner)
-            .field("hmac_secret", &format_args!("<redacted>"))
+            .field("hmac_secret", &self.hmac_secret)
             .field("hmac_digest", &self.hmac_digest)
             .field("content_type", &self.content_type)
-            .field(
-                "previous_secrets",
-                &format_args!("<{} redacted>", self.previous_secrets.len()),
-            )
+            .field("previous_secrets", &self.previous_secrets)
             .field("standard_webhooks", &self.standard_webhooks)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
@@ -209,7 +208,7 @@ impl Subscriber {
             event: event.into(),
             url,
             owner: None,
-            hmac_secret: generate_secret(),
+            hmac_secret: Secret::generate(),
             hmac_digest: HmacDigest::default(),
             content_type: ContentType::default(),
             previous_secrets: Vec::new(),
@@ -246,7 +245,7 @@ impl Subscriber {
     }
 
     /// Sets the HMAC secret.
-    pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
+    pub fn with_secret(mut self, secret: impl Into<Secret>) -> Self {
         self.hmac_secret = secret.into();
         self
     }
@@ -271,7 +270,7 @@ impl Subscriber {
 
     /// Rotates to `secret`, keeping the current one valid for Standard
     /// Webhooks receivers until they switch.
-    pub fn rotate_secret(mut self, secret: impl Into<String>) -> Self {
+    pub fn rotate_secret(mut self, secret: impl Into<Secret>) -> Self {
         let old = std::mem::replace(&mut self.hmac_secret, secret.into());
         self.previous_secrets.insert(0, old);
         self
@@ -313,7 +312,7 @@ mod tests {
         let mut s = super::Subscriber::new("a.*", "https://user:hunter2@example.com/hook").unwrap();
         s.previous_secrets.push("old-secret-value".into());
         let shown = format!("{s:?}");
-        assert!(!shown.contains(&s.hmac_secret), "{shown}");
+        assert!(!shown.contains(s.hmac_secret.expose()), "{shown}");
         assert!(!shown.contains("old-secret-value"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(
@@ -325,7 +324,7 @@ mod tests {
             subscribers: statics,
             ..crate::Config::default()
         };
-        assert!(!format!("{config:?}").contains(&s.hmac_secret));
+        assert!(!format!("{config:?}").contains(s.hmac_secret.expose()));
     }
 
     use super::*;
@@ -414,7 +413,7 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].content_type, ContentType::FormUrlEncoded);
         assert_eq!(got[0].hmac_digest, HmacDigest::Sha512);
-        assert_eq!(got[0].hmac_secret, "s3");
+        assert_eq!(got[0].hmac_secret.expose(), "s3");
         // Stable uuid across loads.
         let again =
             StaticSubscribers::from_json(r#"{"a.b": {"url": "https://x.example/"}}"#).unwrap();

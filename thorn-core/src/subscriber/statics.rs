@@ -155,7 +155,7 @@ impl StaticSubscribers {
                                 .map_err(|e| config_err(format!("`{pattern}`: {e}")))?;
                         }
                         if let Some(secret) = hmac_secret {
-                            s.hmac_secret = secret;
+                            s.hmac_secret = secret.into();
                         }
                         out.subscriber(s)
                     }

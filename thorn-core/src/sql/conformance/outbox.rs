@@ -53,7 +53,7 @@ pub(super) async fn legacy_snapshots<D: Database + Clone>(db: D, outbox: &SqlOut
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].subscriber, old, "sent from its snapshot");
-    let secret = old.hmac_secret.clone();
+    let secret = old.hmac_secret.expose().to_owned();
     let left = db
         .run(Box::new(move |conn| {
             Box::pin(async move {
@@ -170,7 +170,7 @@ pub(super) async fn outbox_operations<D: Database + Clone>(
     bare.options.subscribers.clear();
     assert_eq!(*to_stored.event, bare, "the claimed event, loaded with it");
     // Its secret is stored in its row only, which no lookup returns.
-    let secret = recipient.hmac_secret.clone();
+    let secret = recipient.hmac_secret.expose().to_owned();
     let copies = db
         .run(Box::new(move |conn| {
             Box::pin(async move {
@@ -273,8 +273,8 @@ pub(super) async fn outbox_operations<D: Database + Clone>(
         .clone();
     assert_eq!(
         (
-            to_stored.subscriber.hmac_secret.as_str(),
-            to_static.subscriber.hmac_secret.as_str()
+            to_stored.subscriber.hmac_secret.expose(),
+            to_static.subscriber.hmac_secret.expose()
         ),
         ("rotated", "static rotated"),
         "the subscription and the recipient at send time"

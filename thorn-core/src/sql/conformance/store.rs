@@ -131,7 +131,7 @@ pub(super) async fn subscriptions<D: Database>(store: &SqlStore<D>) {
     assert!(store.update(changed.clone()).await.unwrap(), "update");
     let got = store.get(&alice, a.uuid).await.unwrap().unwrap();
     assert_eq!(
-        (got.url.as_str(), got.hmac_secret.as_str()),
+        (got.url.as_str(), got.hmac_secret.expose()),
         ("https://a2.example/hook", "a-new-secret")
     );
     assert_eq!(
