@@ -3,8 +3,10 @@
 //! Put the derive on the struct your ORM already uses for a table, and
 //! declare the model's events in one `#[webhook_model(...)]` block:
 //!
-//! ```ignore
-//! #[derive(Queryable, Selectable, WebhookModel)]
+//! ```
+//! use thorn::WebhookModel;
+//!
+//! #[derive(WebhookModel)] // next to your ORM's derives (Queryable, DeriveEntityModel...)
 //! #[webhook_model(
 //!     sender_field = author_id,               // `sender` of every message
 //!     reverse = "/article/{uuid}/",          // `ref`, joined to THORN_BASE_URL
@@ -19,7 +21,27 @@
 //!     on_untagged(name = "article.untagged", dispatches_on = m2m_remove(tags)),
 //!     on_tags_cleared(name = "article.tags_cleared", dispatches_on = m2m_clear(tags)),
 //! )]
-//! pub struct Article { /* columns */ }
+//! pub struct Article {
+//!     uuid: String,
+//!     title: String,
+//!     state: String,
+//!     category: String,
+//!     author_id: i32,
+//! }
+//!
+//! impl Article {
+//!     fn webhook_payload(&self) -> std::collections::BTreeMap<&'static str, String> {
+//!         [("uuid", self.uuid.clone()), ("title", self.title.clone())].into()
+//!     }
+//!
+//!     fn webhook_headers(&self) -> [(&'static str, String); 1] {
+//!         [("x-article-state", self.state.clone())]
+//!     }
+//! }
+//!
+//! let events: Vec<&str> = Article::webhooks().events().iter().map(|e| e.name()).collect();
+//! assert_eq!(events[0], "article.created");
+//! assert_eq!(events.len(), 7);
 //! ```
 //!
 //! ## Grammar

@@ -5,14 +5,25 @@
 //! statement you built — with a `RETURNING` clause giving the model row —
 //! and then raises the model's events for the returned row:
 //!
-//! ```ignore
-//! let article: Article = thorn_diesel::insert(
+//! ```
+//! # use diesel::prelude::*;
+//! # diesel::table! { articles (id) { id -> Integer, title -> Text, author_id -> Integer } }
+//! # #[derive(Queryable, Selectable, thorn::WebhookModel)]
+//! # #[diesel(table_name = articles)]
+//! # #[webhook_model(sender_field = author_id, on_create = "article.created")]
+//! # struct Article { id: i32, title: String, author_id: i32 }
+//! # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() })?;
+//! # let mut conn = SqliteConnection::establish(":memory:")?;
+//! # diesel::sql_query("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL, author_id INTEGER NOT NULL)").execute(&mut conn)?;
+//! let article: Article = thorn::diesel::insert(
 //!     &thorn,
 //!     &mut conn,
 //!     diesel::insert_into(articles::table)
-//!         .values(&new_article)
+//!         .values((articles::title.eq("Hello"), articles::author_id.eq(7)))
 //!         .returning(Article::as_returning()),
 //! )?;
+//! assert_eq!(article.title, "Hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! The calls return what Diesel's `get_result` returns. Events leave only
@@ -378,12 +389,29 @@ fn transaction_state<C: diesel::Connection>(conn: &mut C) -> QueryResult<(usize,
 /// written through at once (with the outbox): see
 /// [`thorn_core::integration`].
 ///
-/// ```ignore
-/// let article = thorn::diesel::transaction(&thorn, conn, |conn| {
-///     let article: Article = thorn::diesel::insert(&thorn, conn, /* INSERT ... RETURNING */)?;
+/// ```
+/// # use diesel::prelude::*;
+/// # diesel::table! { articles (id) { id -> Integer, title -> Text, author_id -> Integer } }
+/// # #[derive(Queryable, Selectable, thorn::WebhookModel)]
+/// # #[diesel(table_name = articles)]
+/// # #[webhook_model(sender_field = author_id, on_create = "article.created")]
+/// # struct Article { id: i32, title: String, author_id: i32 }
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() })?;
+/// # let mut conn = SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL, author_id INTEGER NOT NULL)").execute(&mut conn)?;
+/// let article = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
+///     let article: Article = thorn::diesel::insert(
+///         &thorn,
+///         conn,
+///         diesel::insert_into(articles::table)
+///             .values((articles::title.eq("Hello"), articles::author_id.eq(7)))
+///             .returning(Article::as_returning()),
+///     )?;
 ///     // ... more writes; an Err here sends nothing
 ///     Ok::<_, diesel::result::Error>(article)
 /// })?; // "article.created" leaves now, after COMMIT
+/// # let _ = article;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn transaction<C, T, E, F>(thorn: &Thorn, conn: &mut C, f: F) -> Result<T, E>
 where
@@ -414,10 +442,26 @@ where
 ///
 /// Keep the returned guard for as long as the connection is used.
 ///
-/// ```ignore
-/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// ```
+/// # use diesel::prelude::*;
+/// # diesel::table! { articles (id) { id -> Integer, title -> Text, author_id -> Integer } }
+/// # #[derive(Queryable, Selectable, thorn::WebhookModel)]
+/// # #[diesel(table_name = articles)]
+/// # #[webhook_model(sender_field = author_id, on_create = "article.created")]
+/// # struct Article { id: i32, title: String, author_id: i32 }
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() })?;
+/// # let mut conn = SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL, author_id INTEGER NOT NULL)").execute(&mut conn)?;
 /// let _test = thorn::diesel::begin_test_transaction(&thorn, &mut conn)?;
-/// thorn::diesel::insert(&thorn, &mut conn, /* ... */)?; // "article.created" is sent
+/// let article: Article = thorn::diesel::insert(
+///     &thorn,
+///     &mut conn,
+///     diesel::insert_into(articles::table)
+///         .values((articles::title.eq("Hello"), articles::author_id.eq(7)))
+///         .returning(Article::as_returning()),
+/// )?; // "article.created" is sent, though nothing is ever committed
+/// # let _ = article;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn begin_test_transaction<C: diesel::Connection>(
     thorn: &Thorn,
@@ -537,11 +581,29 @@ where
 /// context `{"relation": ..., "related": [keys]}`. Nothing is sent when no
 /// row was linked.
 ///
-/// ```ignore
-/// let tag_ids: Vec<i32> = thorn_diesel::m2m_add(&thorn, conn, &article, "tags",
+/// ```
+/// # use diesel::prelude::*;
+/// # diesel::table! { articles (id) { id -> Integer, title -> Text } }
+/// # diesel::table! { article_tags (article_id, tag_id) { article_id -> Integer, tag_id -> Integer } }
+/// # #[derive(Queryable, Selectable, thorn::WebhookModel)]
+/// # #[diesel(table_name = articles)]
+/// # #[webhook_model(on_tag(name = "article.tagged", dispatches_on = m2m_add(tags)))]
+/// # struct Article { id: i32, title: String }
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() })?;
+/// # let mut conn = SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE article_tags (article_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, PRIMARY KEY (article_id, tag_id))").execute(&mut conn)?;
+/// # let article = Article { id: 1, title: "Hello".into() };
+/// let tag_ids: Vec<i32> = thorn::diesel::m2m_add(
+///     &thorn,
+///     &mut conn,
+///     &article,
+///     "tags",
 ///     diesel::insert_into(article_tags::table)
 ///         .values(&[(article_tags::article_id.eq(article.id), article_tags::tag_id.eq(3))])
-///         .returning(article_tags::tag_id))?;
+///         .returning(article_tags::tag_id),
+/// )?; // "article.tagged" is sent with {"relation": "tags", "related": [3]}
+/// assert_eq!(tag_ids, [3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn m2m_add<'q, M, R, C, Q>(
     thorn: &Thorn,

@@ -1,8 +1,12 @@
 //! Thorn's tables, created and upgraded in the application's database.
 //!
-//! ```ignore
-//! let mut conn = SqliteConnection::establish("app.sqlite3")?;
-//! thorn_diesel::migrate(&mut conn)?;   // idempotent: run it at start-up
+//! ```
+//! use diesel::{Connection, SqliteConnection};
+//!
+//! let mut conn = SqliteConnection::establish(":memory:")?;
+//! thorn::diesel::migrate(&mut conn)?; // idempotent: run it at start-up
+//! thorn::diesel::migrate(&mut conn)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use diesel::Connection;

@@ -5,29 +5,54 @@
 //! there: put `#[derive(WebhookModel)]` on the entity's `Model`, then wire
 //! the behaviour in with one line —
 //!
-//! ```ignore
-//! thorn_seaorm::behavior!(ActiveModel);
+//! ```
+//! # mod article {
+//! #     use sea_orm::entity::prelude::*;
+//! #
+//! #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+//! #     #[sea_orm(table_name = "articles")]
+//! #     #[webhook_model(on_create = "article.created")]
+//! #     pub struct Model {
+//! #         #[sea_orm(primary_key)]
+//! #         pub id: i32,
+//! #         pub title: String,
+//! #     }
+//! #
+//! #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//! #     pub enum Relation {}
+//! #
+//!       thorn::seaorm::behavior!(ActiveModel);
+//! # }
 //! ```
 //!
 //! — or, to keep hook code of your own, call Thorn from each hook:
 //!
-//! ```ignore
+//! ```
+//! # mod article {
+//! # use sea_orm::entity::prelude::*;
+//! # #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+//! # #[sea_orm(table_name = "articles")]
+//! # #[webhook_model(on_create = "article.created")]
+//! # pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+//! # #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//! # pub enum Relation {}
 //! #[async_trait::async_trait]
 //! impl ActiveModelBehavior for ActiveModel {
 //!     async fn before_save<C: ConnectionTrait>(self, db: &C, insert: bool) -> Result<Self, DbErr> {
 //!         let this = /* your code */ self;
-//!         thorn_seaorm::before_save(this, db, insert).await
+//!         thorn::seaorm::before_save(this, db, insert).await
 //!     }
 //!     async fn after_save<C: ConnectionTrait>(model: Model, db: &C, insert: bool) -> Result<Model, DbErr> {
-//!         thorn_seaorm::after_save::<Self, _>(model, db, insert).await
+//!         thorn::seaorm::after_save::<Self, _>(model, db, insert).await
 //!     }
 //!     async fn before_delete<C: ConnectionTrait>(self, db: &C) -> Result<Self, DbErr> {
-//!         thorn_seaorm::before_delete(self, db).await
+//!         thorn::seaorm::before_delete(self, db).await
 //!     }
 //!     async fn after_delete<C: ConnectionTrait>(self, db: &C) -> Result<Self, DbErr> {
-//!         thorn_seaorm::after_delete(self, db).await
+//!         thorn::seaorm::after_delete(self, db).await
 //!     }
 //! }
+//! # }
 //! ```
 //!
 //! The hooks find the [`Thorn`] to send with through [`install`] (once, at
@@ -139,10 +164,14 @@ pub fn install(thorn: Thorn) {
 /// Takes the installed Thorn out (hooks outside [`scope`] then have none),
 /// for a clean shutdown: drain it, then drop it.
 ///
-/// ```ignore
-/// if let Some(thorn) = thorn_seaorm::uninstall() {
-///     thorn.drain_async(std::time::Duration::from_secs(10)).await;
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # thorn::seaorm::install(thorn::Thorn::new(thorn::Config::default()).unwrap());
+/// if let Some(thorn) = thorn::seaorm::uninstall() {
+///     let drained = thorn.drain_async(std::time::Duration::from_secs(10)).await;
+///     assert!(drained.is_complete());
 /// }
+/// # });
 /// ```
 pub fn uninstall() -> Option<Thorn> {
     INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take()
@@ -175,7 +204,7 @@ fn thorn_for(model: &str) -> Result<Thorn, DbErr> {
 /// Implements `ActiveModelBehavior` for an entity's `ActiveModel` with
 /// Thorn's four hooks and nothing else.
 ///
-/// ```ignore
+/// ```
 /// mod article {
 ///     use sea_orm::entity::prelude::*;
 ///
@@ -184,10 +213,16 @@ fn thorn_for(model: &str) -> Result<Thorn, DbErr> {
 ///     #[webhook_model(on_create = "article.created", payload = Self::payload)]
 ///     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
 ///
+///     impl Model {
+///         fn payload(&self) -> serde_json::Value {
+///             serde_json::json!({ "id": self.id, "title": self.title })
+///         }
+///     }
+///
 ///     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 ///     pub enum Relation {}
 ///
-///     thorn_seaorm::behavior!(ActiveModel);
+///     thorn::seaorm::behavior!(ActiveModel);
 /// }
 /// ```
 #[macro_export]
@@ -529,10 +564,37 @@ async fn write_rows<C: ConnectionTrait>(db: &C, rows: &[StoredEvent]) -> Result<
 /// It dereferences to SeaORM's transaction: pass `&*txn` (or
 /// [`Transaction::conn`]) where SeaORM wants a connection.
 ///
-/// ```ignore
+/// ```
+/// # mod article {
+/// #     use sea_orm::entity::prelude::*;
+/// #
+/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+/// #     #[sea_orm(table_name = "articles")]
+/// #     #[webhook_model(on_create = "article.created")]
+/// #     pub struct Model {
+/// #         #[sea_orm(primary_key)]
+/// #         pub id: i32,
+/// #         pub title: String,
+/// #     }
+/// #
+/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// #     pub enum Relation {}
+/// #
+/// #     thorn::seaorm::behavior!(ActiveModel);
+/// # }
+/// # use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
+/// # thorn::seaorm::install(thorn);
 /// let txn = thorn::seaorm::begin(&db).await?;
-/// article.insert(&*txn).await?;
+/// article::ActiveModel { title: Set("Hello".into()), ..Default::default() }
+///     .insert(&*txn)
+///     .await?;
 /// txn.commit().await?; // "article.created" leaves now
+/// # Ok::<(), DbErr>(())
+/// # }).unwrap();
 /// ```
 pub struct Transaction<T = sea_orm::DatabaseTransaction> {
     // Declared first, so dropped first: the frame leaves the registry
@@ -611,12 +673,21 @@ where
 /// lock at `BEGIN`, which transactions that read and then write need when
 /// other connections write too.
 ///
-/// ```ignore
+/// ```
+/// # use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
+/// # thorn::seaorm::install(thorn);
 /// let txn = thorn::seaorm::begin_with_options(&db, sea_orm::TransactionOptions {
 ///     sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
 ///     ..Default::default()
 /// })
 /// .await?;
+/// # txn.commit().await?;
+/// # Ok::<(), DbErr>(())
+/// # }).unwrap();
 /// ```
 pub async fn begin_with_options<C>(
     db: &C,
@@ -642,7 +713,30 @@ where
 /// outbox, the transaction's events are written as one multi-row `INSERT`
 /// just before `COMMIT`.
 ///
-/// ```ignore
+/// ```
+/// # mod article {
+/// #     use sea_orm::entity::prelude::*;
+/// #
+/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+/// #     #[sea_orm(table_name = "articles")]
+/// #     #[webhook_model(on_create = "article.created")]
+/// #     pub struct Model {
+/// #         #[sea_orm(primary_key)]
+/// #         pub id: i32,
+/// #         pub title: String,
+/// #     }
+/// #
+/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// #     pub enum Relation {}
+/// #
+/// #     thorn::seaorm::behavior!(ActiveModel);
+/// # }
+/// # use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
+/// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
+/// # thorn::seaorm::install(thorn);
 /// let article = thorn::seaorm::transaction(&db, |txn| {
 ///     Box::pin(async move {
 ///         let article = article::ActiveModel { title: Set("Hello".into()), ..Default::default() }
@@ -652,6 +746,9 @@ where
 ///     })
 /// })
 /// .await?; // "article.created" leaves now, after COMMIT
+/// assert_eq!(article.title, "Hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
 /// ```
 pub async fn transaction<C, F, T, E>(db: &C, callback: F) -> Result<T, TransactionError<E>>
 where
@@ -783,11 +880,47 @@ where
 /// the junction column naming the related row (its values go to the
 /// callbacks' context). Returns the inserted junction rows.
 ///
-/// ```ignore
-/// thorn_seaorm::m2m_add(&txn, &article, "tags", article_tag::Column::TagId,
+/// ```
+/// # mod article {
+/// #     use sea_orm::entity::prelude::*;
+/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
+/// #     #[sea_orm(table_name = "articles")]
+/// #     #[webhook_model(on_tagged(name = "article.tagged", dispatches_on = m2m_add(tags)))]
+/// #     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
+/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// #     pub enum Relation {}
+/// #     thorn::seaorm::behavior!(ActiveModel);
+/// # }
+/// # mod article_tag {
+/// #     use sea_orm::entity::prelude::*;
+/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+/// #     #[sea_orm(table_name = "article_tags")]
+/// #     pub struct Model {
+/// #         #[sea_orm(primary_key, auto_increment = false)]
+/// #         pub article_id: i32,
+/// #         #[sea_orm(primary_key, auto_increment = false)]
+/// #         pub tag_id: i32,
+/// #     }
+/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+/// #     pub enum Relation {}
+/// #     impl ActiveModelBehavior for ActiveModel {}
+/// # }
+/// # use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
+/// # db.execute_unprepared("CREATE TABLE article_tags (article_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, PRIMARY KEY (article_id, tag_id))").await?;
+/// # thorn::seaorm::install(thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap());
+/// # let article = article::Model { id: 1, title: "Hello".into() };
+/// # let tag_ids = [3, 4];
+/// let txn = thorn::seaorm::begin(&db).await?;
+/// let links = thorn::seaorm::m2m_add(&*txn, &article, "tags", article_tag::Column::TagId,
 ///     article_tag::Entity::insert_many(tag_ids.iter().map(|&t| article_tag::ActiveModel {
 ///         article_id: Set(article.id), tag_id: Set(t),
 ///     }))).await?;
+/// txn.commit().await?; // "article.tagged" leaves with {"relation": "tags", "related": [3, 4]}
+/// assert_eq!(links.len(), 2);
+/// # Ok::<(), DbErr>(())
+/// # }).unwrap();
 /// ```
 pub async fn m2m_add<M, A, C>(
     db: &C,
