@@ -316,6 +316,13 @@ macro_rules! writes_suite {
                 )
                 .unwrap_err();
                 assert!(err.to_string().contains("now_ filters"), "{err}");
+                assert!(
+                    matches!(
+                        thorn::diesel::thorn_error(&err),
+                        Some(thorn::Error::BulkTransitions { model: "Story", .. })
+                    ),
+                    "{err:?}"
+                );
                 let notes: Vec<Note> = thorn::diesel::insert_many(
                     &thorn,
                     &mut *conn,
@@ -385,6 +392,29 @@ macro_rules! writes_suite {
                 .unwrap();
                 assert_eq!(added.len(), 3);
                 let got = receiver.expect(1, WAIT);
+                // A relation the model does not declare is refused before
+                // the statement, as Thorn's error.
+                let err = thorn::diesel::m2m_add::<_, i32, _, _>(
+                    &thorn,
+                    &mut *conn,
+                    &story,
+                    "labels",
+                    diesel::insert_into(story_tags::table)
+                        .values(&links)
+                        .returning(story_tags::tag_id),
+                )
+                .unwrap_err();
+                match thorn::diesel::thorn_error(&err) {
+                    Some(thorn::Error::UnknownRelation {
+                        relation, declared, ..
+                    }) => {
+                        assert_eq!(
+                            (relation.as_str(), declared.as_slice()),
+                            ("labels", &["tags"][..])
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
                 assert_eq!(got[0].header("hook-event"), "story.tagged");
                 assert_eq!(got[0].json()["data"]["title"], "Tagged");
 

@@ -34,6 +34,7 @@ use serde_json::Value;
 
 /// The body format a subscriber asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ContentType {
     /// `application/json`, the default.
     #[default]

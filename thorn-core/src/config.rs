@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 /// Which dispatcher `send` uses (`THORN_DISPATCHER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DispatcherKind {
     /// Deliver from this process, in the background, with one pooled client.
     #[default]

@@ -176,6 +176,33 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A bulk update of a model whose change events have `now_` filters:
+    /// those compare each row with its old version, which a bulk statement
+    /// does not load. Refused before the statement runs.
+    #[error(
+        "{model} has change events with now_ filters, which compare each row with its old version: {fix}"
+    )]
+    BulkTransitions {
+        /// The model.
+        model: &'static str,
+        /// What to call instead.
+        fix: &'static str,
+    },
+
+    /// A many-to-many helper was given a relation the model's
+    /// `#[webhook_model(...)]` does not declare (or a change that is not a
+    /// many-to-many one). Refused before the statement runs.
+    #[error("{model} declares no many-to-many relation `{relation}` (declared: {})", if declared.is_empty() { "none".to_owned() } else { declared.join(", ") })]
+    UnknownRelation {
+        /// The model.
+        model: &'static str,
+        /// The relation asked for (or the change, when it is not a
+        /// many-to-many one).
+        relation: String,
+        /// The relations the model declares.
+        declared: Vec<&'static str>,
+    },
+
     /// A background relay stopped by panicking (a bug: please report it).
     #[error("{what} panicked")]
     Panicked {
@@ -277,6 +304,7 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
 /// A recipient URL was blocked by a validator: names the URL and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("recipient {url} blocked: {rule}")]
+#[non_exhaustive]
 pub struct SecurityError {
     /// The URL (its password hidden) that was refused.
     pub url: String,

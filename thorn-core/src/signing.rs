@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 /// The hash function of an HMAC signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum HmacDigest {
     /// SHA-1 (accepted for compatibility; prefer SHA-256).
     Sha1,
@@ -130,6 +131,7 @@ pub fn compat_sign(digest: HmacDigest, secret: &[u8], body: &[u8]) -> String {
 
 /// Which signature goes in the `Hook-HMAC` header (`THORN_HMAC_SIGNER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Signer {
     /// [`sign`]: Thorn's recommended signer, verifiable in any language.
     #[default]

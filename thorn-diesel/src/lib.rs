@@ -333,7 +333,7 @@ where
         return body(conn, Scope::Own).map(|(value, _)| value);
     }
     let scope = scope_of(thorn, conn)?;
-    webhooks.admit(thorn, on, scope).map_err(thorn_error)?;
+    webhooks.admit(thorn, on, scope).map_err(into_diesel)?;
     if atomic || webhooks.needs_transaction(thorn, on, scope) {
         return transaction(thorn, conn, |conn| {
             let scope = scope_of(thorn, conn)?;
@@ -424,7 +424,7 @@ where
     let mut frame = ManagedFrame::begin(thorn, FrameKey::new(connection, depth + 1), parent);
     let value = conn.transaction::<T, E, _>(|conn| {
         let value = f(conn)?;
-        let rows = frame.before_commit().map_err(thorn_error)?;
+        let rows = frame.before_commit().map_err(into_diesel)?;
         write_rows(conn, &rows)?;
         Ok(value)
     })?;
@@ -483,9 +483,27 @@ pub struct TestTransaction {
     _marker: thorn_core::integration::ManagedFrame,
 }
 
+/// The Thorn error inside a Diesel error returned by this crate's calls:
+/// Thorn's errors travel as Diesel's `SerializationError` (a payload that
+/// cannot be encoded) or `QueryBuilderError` (a write refused before its
+/// statement ran), boxed, and this finds them.
+///
+/// ```
+/// let error = diesel::result::Error::QueryBuilderError(Box::new(thorn::Error::DispatcherClosed));
+/// assert!(matches!(thorn::diesel::thorn_error(&error), Some(thorn::Error::DispatcherClosed)));
+/// assert!(thorn::diesel::thorn_error(&diesel::result::Error::NotFound).is_none());
+/// ```
+pub fn thorn_error(error: &diesel::result::Error) -> Option<&thorn_core::Error> {
+    match error {
+        diesel::result::Error::SerializationError(inner)
+        | diesel::result::Error::QueryBuilderError(inner) => inner.downcast_ref(),
+        _ => None,
+    }
+}
+
 /// A core error as Diesel's: encode errors as serialization errors, the
 /// rest (refused before the statement ran) as query-builder errors.
-fn thorn_error(error: thorn_core::Error) -> diesel::result::Error {
+fn into_diesel(error: thorn_core::Error) -> diesel::result::Error {
     match error {
         thorn_core::Error::Encode { .. } => {
             diesel::result::Error::SerializationError(Box::new(error))
@@ -500,9 +518,9 @@ fn write_rows<C: OutboxConnection>(conn: &mut C, rows: &[StoredEvent]) -> QueryR
     conn.thorn_write_events(rows).map_err(|error| match error {
         thorn_core::Error::Store(source) => match source.downcast::<diesel::result::Error>() {
             Ok(error) => *error,
-            Err(source) => thorn_error(thorn_core::Error::Store(source)),
+            Err(source) => into_diesel(thorn_core::Error::Store(source)),
         },
-        other => thorn_error(other),
+        other => into_diesel(other),
     })
 }
 
@@ -546,13 +564,10 @@ where
 fn refuse_transitions<M: WebhookModel>() -> QueryResult<()> {
     let webhooks = M::webhooks();
     if webhooks.needs_old_row(DispatchOn::Change) {
-        return Err(diesel::result::Error::QueryBuilderError(
-            format!(
-                "{} has change events with now_ filters: call thorn_diesel::update_row (fetches the old row) or update_from (takes it)",
-                webhooks.model()
-            )
-            .into(),
-        ));
+        return Err(into_diesel(thorn_core::Error::BulkTransitions {
+            model: webhooks.model(),
+            fix: "call thorn::diesel::update_row (it loads the old row) or update_from (it takes it)",
+        }));
     }
     Ok(())
 }
@@ -713,9 +728,7 @@ where
     C: OutboxConnection,
 {
     let webhooks = M::webhooks();
-    webhooks
-        .check_m2m(on)
-        .map_err(|message| diesel::result::Error::QueryBuilderError(message.into()))?;
+    webhooks.check_m2m(on).map_err(into_diesel)?;
     // `change` may run several statements: all or none.
     write::<M, C, Vec<R>>(thorn, conn, on, true, |conn, scope| {
         let related: Vec<R> = change(conn)?;
@@ -744,7 +757,7 @@ fn fire<'r, M: WebhookModel, C: OutboxConnection>(
 ) -> QueryResult<Raised> {
     let raised = M::webhooks()
         .raise(thorn, on, rows, context, scope)
-        .map_err(thorn_error)?;
+        .map_err(into_diesel)?;
     write_rows(conn, raised.rows())?;
     Ok(raised)
 }

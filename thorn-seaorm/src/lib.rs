@@ -776,11 +776,13 @@ where
 fn refuse_transitions<M: WebhookModel>() -> Result<(), DbErr> {
     let webhooks = M::webhooks();
     if webhooks.needs_old_row(DispatchOn::Change) {
-        return Err(DbErr::Custom(format!(
-            "thorn_seaorm: {} has change events with now_ filters: update rows one by one \
-             through ActiveModel::update (the hooks load the old row)",
-            webhooks.model()
-        )));
+        return Err(core_error(
+            webhooks.model(),
+            thorn_core::Error::BulkTransitions {
+                model: webhooks.model(),
+                fix: "update rows one by one through ActiveModel::update (the hooks load the old row)",
+            },
+        ));
     }
     Ok(())
 }
@@ -843,7 +845,9 @@ where
 }
 
 fn check_relation<M: WebhookModel>(on: DispatchOn) -> Result<(), DbErr> {
-    M::webhooks().check_m2m(on).map_err(DbErr::Custom)
+    M::webhooks()
+        .check_m2m(on)
+        .map_err(|e| core_error(M::webhooks().model(), e))
 }
 
 /// Sends `instance`'s events for a many-to-many change whose junction rows

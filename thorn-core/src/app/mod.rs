@@ -67,6 +67,7 @@ impl Drop for Handle {
 /// What [`Thorn::drain`] left unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a drain that timed out leaves deliveries unfinished"]
+#[non_exhaustive]
 pub struct Drained {
     /// Events still queued, being delivered or waiting to retry when the
     /// deadline passed (0: everything finished).

@@ -69,6 +69,7 @@ pub(crate) struct Delivery {
 
 /// What one attempt, or a whole delivery, came to.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeliveryOutcome {
     /// The delivery's id (`Hook-Delivery`).
     pub delivery_id: Uuid,

@@ -49,6 +49,17 @@ pub enum DispatchOn {
     M2mClear(&'static str),
 }
 
+impl DispatchOn {
+    /// The many-to-many relation of an `M2m*` change; `None` for a row
+    /// write.
+    pub fn relation(self) -> Option<&'static str> {
+        match self {
+            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => Some(r),
+            DispatchOn::Create | DispatchOn::Change | DispatchOn::Delete => None,
+        }
+    }
+}
+
 /// Builds a model's payload (the `data` field).
 pub type PayloadFn<M> = fn(&M) -> Result<Value, serde_json::Error>;
 

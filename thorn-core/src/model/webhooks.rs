@@ -167,7 +167,7 @@ impl<M> Webhooks<M> {
 pub trait WebhooksExt<M> {
     /// Checks that `on` is a many-to-many change on a relation some event
     /// of the model declares; the error names the declared relations.
-    fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String>;
+    fn check_m2m(&self, on: DispatchOn) -> Result<()>;
     /// Refuses, before the write runs, a write whose `on` events could not
     /// follow `scope` (see [`Scope`]): an event held until commit inside a
     /// transaction Thorn does not manage, or an outbox or
@@ -209,35 +209,29 @@ pub trait WebhooksExt<M> {
 }
 
 impl<M> WebhooksExt<M> for Webhooks<M> {
-    fn check_m2m(&self, on: DispatchOn) -> std::result::Result<(), String> {
-        let relation = match on {
-            DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
-            _ => return Err(format!("{on:?} is not a many-to-many change")),
-        };
-        let mut declared: Vec<&str> = self
+    fn check_m2m(&self, on: DispatchOn) -> Result<()> {
+        let mut declared: Vec<&'static str> = self
             .events
             .iter()
-            .filter_map(|e| match e.dispatches_on {
-                DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => {
-                    Some(r)
-                }
-                _ => None,
-            })
+            .filter_map(|e| e.dispatches_on.relation())
             .collect();
+        declared.sort_unstable();
+        declared.dedup();
+        let Some(relation) = on.relation() else {
+            return Err(Error::UnknownRelation {
+                model: self.model,
+                relation: format!("{on:?}"),
+                declared,
+            });
+        };
         if declared.contains(&relation) {
             return Ok(());
         }
-        declared.sort_unstable();
-        declared.dedup();
-        Err(format!(
-            "{} declares no many-to-many relation `{relation}` (declared: {})",
-            self.model,
-            if declared.is_empty() {
-                "none".to_owned()
-            } else {
-                declared.join(", ")
-            }
-        ))
+        Err(Error::UnknownRelation {
+            model: self.model,
+            relation: relation.to_owned(),
+            declared,
+        })
     }
 
     fn admit(&self, thorn: &Thorn, on: DispatchOn, scope: Scope) -> Result<()> {
@@ -289,9 +283,6 @@ impl<M> WebhooksExt<M> for Webhooks<M> {
 /// The context a many-to-many change gives subscriber callbacks:
 /// `{"relation": ..., "related": [...]}`.
 pub(crate) fn m2m_context(on: DispatchOn, related: &[Value]) -> Value {
-    let relation = match on {
-        DispatchOn::M2mAdd(r) | DispatchOn::M2mRemove(r) | DispatchOn::M2mClear(r) => r,
-        _ => "",
-    };
+    let relation = on.relation().unwrap_or_default();
     serde_json::json!({ "relation": relation, "related": related })
 }

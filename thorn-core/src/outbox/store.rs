@@ -45,6 +45,7 @@ pub struct ClaimedDelivery {
 
 /// One delivery, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeliveryInfo {
     /// Delivery id (`Hook-Delivery`).
     pub id: String,
@@ -71,6 +72,7 @@ pub struct DeliveryInfo {
 
 /// What a prune deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Pruned {
     /// Events.
     pub events: u64,
@@ -85,6 +87,7 @@ pub type DeliveryHistory = (DeliveryInfo, Vec<AttemptInfo>);
 
 /// One recorded attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptInfo {
     /// 1-based.
     pub attempt: i32,
@@ -104,6 +107,7 @@ pub struct AttemptInfo {
 
 /// Counts of events and deliveries by state, for operators and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutboxCounts {
     /// Events not yet fanned out.
     pub new_events: i64,
@@ -171,6 +175,7 @@ impl AfterAttempt {
 
 /// States of a row of `thorn_deliveries`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveryState {
     /// Waiting for its first attempt or a retry (`run_at`).
     Pending,

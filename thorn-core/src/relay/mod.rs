@@ -93,7 +93,10 @@ pub async fn run_relay(
         lease: options.lease,
         retry: options.retry.clone(),
     });
-    // Attempts are recorded by one task, many per transaction.
+    // Attempts are recorded by one task, many per transaction. Unbounded
+    // in type only: each record is sent by a delivery that holds one of
+    // the relay's claims, and claims are at most `concurrency` (plus the
+    // claim-ahead shares), so the channel never holds more than that.
     let (done, records) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record_attempts(shared.clone(), records, held.clone()));
     let renewer = tokio::spawn(renew_claims(shared.clone(), held.clone()));
@@ -104,6 +107,8 @@ pub async fn run_relay(
     // `per_destination` lanes (tasks) sending from it one after another.
     let queues: Queues = Arc::default();
     let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // One message per delivery sent and one per lane that ends: bounded,
+    // like the attempt records, by the claims held; drained every loop.
     let (lane_tx, mut lane_events) = mpsc::unbounded_channel::<Lane>();
     let mut dests: HashMap<String, Destination> = HashMap::new();
     let mut idle = Duration::from_millis(1);

@@ -105,6 +105,7 @@ pub struct RelayCounters {
 
 /// A snapshot of [`RelayCounters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct RelayStats {
     /// Events fanned out.
     pub fanned_out: u64,
