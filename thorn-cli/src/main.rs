@@ -50,6 +50,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Receive webhooks on this machine and print each one: headers, body,
+    /// and whether its signatures verify with the subscription's secret
+    /// (no database needed).
+    Listen(tools::ListenArgs),
+    /// Print the `Hook-HMAC` (or Standard Webhooks) signature of a body.
+    Sign(tools::SignArgs),
+    /// Check a body's `Hook-HMAC` (or Standard Webhooks) signature; exits 1
+    /// when it does not match.
+    Verify(tools::VerifyArgs),
     /// Create or upgrade Thorn's tables (safe to run at every deploy).
     Migrate,
     /// Deliver committed outbox events until SIGTERM or Ctrl-C.
@@ -182,6 +191,8 @@ enum Events {
     },
 }
 
+mod tools;
+
 type Failure = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
@@ -243,6 +254,17 @@ fn connect<C: R2D2Connection + 'static>(
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    // The tools that need no database.
+    let command = match cli.command {
+        Command::Listen(args) => return tools::listen(args),
+        Command::Sign(args) => return tools::sign_command(args),
+        Command::Verify(args) => return tools::verify_command(args),
+        command => command,
+    };
+    let cli = Cli {
+        command,
+        database_url: cli.database_url,
+    };
     // A worker's statements need a connection per few deliveries in flight.
     let size = match &cli.command {
         Command::Worker(args) => u32::try_from(args.concurrency / 4 + 4).unwrap_or(32),
@@ -279,6 +301,9 @@ where
     C: RelayConnection + Migrate,
 {
     match command {
+        Command::Listen(_) | Command::Sign(_) | Command::Verify(_) => {
+            Err("listen, sign and verify need no database".into())
+        }
         Command::Migrate => {
             let applied = thorn::diesel::migrate(&mut *pool.get()?)?;
             if applied.is_empty() {

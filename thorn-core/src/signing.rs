@@ -171,12 +171,7 @@ pub fn standard_webhooks_signature<'a>(
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
-    signed.extend_from_slice(id.as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(timestamp.to_string().as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(body);
+    let signed = signed_content(id, timestamp, body);
     let mut out = String::new();
     for secret in secrets {
         if !out.is_empty() {
@@ -190,6 +185,45 @@ pub fn standard_webhooks_signature<'a>(
         )));
     }
     out
+}
+
+/// What Standard Webhooks sign: `<id>.<timestamp>.<body>`.
+fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.to_string().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    signed
+}
+
+/// True when one of the `v1,<base64>` signatures of a `webhook-signature`
+/// header (space-separated) is `secret`'s for this `webhook-id`,
+/// `webhook-timestamp` and body; compared in constant time. It does not
+/// judge the timestamp's age: a receiver refuses old ones itself.
+///
+/// ```
+/// use thorn_core::signing::{standard_webhooks_signature, verify_standard_webhooks};
+///
+/// let header = standard_webhooks_signature(["old", "new"], "msg_1", 1700000000, b"{}");
+/// assert!(verify_standard_webhooks("new", "msg_1", 1700000000, b"{}", &header));
+/// assert!(!verify_standard_webhooks("new", "msg_1", 1700000001, b"{}", &header));
+/// assert!(!verify_standard_webhooks("other", "msg_1", 1700000000, b"{}", &header));
+/// ```
+pub fn verify_standard_webhooks(
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+    signatures: &str,
+) -> bool {
+    let signed = signed_content(id, timestamp, body);
+    let key = standard_webhooks_key(secret);
+    signatures
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|signature| verify(HmacDigest::Sha256, &key, &signed, signature))
 }
 
 /// The HMAC key of a secret for Standard Webhooks.

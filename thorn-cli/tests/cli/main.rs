@@ -5,6 +5,7 @@
 
 #[path = "../../../tests/it/db.rs"]
 mod db;
+mod listen;
 #[path = "../../../tests/it/receiver.rs"]
 mod receiver;
 mod worker;
