@@ -135,8 +135,11 @@ struct WorkerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Allow any http(s) recipient, internal addresses and any port
-    /// included. For development and tests only: it disables the SSRF checks.
+    /// INSECURE, for development only: allow any http(s) recipient,
+    /// internal addresses and any port included, which turns off the SSRF
+    /// checks. To reach one internal receiver in production, list it in
+    /// THORN_ALLOW_RECIPIENTS (host:port or CIDR) instead: the other checks
+    /// stay on.
     #[arg(long)]
     insecure_allow_any_recipient: bool,
 }
@@ -486,7 +489,10 @@ fn worker<C: RelayConnection>(
     let mut config = Config::from_env()?;
     config.outbox = true;
     if args.insecure_allow_any_recipient {
-        tracing::warn!("--insecure-allow-any-recipient: recipient URLs are not checked");
+        tracing::warn!(
+            "--insecure-allow-any-recipient: recipient URLs are NOT checked (SSRF protection off); \
+             for one internal receiver use THORN_ALLOW_RECIPIENTS=host:port instead"
+        );
         config.recipient_validators = Validators::new([ensure_protocol(["http", "https"])]);
     }
     let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(

@@ -9,7 +9,7 @@ use url::Url;
 use crate::retry::RetryPolicy;
 use crate::signing::Signer;
 use crate::subscriber::StaticSubscribers;
-use crate::validate::Validators;
+use crate::validate::{Allowed, Validators};
 use crate::{Error, Result};
 
 /// Which dispatcher `send` uses (`THORN_DISPATCHER`).
@@ -48,8 +48,11 @@ pub enum DispatcherKind {
 /// | `THORN_MAX_PER_HOST` | of those, to one scheme/host/port | `16` |
 /// | `THORN_MAX_QUEUED` | in-process events waiting to start; beyond, new ones are refused (`Error::QueueFull`) | `100000` |
 /// | `THORN_STANDARD_WEBHOOKS` | also send Standard Webhooks signature headers | `false` |
+/// | `THORN_ALLOW_RECIPIENTS` | recipients let past the port and internal-address rules, comma-separated `host:port` or CIDR (`127.0.0.1:8787,10.1.0.0/16`); the scheme and other rules still apply | none |
 ///
-/// Recipient validators are set in code only ([`Config::recipient_validators`]).
+/// The recipient validators themselves are set in code
+/// ([`Config::recipient_validators`]); `THORN_ALLOW_RECIPIENTS` adds
+/// exceptions to them ([`Validators::allowing`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -89,8 +92,8 @@ pub struct Config {
     pub event_choices: Option<Vec<String>>,
     /// Rules every recipient URL must pass, checked on the addresses it
     /// resolves to at delivery (what Python Thorn's
-    /// `THORN_RECIPIENT_VALIDATORS` setting held; set in code here, no
-    /// environment variable reads it). The default
+    /// `THORN_RECIPIENT_VALIDATORS` setting held; set in code here, with
+    /// exceptions from `THORN_ALLOW_RECIPIENTS`). The default
     /// refuses internal addresses, 127.0.0.1 included; a local test allows
     /// plain http to anywhere with
     /// `Validators::new([validate::ensure_protocol(["http"])])`.
@@ -303,6 +306,15 @@ impl Config {
         if let Some(v) = get("THORN_STANDARD_WEBHOOKS") {
             c.standard_webhooks = parse_bool("THORN_STANDARD_WEBHOOKS", &v)?;
         }
+        if let Some(v) = get("THORN_ALLOW_RECIPIENTS") {
+            let allowed = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.parse::<Allowed>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| invalid("THORN_ALLOW_RECIPIENTS", e))?;
+            c.recipient_validators = c.recipient_validators.allowing(allowed);
+        }
         Ok(c)
     }
 }
@@ -387,6 +399,7 @@ mod tests {
             ("THORN_MAX_PER_HOST", "x"),
             ("THORN_MAX_QUEUED", "0"),
             ("THORN_STANDARD_WEBHOOKS", "2"),
+            ("THORN_ALLOW_RECIPIENTS", "127.0.0.1"),
             ("THORN_EVENT_CHOICES", "[1, 2]"),
             ("THORN_SUBSCRIBERS", "{not json"),
             ("THORN_SUBSCRIBERS", r#"{"a.*": "not a url"}"#),
@@ -394,5 +407,25 @@ mod tests {
             let err = from(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn allowed_recipients_come_from_the_environment() {
+        let c = from(&[("THORN_ALLOW_RECIPIENTS", "127.0.0.1:8787, 10.1.0.0/16")]).unwrap();
+        let shown: Vec<String> = c
+            .recipient_validators
+            .allowed()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(shown, ["127.0.0.1:8787", "10.1.0.0/16"]);
+        let url = "http://127.0.0.1:8787/".parse().unwrap();
+        assert!(c.recipient_validators.check_url(&url).is_ok());
+        assert!(
+            Config::default()
+                .recipient_validators
+                .check_url(&url)
+                .is_err()
+        );
     }
 }

@@ -167,7 +167,68 @@ where
 /// An ordered set of validators (what Python Thorn's
 /// `THORN_RECIPIENT_VALIDATORS` setting held; [`crate::Config::recipient_validators`]).
 #[derive(Debug, Clone)]
-pub struct Validators(Arc<[Validator]>);
+pub struct Validators {
+    rules: Arc<[Validator]>,
+    allowed: Arc<[Allowed]>,
+}
+
+/// A recipient let past the address and port rules, while the others
+/// (scheme, custom rules) still apply: for a worker that must reach one
+/// internal receiver. See [`Validators::allowing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Allowed {
+    /// This host (a name or an address, as the URL writes it) on this
+    /// port: neither its port nor the addresses it resolves to are checked.
+    HostPort {
+        /// The host, lowercase; IPv6 addresses without brackets.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// Addresses in this network pass the internal-address and network
+    /// rules; ports are still checked.
+    Network(Cidr),
+}
+
+impl FromStr for Allowed {
+    type Err = String;
+
+    /// `host:port` (`[::1]:8787` for IPv6) or a CIDR network (`10.0.0.0/8`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.contains('/') {
+            return s
+                .parse()
+                .map(Allowed::Network)
+                .map_err(|e: InvalidCidr| e.to_string());
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is neither host:port nor a CIDR network"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("`{s}`: `{port}` is not a port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{s}` names no host"));
+        }
+        Ok(Allowed::HostPort {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Allowed::HostPort { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Allowed::HostPort { host, port } => write!(f, "{host}:{port}"),
+            Allowed::Network(net) => write!(f, "{net}"),
+        }
+    }
+}
 
 impl Default for Validators {
     /// `block_internal_ips`, `ensure_protocol(http, https)`,
@@ -184,7 +245,63 @@ impl Default for Validators {
 impl Validators {
     /// Exactly these validators, in order.
     pub fn new(validators: impl IntoIterator<Item = Validator>) -> Self {
-        Validators(validators.into_iter().collect())
+        Validators {
+            rules: validators.into_iter().collect(),
+            allowed: Arc::new([]),
+        }
+    }
+
+    /// These validators, with `allowed` recipients let past the port and
+    /// address rules (the scheme and custom rules still apply to them).
+    ///
+    /// ```
+    /// use thorn_core::validate::Validators;
+    ///
+    /// let validators = Validators::default().allowing(["127.0.0.1:8787".parse().unwrap()]);
+    /// assert!(validators.check_url(&"http://127.0.0.1:8787/hook".parse().unwrap()).is_ok());
+    /// assert!(validators.check_url(&"http://127.0.0.1:8788/hook".parse().unwrap()).is_err());
+    /// assert!(validators.check_url(&"ftp://127.0.0.1:8787/".parse().unwrap()).is_err());
+    /// ```
+    pub fn allowing(&self, allowed: impl IntoIterator<Item = Allowed>) -> Self {
+        let mut all = self.allowed.to_vec();
+        all.extend(allowed);
+        Validators {
+            rules: self.rules.clone(),
+            allowed: all.into(),
+        }
+    }
+
+    /// The recipients let past the port and address rules.
+    pub fn allowed(&self) -> &[Allowed] {
+        &self.allowed
+    }
+
+    fn allows_host_port(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.allowed.iter().any(|a| match a {
+            Allowed::HostPort { host: h, port: p } => {
+                Some(*p) == port && h.eq_ignore_ascii_case(host)
+            }
+            Allowed::Network(_) => false,
+        })
+    }
+
+    /// The ports `host` is listed with (empty when it is not listed).
+    fn listed_ports(&self, host: &str) -> Vec<u16> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.allowed
+            .iter()
+            .filter_map(|a| match a {
+                Allowed::HostPort { host: h, port } if h.eq_ignore_ascii_case(host) => Some(*port),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn allows_address(&self, ip: IpAddr) -> bool {
+        self.allowed
+            .iter()
+            .any(|a| matches!(a, Allowed::Network(net) if net.contains(ip)))
     }
 
     /// No validation at all. Only for tests against local receivers.
@@ -194,18 +311,18 @@ impl Validators {
 
     /// True when both are the same set (clones of one `Validators`).
     pub fn same_as(&self, other: &Validators) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.rules, &other.rules) && Arc::ptr_eq(&self.allowed, &other.allowed)
     }
 
     /// The validators, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Validator> {
-        self.0.iter()
+        self.rules.iter()
     }
 
     /// True when some validator looks at resolved addresses, so the HTTP
     /// client must check what names resolve to.
     pub fn checks_addresses(&self) -> bool {
-        self.0
+        self.rules
             .iter()
             .any(|v| matches!(v, Validator::BlockInternalIps | Validator::BlockCidr(_)))
     }
@@ -223,7 +340,20 @@ impl Validators {
             Some(Host::Domain(_)) => None,
             None => return Err(blocked(Blocked::NoHost)),
         };
-        for v in self.0.iter() {
+        let host = url.host_str().unwrap_or_default();
+        let host_port_allowed = self.allows_host_port(host, url.port_or_known_default());
+        let listed = self.listed_ports(host);
+        if !listed.is_empty() && !host_port_allowed {
+            // A listed host is reached on its listed ports only: the
+            // addresses it resolves to are let through on any.
+            return Err(blocked(Blocked::Port {
+                port: url.port_or_known_default(),
+                allowed: listed,
+            }));
+        }
+        let address_allowed =
+            host_port_allowed || literal.is_some_and(|ip| self.allows_address(ip));
+        for v in self.rules.iter() {
             match v {
                 Validator::EnsureProtocol(allowed) => {
                     if !allowed.iter().any(|p| p == url.scheme()) {
@@ -233,6 +363,8 @@ impl Validators {
                         }));
                     }
                 }
+                Validator::EnsurePort(_) if host_port_allowed => {}
+                Validator::BlockInternalIps | Validator::BlockCidr(_) if address_allowed => {}
                 Validator::EnsurePort(allowed) => match url.port_or_known_default() {
                     Some(port) if allowed.contains(&port) => {}
                     port => {
@@ -270,9 +402,15 @@ impl Validators {
         Ok(())
     }
 
-    /// Checks one address a hostname resolved to.
+    /// Checks one address a hostname resolved to. A host on the allow-list
+    /// ([`Validators::allowing`]) passes: [`Validators::check_url`] holds
+    /// it to its listed ports.
     pub fn check_addr(&self, host: &str, addr: SocketAddr) -> Result<(), SecurityError> {
-        for v in self.0.iter() {
+        // `check_url` has held a listed host to its listed ports.
+        if !self.listed_ports(host).is_empty() || self.allows_address(addr.ip()) {
+            return Ok(());
+        }
+        for v in self.rules.iter() {
             if let Some(rule) = address_rule(v, addr.ip()) {
                 return Err(SecurityError {
                     url: host.to_owned(),
@@ -506,6 +644,64 @@ mod tests {
         assert!(
             v.check_addr("good.example", "93.184.216.34:443".parse().unwrap())
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_allowed_host_port_passes_the_port_and_address_rules_and_nothing_else() {
+        let v = Validators::default().allowing(["127.0.0.1:8787".parse().unwrap()]);
+        let url = |u: &str| u.parse::<Url>().unwrap();
+        assert!(v.check_url(&url("http://127.0.0.1:8787/hook")).is_ok());
+        // The same host on another port, another loopback address, another scheme.
+        assert!(matches!(
+            v.check_url(&url("http://127.0.0.1:8788/"))
+                .unwrap_err()
+                .rule,
+            Blocked::Port { .. }
+        ));
+        assert!(v.check_url(&url("http://127.0.0.2:8787/")).is_err());
+        assert!(matches!(
+            v.check_url(&url("ftp://127.0.0.1:8787/")).unwrap_err().rule,
+            Blocked::Protocol { .. }
+        ));
+        // A listed name: its resolved addresses pass, on its listed port only.
+        let v = Validators::default().allowing(["Hooks.Internal:8443".parse().unwrap()]);
+        assert!(v.check_url(&url("https://hooks.internal:8443/")).is_ok());
+        assert!(
+            v.check_addr("hooks.internal", "10.0.0.5:0".parse().unwrap())
+                .is_ok()
+        );
+        assert!(v.check_url(&url("https://hooks.internal/")).is_err());
+        assert!(
+            v.check_addr("other.internal", "10.0.0.5:0".parse().unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_allowed_network_passes_the_address_rules_but_not_the_port_rule() {
+        let v = Validators::default().allowing(["10.1.0.0/16".parse().unwrap()]);
+        let url = |u: &str| u.parse::<Url>().unwrap();
+        assert!(v.check_url(&url("https://10.1.2.3/")).is_ok());
+        assert!(
+            v.check_addr("svc.internal", "10.1.2.3:0".parse().unwrap())
+                .is_ok()
+        );
+        assert!(v.check_url(&url("https://10.2.0.1/")).is_err());
+        assert!(
+            v.check_url(&url("http://10.1.2.3:8080/")).is_err(),
+            "ports are still checked"
+        );
+        assert!(
+            v.check_addr("svc.internal", "127.0.0.1:0".parse().unwrap())
+                .is_err()
+        );
+        for bad in ["127.0.0.1", "host:port", ":80", "10.0.0.0/99"] {
+            assert!(bad.parse::<Allowed>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "[::1]:8787".parse::<Allowed>().unwrap().to_string(),
+            "[::1]:8787"
         );
     }
 }

@@ -343,7 +343,10 @@ fn the_command_works_on_a_sqlite_file() {
 
     let mut worker = Worker(
         Command::new(env!("CARGO_BIN_EXE_thorn"))
-            .args(["worker", "--insecure-allow-any-recipient", "--poll", "0.1"])
+            // The receiver on 127.0.0.1 is let through by configuration, with
+            // every other recipient rule in force.
+            .args(["worker", "--poll", "0.1"])
+            .env("THORN_ALLOW_RECIPIENTS", receiver_host_port(&receiver.url))
             .env("DATABASE_URL", &url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -396,4 +399,10 @@ fn the_command_works_on_a_sqlite_file() {
             .contains("none of pending, delivered, dead, cancelled"),
         "{bogus:?}"
     );
+}
+
+/// `127.0.0.1:PORT` of a receiver's URL.
+fn receiver_host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    rest.split('/').next().unwrap().to_owned()
 }
