@@ -199,3 +199,74 @@ async fn postgres_store_crud_lookup_and_api() {
     };
     api_to_delivery(store).await;
 }
+
+/// Two PATCHes of different fields of one subscription, sent at once, both
+/// answer 200 and both changes are there afterwards, round after round.
+async fn concurrent_patches_keep_both_changes(store: Arc<dyn SubscriptionStore>) {
+    let app = thorn::api::Api::new(store, |_: &axum::http::request::Parts| {
+        Some(SenderId::from(42))
+    })
+    .router();
+    let send = |method: &'static str, path: String, body: serde_json::Value| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    for round in 0..25 {
+        let (status, created) = send(
+            "POST",
+            "/hooks/".into(),
+            json!({"event": "order.*", "url": "https://a.example/hook"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let path = format!("/hooks/{}/", created["id"].as_str().unwrap());
+        let url = format!("https://b.example/hook/{round}");
+        let (a, b) = tokio::join!(
+            tokio::spawn(send("PATCH", path.clone(), json!({"url": url}))),
+            tokio::spawn(send(
+                "PATCH",
+                path.clone(),
+                json!({"hmac_digest": "sha512"})
+            )),
+        );
+        for (status, body) in [a.unwrap(), b.unwrap()] {
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        }
+        let (_, now) = send("GET", path, json!({})).await;
+        assert_eq!(
+            (now["url"].as_str(), now["hmac_digest"].as_str()),
+            (Some(url.as_str()), Some("sha512")),
+            "round {round}: a concurrent PATCH was lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_different_fields_both_survive() {
+    concurrent_patches_keep_both_changes(Arc::new(thorn::subscriber::MemoryStore::new())).await;
+    // SQLite serializes writers: a pool that waits for the lock, as an
+    // application's does.
+    let (_dir, pool) = crate::db::sqlite_pool();
+    migrate(&mut *pool.get().unwrap()).unwrap();
+    concurrent_patches_keep_both_changes(Arc::new(DieselStore::new(pool))).await;
+    let Some((_schema, store)) = pg_store() else {
+        return;
+    };
+    concurrent_patches_keep_both_changes(store).await;
+}

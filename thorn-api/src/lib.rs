@@ -48,8 +48,8 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use thorn_core::codec::ContentType;
 use thorn_core::signing::HmacDigest;
-use thorn_core::subscriber::Secret;
 use thorn_core::subscriber::validate_pattern;
+use thorn_core::subscriber::{Replace, Secret};
 use thorn_core::validate::Validators;
 use thorn_core::{Config, SenderId, Subscriber, SubscriptionStore};
 use uuid::Uuid;
@@ -196,6 +196,10 @@ impl ApiError {
 
     fn not_found() -> Self {
         Self::detail(StatusCode::NOT_FOUND, "Not found.")
+    }
+
+    fn conflict(why: &str) -> Self {
+        Self::detail(StatusCode::CONFLICT, why)
     }
 
     fn fields(errors: BTreeMap<&'static str, Vec<String>>) -> Self {
@@ -614,21 +618,41 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
-    let Some(mut sub) = api
-        .inner
-        .store
-        .get(&owner, id)
-        .await
-        .map_err(ApiError::store)?
-    else {
-        return Err(ApiError::not_found());
-    };
     let body = json_object(&headers, body)?;
-    let active = api.apply(&body, &mut sub, false)?;
-    sub.touch();
     let store = &api.inner.store;
-    if !store.update(sub.clone()).await.map_err(ApiError::store)? {
-        return Err(ApiError::not_found());
+    // Read, change the named fields, write if nobody wrote in between;
+    // else again on what they wrote: concurrent PATCHes of different
+    // fields all survive.
+    let mut active = None;
+    let mut written = false;
+    for _ in 0..PATCH_ATTEMPTS {
+        let Some(mut sub) = store.get(&owner, id).await.map_err(ApiError::store)? else {
+            return Err(ApiError::not_found());
+        };
+        let seen = sub.updated_at;
+        active = api.apply(&body, &mut sub, false)?;
+        sub.touch();
+        if sub.updated_at <= seen {
+            // The version must move on, even within one microsecond.
+            sub.updated_at = seen + chrono::Duration::microseconds(1);
+        }
+        match store
+            .update_if_unchanged(sub, seen)
+            .await
+            .map_err(ApiError::store)?
+        {
+            Replace::Done => {
+                written = true;
+                break;
+            }
+            Replace::Missing => return Err(ApiError::not_found()),
+            _ => continue,
+        }
+    }
+    if !written {
+        return Err(ApiError::conflict(
+            "the subscription kept changing while this PATCH was applied: send it again",
+        ));
     }
     if let Some(active) = active {
         store
@@ -645,6 +669,10 @@ async fn update(
         None => Err(ApiError::not_found()),
     }
 }
+
+/// How many times a PATCH is applied again on a subscription that changed
+/// while it was applied.
+const PATCH_ATTEMPTS: usize = 16;
 
 /// Why a subscription its owner paused is disabled.
 const PAUSED: &str = "paused by its owner";

@@ -62,6 +62,7 @@ enum Command {
     /// Create or upgrade Thorn's tables (safe to run at every deploy).
     Migrate,
     /// Deliver committed outbox events until SIGTERM or Ctrl-C.
+    #[command(after_help = WORKER_ENV)]
     Worker(WorkerArgs),
     /// Inspect and retry deliveries.
     #[command(subcommand)]
@@ -195,6 +196,22 @@ enum Events {
 }
 
 mod tools;
+
+/// What `thorn worker --help` says it reads and opens.
+const WORKER_ENV: &str = "\
+Environment:
+  DATABASE_URL                   the database, when --database-url is not given
+  THORN_EVENT_TIMEOUT            seconds one request may take (3); the lease must be longer
+  THORN_SUBSCRIBERS              static subscribers (JSON): the worker fans out with its own
+  THORN_ALLOW_RECIPIENTS         host:port or CIDR let past the port and address checks
+  THORN_RETRY_SCHEDULE           retry schedule for every delivery (as --retry-schedule)
+  THORN_MAX_PER_HOST             deliveries in flight to one host:port (as --max-per-destination)
+  THORN_HMAC_SIGNER              sign or compat_sign
+  THORN_STANDARD_WEBHOOKS        also send Standard Webhooks headers
+  RUST_LOG is not read: the worker logs at info to stderr.
+
+Connections: a pool of concurrency / 4 + 4 database connections (20 at --concurrency 64),
+opened as needed; on PostgreSQL one of them holds LISTEN thorn_outbox.";
 
 type Failure = Box<dyn std::error::Error>;
 

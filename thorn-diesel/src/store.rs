@@ -239,6 +239,14 @@ impl<C: SqlConnection> SubscriptionStore for DieselStore<C> {
         self.store.update(subscriber)
     }
 
+    fn update_if_unchanged(
+        &self,
+        subscriber: Subscriber,
+        seen: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<thorn_core::subscriber::Replace>> {
+        self.store.update_if_unchanged(subscriber, seen)
+    }
+
     fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
         self.store.delete(owner, uuid)
     }

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Connection, Database, Kind, Param, Row, Work, execute, placeholders, query};
 use crate::outbox::now_micros;
 use crate::schema::{SubscriberRecord, SubscriberStatus, owner_key};
-use crate::subscriber::{BoxFuture, SubscriptionStore, candidate_patterns};
+use crate::subscriber::{BoxFuture, Replace, SubscriptionStore, candidate_patterns};
 use crate::{Result, SenderId, Subscriber, SubscriberLookup};
 
 /// The columns a [`Subscriber`] is read from and written to, in the order
@@ -357,6 +358,52 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
                 )
                 .await?;
                 Ok(n == 1)
+            })
+        }))
+    }
+
+    fn update_if_unchanged(
+        &self,
+        subscriber: Subscriber,
+        seen: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<Replace>> {
+        // One statement: compared and replaced atomically.
+        let mut params = values(&subscriber);
+        let uuid = params.remove(0);
+        params.truncate(KINDS.len() - 3);
+        params.push(uuid.clone());
+        let mut seen_as_stored = subscriber.clone();
+        seen_as_stored.updated_at = seen;
+        params.push(SubscriberRecord::from(&seen_as_stored).updated_at.into());
+        let owner = params[2].clone();
+        self.run(Box::new(move |conn| {
+            Box::pin(async move {
+                let n = execute(
+                    conn,
+                    "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
+                     hmac_secret = $4, hmac_digest = $5, content_type = $6, \
+                     previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
+                     updated_at = $10 \
+                     WHERE uuid = $11 AND owner = $3 AND NOT recipient_only AND updated_at = $12",
+                    params,
+                )
+                .await?;
+                if n == 1 {
+                    return Ok(Replace::Done);
+                }
+                let found = query(
+                    conn,
+                    "SELECT uuid FROM thorn_subscribers \
+                     WHERE uuid = $1 AND owner = $2 AND NOT recipient_only",
+                    vec![uuid, owner],
+                    &[Kind::Text],
+                )
+                .await?;
+                Ok(if found.is_empty() {
+                    Replace::Missing
+                } else {
+                    Replace::Stale
+                })
             })
         }))
     }

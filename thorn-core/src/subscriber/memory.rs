@@ -6,7 +6,8 @@ use std::sync::RwLock;
 use uuid::Uuid;
 
 use super::{
-    BoxFuture, SenderId, Subscriber, SubscriberLookup, SubscriptionStore, candidate_patterns,
+    BoxFuture, Replace, SenderId, Subscriber, SubscriberLookup, SubscriptionStore,
+    candidate_patterns,
 };
 use crate::Result;
 
@@ -140,6 +141,43 @@ impl SubscriptionStore for MemoryStore {
             self.add(subscriber);
         }
         Box::pin(async move { Ok(exists) })
+    }
+
+    fn update_if_unchanged(
+        &self,
+        mut subscriber: Subscriber,
+        seen: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Replace>> {
+        // Found, compared and replaced under one write lock.
+        let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
+        let owner = subscriber.owner.clone();
+        let stored = owner.as_ref().and_then(|_| {
+            map.values_mut()
+                .filter_map(|by_owner| by_owner.get_mut(&owner))
+                .find_map(|list| {
+                    let at = list.iter().position(|s| s.uuid == subscriber.uuid)?;
+                    Some((list, at))
+                })
+        });
+        let outcome = match stored {
+            None => Replace::Missing,
+            Some((list, at)) if list[at].updated_at != seen => {
+                let _ = list;
+                Replace::Stale
+            }
+            Some((list, at)) => {
+                let old = list.remove(at);
+                subscriber.disabled_at = old.disabled_at;
+                subscriber.disabled_reason = old.disabled_reason;
+                map.entry(subscriber.event.clone())
+                    .or_default()
+                    .entry(subscriber.owner.clone())
+                    .or_default()
+                    .push(subscriber);
+                Replace::Done
+            }
+        };
+        Box::pin(async move { Ok(outcome) })
     }
 
     fn set_active<'a>(

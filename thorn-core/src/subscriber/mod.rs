@@ -113,7 +113,7 @@ pub(crate) use pattern::candidate_patterns;
 pub use pattern::{pattern_matches, validate_pattern};
 pub use secret::Secret;
 pub use statics::{StaticSubscribers, SubscriberCallback, SubscriberQuery};
-pub use store::{BoxFuture, SubscriberLookup, SubscriptionStore};
+pub use store::{BoxFuture, Replace, SubscriberLookup, SubscriptionStore};
 
 /// One subscription: an event pattern, the URL to POST to, and how to sign
 /// and encode what is sent.

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{SenderId, Subscriber};
@@ -45,6 +46,30 @@ pub trait SubscriptionStore: SubscriberLookup {
     /// stored (a worker may have just disabled it): change that with
     /// [`set_active`](Self::set_active).
     fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>>;
+    /// [`update`](Self::update), only if the subscription is still as it
+    /// was read — its `updated_at` is `seen` — so a read-modify-write (the
+    /// REST API's PATCH) loses no concurrent change: on
+    /// [`Replace::Stale`], read it again, apply the change again, retry.
+    ///
+    /// The default reads, compares and writes in three steps, which leaves
+    /// a window; Thorn's stores do it in one atomic step.
+    fn update_if_unchanged(
+        &self,
+        subscriber: Subscriber,
+        seen: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<Replace>> {
+        Box::pin(async move {
+            let Some(owner) = subscriber.owner.clone() else {
+                return Ok(Replace::Missing);
+            };
+            match self.get(&owner, subscriber.uuid).await? {
+                None => Ok(Replace::Missing),
+                Some(stored) if stored.updated_at != seen => Ok(Replace::Stale),
+                Some(_) if self.update(subscriber).await? => Ok(Replace::Done),
+                Some(_) => Ok(Replace::Missing),
+            }
+        })
+    }
     /// Deletes one of the owner's subscriptions; `false` when there is none.
     fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>>;
     /// Pauses (`active == false`, saying `reason`) or resumes one of the
@@ -58,4 +83,16 @@ pub trait SubscriptionStore: SubscriberLookup {
         active: bool,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<bool>>;
+}
+
+/// What [`SubscriptionStore::update_if_unchanged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replace {
+    /// Replaced.
+    Done,
+    /// Changed since it was read: nothing written.
+    Stale,
+    /// The owner has no such subscription.
+    Missing,
 }

@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use crate::sql::{Database, SqlStore};
+use crate::subscriber::Replace;
 use crate::{SenderId, Subscriber, SubscriberLookup, SubscriptionStore};
 
 /// A lookup reads the `(owner, event)` index, one range per candidate
@@ -143,6 +144,41 @@ pub(super) async fn subscriptions<D: Database>(store: &SqlStore<D>) {
     assert!(
         !store.update(foreign).await.unwrap(),
         "update: another owner's is refused"
+    );
+
+    // A write conditional on the version read: done once, stale after.
+    let seen = got.updated_at;
+    let mut first = got.clone();
+    first.hmac_digest = crate::HmacDigest::Sha512;
+    first.updated_at = seen + chrono::Duration::microseconds(1);
+    assert_eq!(
+        store.update_if_unchanged(first, seen).await.unwrap(),
+        Replace::Done,
+        "update_if_unchanged: as read"
+    );
+    let mut late = got.clone();
+    late.url = "https://late.example/hook".parse().unwrap();
+    late.updated_at = seen + chrono::Duration::microseconds(2);
+    assert_eq!(
+        store.update_if_unchanged(late, seen).await.unwrap(),
+        Replace::Stale,
+        "update_if_unchanged: changed since it was read"
+    );
+    let now = store.get(&alice, a.uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (now.hmac_digest, now.url.as_str()),
+        (crate::HmacDigest::Sha512, "https://a2.example/hook"),
+        "update_if_unchanged: the stale write left nothing"
+    );
+    let mut missing = now.clone();
+    missing.owner = Some(seven.clone());
+    assert_eq!(
+        store
+            .update_if_unchanged(missing, now.updated_at)
+            .await
+            .unwrap(),
+        Replace::Missing,
+        "update_if_unchanged: another owner's"
     );
 
     assert!(

@@ -32,6 +32,10 @@ use url::{Host, Url};
 
 use crate::error::{Blocked, SecurityError};
 
+mod allowed;
+
+pub use allowed::Allowed;
+
 /// A network in CIDR notation, for [`block_cidr_network`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -170,64 +174,6 @@ where
 pub struct Validators {
     rules: Arc<[Validator]>,
     allowed: Arc<[Allowed]>,
-}
-
-/// A recipient let past the address and port rules, while the others
-/// (scheme, custom rules) still apply: for a worker that must reach one
-/// internal receiver. See [`Validators::allowing`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Allowed {
-    /// This host (a name or an address, as the URL writes it) on this
-    /// port: neither its port nor the addresses it resolves to are checked.
-    HostPort {
-        /// The host, lowercase; IPv6 addresses without brackets.
-        host: String,
-        /// The port.
-        port: u16,
-    },
-    /// Addresses in this network pass the internal-address and network
-    /// rules; ports are still checked.
-    Network(Cidr),
-}
-
-impl FromStr for Allowed {
-    type Err = String;
-
-    /// `host:port` (`[::1]:8787` for IPv6) or a CIDR network (`10.0.0.0/8`).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.contains('/') {
-            return s
-                .parse()
-                .map(Allowed::Network)
-                .map_err(|e: InvalidCidr| e.to_string());
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` is neither host:port nor a CIDR network"))?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("`{s}`: `{port}` is not a port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("`{s}` names no host"));
-        }
-        Ok(Allowed::HostPort {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for Allowed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Allowed::HostPort { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Allowed::HostPort { host, port } => write!(f, "{host}:{port}"),
-            Allowed::Network(net) => write!(f, "{net}"),
-        }
-    }
 }
 
 impl Default for Validators {
