@@ -170,21 +170,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let store = Arc::new(SeaOrmStore::new(db.clone()));
     let thorn = Thorn::builder(config.clone())
-        .shared_store(store.clone())
+        .subscriptions(store)
         .build()?;
     thorn::seaorm::install(thorn.clone());
     let relay = Relay::start(&thorn, db.clone()).await?;
 
     // The app: its own routes plus the subscription API. Who the user is
     // comes from your authentication; here, an `x-user` header.
-    let api = thorn::api::Api::new(store, |parts: &axum::http::request::Parts| {
+    // Built from the Thorn: its store, its event choices, its validators.
+    let api = thorn::api::Api::new(&thorn, |parts: &axum::http::request::Parts| {
         parts
             .headers
             .get("x-user")
             .and_then(|v| v.to_str().ok())
             .map(SenderId::from)
-    })
-    .with_config(&config);
+    })?;
     let app = Router::new()
         .route("/articles", post(create_article))
         .route("/articles/{id}/publish", patch(publish_article))

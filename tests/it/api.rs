@@ -18,7 +18,20 @@ use crate::engine::{WAIT, local_config};
 use crate::receiver::Receiver;
 
 fn api(store: Arc<MemoryStore>) -> Api {
-    Api::new(store, |parts: &axum::http::request::Parts| {
+    api_with(store, Config::default())
+}
+
+/// The API of a Thorn with `config` over `store`; users are the integer in
+/// an `x-user` header.
+fn api_with(store: Arc<dyn thorn::SubscriptionStore>, config: Config) -> Api {
+    let thorn = Thorn::builder(Config {
+        dispatcher: thorn::DispatcherKind::Disabled,
+        ..config
+    })
+    .subscriptions(store)
+    .build()
+    .unwrap();
+    Api::new(&thorn, |parts: &axum::http::request::Parts| {
         parts
             .headers
             .get("x-user")
@@ -26,6 +39,15 @@ fn api(store: Arc<MemoryStore>) -> Api {
             .and_then(|v| v.parse::<i64>().ok())
             .map(SenderId::from)
     })
+    .unwrap()
+}
+
+/// Recipient validators that let plain http reach the test receivers.
+fn local_urls() -> Config {
+    Config {
+        recipient_validators: Validators::new([ensure_protocol(["http"])]),
+        ..Config::default()
+    }
 }
 
 fn router() -> Router {
@@ -176,13 +198,15 @@ fn users_never_touch_each_others_subscriptions() {
 fn bad_requests_name_the_field() {
     runtime().block_on(async {
         let store = Arc::new(MemoryStore::new());
-        let app = api(store)
-            .with_config(&Config {
+        let app = api_with(
+            store,
+            Config {
                 event_choices: Some(vec!["article.*".into(), "user.created".into()]),
                 ..Config::default()
-            })
-            .body_limit(1024)
-            .router();
+            },
+        )
+        .body_limit(1024)
+        .router();
         let table: &[(&str, &str, StatusCode)] = &[
             (
                 r#"{"url": "https://e.com/"}"#,
@@ -356,9 +380,7 @@ fn a_clone_configured_apart_keeps_its_own_settings() {
 fn a_subscription_made_over_the_api_receives_the_next_event() {
     let receiver = Receiver::start();
     let store = Arc::new(MemoryStore::new());
-    let app = api(store.clone())
-        .validators(Validators::new([ensure_protocol(["http"])]))
-        .router();
+    let app = api_with(store.clone(), local_urls()).router();
     let rt = runtime();
     let (s, created) = rt.block_on(call(
         &app,
@@ -482,15 +504,7 @@ fn owners_pause_and_resume<S: thorn::SubscriptionStore>(
 ) {
     // The first delivery after resuming answers 410.
     let receiver = Receiver::scripted([crate::receiver::Reply::Status(410)]);
-    let app = Api::new(store.clone(), |parts: &axum::http::request::Parts| {
-        parts
-            .headers
-            .get("x-user")
-            .and_then(|v| v.to_str().ok())
-            .map(SenderId::from)
-    })
-    .validators(Validators::new([ensure_protocol(["http"])]))
-    .router();
+    let app = api_with(store.clone(), local_urls()).router();
     let thorn = Thorn::builder(local_config())
         .shared_store(store.clone())
         .build()
@@ -801,4 +815,71 @@ fn links_are_absolute_from_the_request_as_python_thorn_clients_expect() {
         let id = odd["id"].as_str().unwrap();
         assert_eq!(odd["subscription"], format!("/hooks/{id}/"));
     });
+}
+
+#[test]
+fn the_api_follows_the_thorn_it_is_built_from() {
+    // A Thorn whose store is for matching only has nothing for an API to serve.
+    let lookup_only = Thorn::builder(Config::default())
+        .store(MemoryStore::new())
+        .build()
+        .unwrap();
+    let auth = |_: &axum::http::request::Parts| Some(SenderId::from(1));
+    assert!(matches!(
+        Api::new(&lookup_only, auth),
+        Err(thorn::Error::NoSubscriptionStore)
+    ));
+    // The event choices and validators come from the Thorn's configuration.
+    let store = Arc::new(MemoryStore::new());
+    let app = api_with(
+        store.clone(),
+        Config {
+            event_choices: Some(vec!["article.*".into()]),
+            ..Config::default()
+        },
+    )
+    .router();
+    runtime().block_on(async {
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/hooks/",
+            Some(1),
+            Some(r#"{"event": "user.created", "url": "https://e.com/"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["event"][0].as_str().unwrap().contains("article.*"),
+            "{body}"
+        );
+        let (s, body) = call(
+            &app,
+            "POST",
+            "/hooks/",
+            Some(1),
+            Some(r#"{"event": "article.*", "url": "http://127.0.0.1:9/"}"#),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "the default validators refuse loopback: {body}"
+        );
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/hooks/",
+            Some(1),
+            Some(r#"{"event": "article.*", "url": "https://e.com/"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    });
+    assert_eq!(
+        store
+            .matching("article.created", Some(&SenderId::from(1)))
+            .len(),
+        1
+    );
 }

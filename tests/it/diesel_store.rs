@@ -9,7 +9,6 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::json;
 use thorn::diesel::{DieselStore, migrate};
 use thorn::subscriber::{SubscriberLookup, SubscriptionStore};
-use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Event, SendOptions, SenderId, Subscriber, Thorn};
 use tower::ServiceExt;
 
@@ -137,10 +136,14 @@ async fn crud_and_lookup(store: Arc<dyn SubscriptionStore>) {
 
 async fn api_to_delivery(store: Arc<dyn SubscriptionStore>) {
     let receiver = Receiver::start();
-    let app = thorn::api::Api::new(store.clone(), |_: &axum::http::request::Parts| {
+    let thorn = Thorn::builder(local_config())
+        .subscriptions(store.clone())
+        .build()
+        .unwrap();
+    let app = thorn::api::Api::new(&thorn, |_: &axum::http::request::Parts| {
         Some(SenderId::from(42))
     })
-    .validators(Validators::new([ensure_protocol(["http"])]))
+    .unwrap()
     .router();
     let req = Request::post("/hooks/")
         .header("content-type", "application/json")
@@ -203,9 +206,17 @@ async fn postgres_store_crud_lookup_and_api() {
 /// Two PATCHes of different fields of one subscription, sent at once, both
 /// answer 200 and both changes are there afterwards, round after round.
 async fn concurrent_patches_keep_both_changes(store: Arc<dyn SubscriptionStore>) {
-    let app = thorn::api::Api::new(store, |_: &axum::http::request::Parts| {
+    let thorn = Thorn::builder(thorn::Config {
+        dispatcher: thorn::DispatcherKind::Disabled,
+        ..thorn::Config::default()
+    })
+    .subscriptions(store)
+    .build()
+    .unwrap();
+    let app = thorn::api::Api::new(&thorn, |_: &axum::http::request::Parts| {
         Some(SenderId::from(42))
     })
+    .unwrap()
     .router();
     let send = |method: &'static str, path: String, body: serde_json::Value| {
         let app = app.clone();

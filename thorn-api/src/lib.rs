@@ -17,18 +17,25 @@
 //! REST Framework style (`{"url": ["..."]}`); bodies over the limit `413`,
 //! bodies that are not JSON `415`.
 //!
+//! The API is built from the [`Thorn`] that delivers: it serves that
+//! Thorn's subscription store and follows its configuration (the event
+//! choices of `THORN_EVENT_CHOICES`, the recipient validators), so what the
+//! API accepts is what gets delivered.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use thorn_api::Api;
-//! use thorn_core::{SenderId, subscriber::MemoryStore};
+//! use thorn_core::{Config, SenderId, Thorn, subscriber::MemoryStore};
 //!
-//! let store = Arc::new(MemoryStore::new());
+//! let config = Config { event_choices: Some(vec!["article.*".into()]), ..Config::default() };
+//! let thorn = Thorn::builder(config).subscriptions(Arc::new(MemoryStore::new())).build()?;
 //! // Here the user id comes from a header; use your session or token check.
-//! let api = Api::new(store, |parts: &axum::http::request::Parts| {
+//! let api = Api::new(&thorn, |parts: &axum::http::request::Parts| {
 //!     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(SenderId::from)
-//! })
+//! })?
 //! .prefix("/api/hooks");
 //! let app: axum::Router = axum::Router::new().merge(api.router());
+//! # Ok::<(), thorn_core::Error>(())
 //! ```
 
 use std::collections::BTreeMap;
@@ -51,7 +58,7 @@ use thorn_core::signing::HmacDigest;
 use thorn_core::subscriber::validate_pattern;
 use thorn_core::subscriber::{Replace, Secret};
 use thorn_core::validate::Validators;
-use thorn_core::{Config, SenderId, Subscriber, SubscriptionStore};
+use thorn_core::{SenderId, Subscriber, SubscriptionStore, Thorn};
 use uuid::Uuid;
 
 /// Says who is calling, from the request's head (session cookie, token,
@@ -95,20 +102,30 @@ struct Inner {
 }
 
 impl Api {
-    /// An API over `store` with `auth`, mounted at `/hooks`, with the
-    /// default recipient validators and no event restriction.
-    pub fn new(store: Arc<dyn SubscriptionStore>, auth: impl Authenticate) -> Self {
-        Api {
+    /// The API of `thorn`'s subscriptions, with `auth`, mounted at
+    /// `/hooks`: it serves the Thorn's subscription store
+    /// ([`ThornBuilder::subscriptions`](thorn_core::ThornBuilder::subscriptions))
+    /// and follows its configuration — `THORN_EVENT_CHOICES` and the
+    /// recipient validators — so the API and the deliveries cannot disagree.
+    /// Fails with [`Error::NoSubscriptionStore`](thorn_core::Error::NoSubscriptionStore)
+    /// when the Thorn has none.
+    pub fn new(thorn: &Thorn, auth: impl Authenticate) -> thorn_core::Result<Self> {
+        let store = thorn
+            .subscription_store()
+            .cloned()
+            .ok_or(thorn_core::Error::NoSubscriptionStore)?;
+        let config = thorn.config();
+        Ok(Api {
             inner: Arc::new(Inner {
                 store,
                 auth: Arc::new(auth),
                 prefix: "/hooks".into(),
                 public_base_url: None,
-                event_choices: None,
-                validators: Validators::default(),
+                event_choices: config.event_choices.clone(),
+                validators: config.recipient_validators.clone(),
                 body_limit: 64 * 1024,
             }),
-        }
+        })
     }
 
     /// Changes this API's settings (a clone, or a router already built,
@@ -116,19 +133,6 @@ impl Api {
     fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
         f(Arc::make_mut(&mut self.inner));
         self
-    }
-
-    /// Takes `THORN_EVENT_CHOICES` and the recipient validators from a
-    /// Thorn configuration.
-    pub fn with_config(self, config: &Config) -> Self {
-        let (choices, validators) = (
-            config.event_choices.clone(),
-            config.recipient_validators.clone(),
-        );
-        self.edit(|i| {
-            i.event_choices = choices;
-            i.validators = validators;
-        })
     }
 
     /// Where the routes live (default `/hooks`).
@@ -149,16 +153,6 @@ impl Api {
     /// Largest accepted body in bytes (default 64 KiB).
     pub fn body_limit(self, bytes: usize) -> Self {
         self.edit(|i| i.body_limit = bytes)
-    }
-
-    /// Only these event patterns may be subscribed to.
-    pub fn event_choices(self, choices: Vec<String>) -> Self {
-        self.edit(|i| i.event_choices = Some(choices))
-    }
-
-    /// Recipient validators for subscription URLs.
-    pub fn validators(self, validators: Validators) -> Self {
-        self.edit(|i| i.validators = validators)
     }
 
     /// The routes, ready to `merge` into the application's router.

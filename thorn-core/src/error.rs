@@ -203,6 +203,12 @@ pub enum Error {
         declared: Vec<&'static str>,
     },
 
+    /// The REST API was built from a Thorn that has no subscription store.
+    #[error(
+        "the Thorn has no subscription store for the API to serve: build it with ThornBuilder::subscriptions(store)"
+    )]
+    NoSubscriptionStore,
+
     /// A background relay stopped by panicking (a bug: please report it).
     #[error("{what} panicked")]
     Panicked {

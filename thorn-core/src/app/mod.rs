@@ -10,7 +10,9 @@ use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{
     DisabledDispatcher, Dispatcher, InProcessDispatcher, OutgoingEvent, SendHandle,
 };
-use crate::subscriber::{Directory, SenderId, Subscriber, SubscriberLookup};
+use crate::subscriber::{
+    BoxFuture, Directory, SenderId, Subscriber, SubscriberLookup, SubscriptionStore,
+};
 use frames::{FrameKey, Frames, Route, Scope};
 
 pub(crate) mod frames;
@@ -41,6 +43,7 @@ pub struct Thorn {
 struct Inner {
     config: Config,
     subscribers: Directory,
+    subscriptions: Option<Arc<dyn SubscriptionStore>>,
     dispatcher: Arc<dyn Dispatcher>,
     outbox_written: Arc<tokio::sync::Notify>,
     frames: Frames,
@@ -102,6 +105,7 @@ impl Thorn {
         ThornBuilder {
             config,
             store: None,
+            subscriptions: None,
             dispatcher: None,
         }
     }
@@ -122,6 +126,12 @@ impl Thorn {
             .subscribers
             .subscribers_for(event, sender, None)
             .await
+    }
+
+    /// The store its subscriptions' owners manage (the REST API's), when it
+    /// was built with [`ThornBuilder::subscriptions`].
+    pub fn subscription_store(&self) -> Option<&Arc<dyn SubscriptionStore>> {
+        self.inner.subscriptions.as_ref()
     }
 
     /// Where this Thorn finds subscribers: its store and its
@@ -224,6 +234,7 @@ impl Thorn {
 pub struct ThornBuilder {
     config: Config,
     store: Option<Arc<dyn SubscriberLookup>>,
+    subscriptions: Option<Arc<dyn SubscriptionStore>>,
     dispatcher: Option<Arc<dyn Dispatcher>>,
 }
 
@@ -231,12 +242,23 @@ impl ThornBuilder {
     /// Where subscriptions are stored.
     pub fn store(mut self, store: impl SubscriberLookup) -> Self {
         self.store = Some(Arc::new(store));
+        self.subscriptions = None;
         self
     }
 
     /// A store that is already shared.
     pub fn shared_store(mut self, store: Arc<dyn SubscriberLookup>) -> Self {
         self.store = Some(store);
+        self.subscriptions = None;
+        self
+    }
+
+    /// Where subscriptions are stored and managed by their owners: the
+    /// store events are matched in, and the one the REST API
+    /// (`thorn::api::Api::new`) serves.
+    pub fn subscriptions(mut self, store: Arc<dyn SubscriptionStore>) -> Self {
+        self.store = Some(Arc::new(Managed(store.clone())));
+        self.subscriptions = Some(store);
         self
     }
 
@@ -260,11 +282,29 @@ impl ThornBuilder {
             })),
             inner: Arc::new(Inner {
                 subscribers: Directory::new(self.store, self.config.subscribers.clone()),
+                subscriptions: self.subscriptions,
                 config: self.config,
                 dispatcher,
                 outbox_written: Arc::new(tokio::sync::Notify::new()),
                 frames: Frames::default(),
             }),
         })
+    }
+}
+
+/// A subscription store, seen as where events find their subscribers.
+struct Managed(Arc<dyn SubscriptionStore>);
+
+impl SubscriberLookup for Managed {
+    fn subscribers_for<'a>(
+        &'a self,
+        event: &'a str,
+        sender: Option<&'a SenderId>,
+    ) -> BoxFuture<'a, Result<Vec<Subscriber>>> {
+        self.0.subscribers_for(event, sender)
+    }
+
+    fn mark_gone(&self, subscriber: uuid::Uuid) -> BoxFuture<'_, Result<()>> {
+        self.0.mark_gone(subscriber)
     }
 }

@@ -7,7 +7,7 @@ use super::{Cidr, InvalidCidr};
 
 /// A recipient let past the address and port rules, while the others
 /// (scheme, custom rules) still apply: for a worker that must reach one
-/// internal receiver. See [`Validators::allowing`].
+/// internal receiver. See [`Validators::allowing`](super::Validators::allowing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Allowed {
