@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
 use thorn::WebhookModel;
 use thorn::diesel::{DieselStore, Relay, migrate};
@@ -95,18 +95,6 @@ fn receiver() -> (String, mpsc::Receiver<String>) {
         });
     });
     (url_rx.recv().unwrap(), seen_rx)
-}
-
-/// SQLite connections wait for each other (the relay and the app share the file).
-#[derive(Debug)]
-struct SqliteSetup;
-
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        use diesel::connection::SimpleConnection;
-        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -276,7 +264,7 @@ fn main() -> Result<(), Failure> {
             run_sqlite(
                 Pool::builder()
                     .max_size(4)
-                    .connection_customizer(Box::new(SqliteSetup))
+                    .connection_customizer(Box::new(thorn::diesel::SqliteBusyTimeout::default()))
                     .build(ConnectionManager::new(path.to_string_lossy()))?,
             )
         }

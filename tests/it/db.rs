@@ -75,19 +75,6 @@ pub(crate) fn pg_pool() -> Option<(PgSchema, Pool<ConnectionManager<diesel::PgCo
     Some((guard, pool))
 }
 
-/// SQLite connections wait for each other's locks instead of failing with
-/// "database is locked", as every multi-connection SQLite app should.
-#[derive(Debug)]
-pub(crate) struct BusyTimeout;
-
-impl CustomizeConnection<diesel::SqliteConnection, diesel::r2d2::Error> for BusyTimeout {
-    fn on_acquire(&self, conn: &mut diesel::SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        use diesel::connection::SimpleConnection;
-        conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
 /// A pool on a new SQLite file in a temporary directory.
 pub(crate) fn sqlite_pool() -> (
     tempfile::TempDir,
@@ -97,7 +84,7 @@ pub(crate) fn sqlite_pool() -> (
     let url = dir.path().join("app.sqlite3").to_str().unwrap().to_owned();
     let pool = Pool::builder()
         .max_size(6)
-        .connection_customizer(Box::new(BusyTimeout))
+        .connection_customizer(Box::new(thorn::diesel::SqliteBusyTimeout::default()))
         .build(ConnectionManager::new(url))
         .unwrap();
     (dir, pool)
