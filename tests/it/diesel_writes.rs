@@ -415,6 +415,41 @@ macro_rules! writes_suite {
                     }
                     other => panic!("{other:?}"),
                 }
+                // A related key that cannot be encoded is an error, and the
+                // links written with it are rolled back.
+                #[derive(Debug)]
+                struct Unencodable;
+                impl serde::Serialize for Unencodable {
+                    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                        Err(serde::ser::Error::custom("not a key"))
+                    }
+                }
+                let err = thorn::diesel::m2m_changed(
+                    &thorn,
+                    &mut *conn,
+                    &story,
+                    thorn::DispatchOn::M2mAdd("tags"),
+                    |conn| {
+                        diesel::insert_into(story_tags::table)
+                            .values((story_tags::story_id.eq(story.id), story_tags::tag_id.eq(99)))
+                            .execute(conn)?;
+                        Ok(vec![Unencodable])
+                    },
+                )
+                .unwrap_err();
+                assert!(
+                    matches!(
+                        thorn::diesel::thorn_error(&err),
+                        Some(thorn::Error::Encode { .. })
+                    ),
+                    "{err:?}"
+                );
+                let left: i64 = story_tags::table
+                    .filter(story_tags::tag_id.eq(99))
+                    .count()
+                    .get_result(&mut *conn)
+                    .unwrap();
+                assert_eq!(left, 0, "the failed change's links were rolled back");
                 assert_eq!(got[0].header("hook-event"), "story.tagged");
                 assert_eq!(got[0].json()["data"]["title"], "Tagged");
 

@@ -734,10 +734,22 @@ where
         let related: Vec<R> = change(conn)?;
         let mut raised = Raised::default();
         if !related.is_empty() {
-            let keys: Vec<serde_json::Value> = related
+            // A key that cannot be encoded fails the change (rolled back).
+            let keys = related
                 .iter()
-                .map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
-                .collect();
+                .map(serde_json::to_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| {
+                    into_diesel(thorn_core::Error::Encode {
+                        event: format!(
+                            "{} ({} keys)",
+                            webhooks.model(),
+                            on.relation().unwrap_or_default()
+                        ),
+                        content_type: thorn_core::ContentType::Json,
+                        source,
+                    })
+                })?;
             let context = M::webhooks().m2m_context(on, &keys);
             raised = fire(thorn, conn, on, [(instance, None)], Some(context), scope)?;
         }
