@@ -55,8 +55,33 @@ pub(crate) struct SignArgs {
     /// Python Thorn's legacy itsdangerous signer (`THORN_HMAC_SIGNER=compat_sign`).
     #[arg(long)]
     compat: bool,
-    /// Print the Standard Webhooks `webhook-signature` for this `webhook-id`
-    /// instead (with `--timestamp`).
+    #[command(flatten)]
+    signed: Signed,
+}
+
+/// `thorn verify`.
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// The subscription's secret.
+    #[arg(long, env = "THORN_SIGN_SECRET")]
+    secret: String,
+    /// The `Hook-HMAC` value to check (with `--webhook-id`, the
+    /// `webhook-signature` value).
+    #[arg(long)]
+    signature: String,
+    /// The digest (default: whichever of sha256, sha1, sha512 matches).
+    #[arg(long)]
+    digest: Option<HmacDigest>,
+    #[command(flatten)]
+    signed: Signed,
+}
+
+/// What `sign` and `verify` work on: a body, and for Standard Webhooks the
+/// message id and timestamp signed with it.
+#[derive(Args)]
+pub(crate) struct Signed {
+    /// Standard Webhooks instead of `Hook-HMAC`: the `webhook-id` signed
+    /// (with `--timestamp`).
     #[arg(long, requires = "timestamp")]
     webhook_id: Option<String>,
     /// The `webhook-timestamp` (seconds since the Unix epoch) for `--webhook-id`.
@@ -67,29 +92,18 @@ pub(crate) struct SignArgs {
     body: String,
 }
 
-/// `thorn verify`.
-#[derive(Args)]
-pub(crate) struct VerifyArgs {
-    /// The subscription's secret.
-    #[arg(long, env = "THORN_SIGN_SECRET")]
-    secret: String,
-    /// The `Hook-HMAC` value (or, with `--webhook-id`, the
-    /// `webhook-signature` value) to check.
-    #[arg(long)]
-    signature: String,
-    /// The digest (default: whichever of sha256, sha1, sha512 matches).
-    #[arg(long)]
-    digest: Option<HmacDigest>,
-    /// Check a Standard Webhooks `webhook-signature` for this `webhook-id`
-    /// (with `--timestamp`).
-    #[arg(long, requires = "timestamp")]
-    webhook_id: Option<String>,
-    /// The `webhook-timestamp` for `--webhook-id`.
-    #[arg(long, requires = "webhook_id")]
-    timestamp: Option<i64>,
-    /// The body: a file, or `-` (the default) for standard input.
-    #[arg(default_value = "-")]
-    body: String,
+/// A Standard Webhooks message id and timestamp.
+type IdAndTime<'a> = Option<(&'a str, i64)>;
+
+impl Signed {
+    /// The body, and the Standard Webhooks id and timestamp when given.
+    fn read(&self) -> Result<(Vec<u8>, IdAndTime<'_>), Failure> {
+        let standard = match (&self.webhook_id, self.timestamp) {
+            (Some(id), Some(at)) => Some((id.as_str(), at)),
+            _ => None,
+        };
+        Ok((read_body(&self.body)?, standard))
+    }
 }
 
 fn read_body(from: &str) -> Result<Vec<u8>, Failure> {
@@ -103,9 +117,9 @@ fn read_body(from: &str) -> Result<Vec<u8>, Failure> {
 }
 
 pub(crate) fn sign_command(args: SignArgs) -> Result<(), Failure> {
-    let body = read_body(&args.body)?;
-    let signature = match (&args.webhook_id, args.timestamp) {
-        (Some(id), Some(at)) => standard_webhooks_signature([args.secret.as_str()], id, at, &body),
+    let (body, standard) = args.signed.read()?;
+    let signature = match standard {
+        Some((id, at)) => standard_webhooks_signature([args.secret.as_str()], id, at, &body),
         _ if args.compat => compat_sign(args.digest, args.secret.as_bytes(), &body),
         _ => sign(args.digest, args.secret.as_bytes(), &body),
     };
@@ -114,12 +128,10 @@ pub(crate) fn sign_command(args: SignArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn verify_command(args: VerifyArgs) -> Result<(), Failure> {
-    let body = read_body(&args.body)?;
-    let verdict = match (&args.webhook_id, args.timestamp) {
-        (Some(id), Some(at)) => {
-            verify_standard_webhooks(&args.secret, id, at, &body, &args.signature)
-                .then(|| "Standard Webhooks".to_owned())
-        }
+    let (body, standard) = args.signed.read()?;
+    let verdict = match standard {
+        Some((id, at)) => verify_standard_webhooks(&args.secret, id, at, &body, &args.signature)
+            .then(|| "Standard Webhooks".to_owned()),
         _ => hook_hmac(&[args.secret], &body, &args.signature, args.digest),
     };
     match verdict {

@@ -71,6 +71,24 @@ pub(crate) async fn write_recipients(
     .await
 }
 
+/// Replaces a subscription's settings (`$1`–`$10`, [`settings_params`]),
+/// selected by uuid (`$11`) and owner; an ownerless subscription is never
+/// changed here. The disabled state is left as stored: `set_active` and
+/// the workers change it.
+const UPDATE_SETTINGS: &str = "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
+     hmac_secret = $4, hmac_digest = $5, content_type = $6, \
+     previous_secrets = $7, standard_webhooks = $8, created_at = $9, updated_at = $10 \
+     WHERE uuid = $11 AND owner = $3 AND NOT recipient_only";
+
+/// The parameters of [`UPDATE_SETTINGS`] for `s`.
+fn settings_params(s: &Subscriber) -> Vec<Param> {
+    let mut params = values(s);
+    let uuid = params.remove(0);
+    params.truncate(KINDS.len() - 3);
+    params.push(uuid);
+    params
+}
+
 /// The values of [`COLUMNS`] for `s`.
 fn values(s: &Subscriber) -> Vec<Param> {
     let r = SubscriberRecord::from(s);
@@ -337,28 +355,9 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
     }
 
     fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
-        // The key and the owner select the row (an ownerless subscription
-        // is never updated here). The settings only: the disabled state
-        // (the last two values) is left as stored, changed by `set_active`
-        // and the workers.
-        let mut params = values(&subscriber);
-        let uuid = params.remove(0);
-        params.truncate(KINDS.len() - 3);
-        params.push(uuid);
+        let params = settings_params(&subscriber);
         self.run(Box::new(move |conn| {
-            Box::pin(async move {
-                let n = execute(
-                    conn,
-                    "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
-                     hmac_secret = $4, hmac_digest = $5, content_type = $6, \
-                     previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
-                     updated_at = $10 \
-                     WHERE uuid = $11 AND owner = $3 AND NOT recipient_only",
-                    params,
-                )
-                .await?;
-                Ok(n == 1)
-            })
+            Box::pin(async move { Ok(execute(conn, UPDATE_SETTINGS, params).await? == 1) })
         }))
     }
 
@@ -368,26 +367,16 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
         seen: DateTime<Utc>,
     ) -> BoxFuture<'_, Result<Replace>> {
         // One statement: compared and replaced atomically.
-        let mut params = values(&subscriber);
-        let uuid = params.remove(0);
-        params.truncate(KINDS.len() - 3);
-        params.push(uuid.clone());
+        let mut params = settings_params(&subscriber);
+        let uuid = params[10].clone();
         let mut seen_as_stored = subscriber.clone();
         seen_as_stored.updated_at = seen;
         params.push(SubscriberRecord::from(&seen_as_stored).updated_at.into());
         let owner = params[2].clone();
         self.run(Box::new(move |conn| {
             Box::pin(async move {
-                let n = execute(
-                    conn,
-                    "UPDATE thorn_subscribers SET event = $1, url = $2, owner = $3, \
-                     hmac_secret = $4, hmac_digest = $5, content_type = $6, \
-                     previous_secrets = $7, standard_webhooks = $8, created_at = $9, \
-                     updated_at = $10 \
-                     WHERE uuid = $11 AND owner = $3 AND NOT recipient_only AND updated_at = $12",
-                    params,
-                )
-                .await?;
+                let sql = format!("{UPDATE_SETTINGS} AND updated_at = $12");
+                let n = execute(conn, &sql, params).await?;
                 if n == 1 {
                     return Ok(Replace::Done);
                 }
