@@ -122,7 +122,7 @@ impl Api {
                 prefix: "/hooks".into(),
                 public_base_url: None,
                 event_choices: config.event_choices.clone(),
-                validators: config.recipient_validators.clone(),
+                validators: config.validators(),
                 body_limit: 64 * 1024,
             }),
         })

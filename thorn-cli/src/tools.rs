@@ -175,7 +175,14 @@ struct Listener {
 
 pub(crate) fn listen(args: ListenArgs) -> Result<(), Failure> {
     let status = StatusCode::from_u16(args.status)
-        .map_err(|_| format!("--status {}: not an HTTP status", args.status))?;
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
+        .ok_or_else(|| {
+            format!(
+                "--status {}: answer with a status from 200 to 599",
+                args.status
+            )
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

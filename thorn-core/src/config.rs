@@ -98,6 +98,12 @@ pub struct Config {
     /// plain http to anywhere with
     /// `Validators::new([validate::ensure_protocol(["http"])])`.
     pub recipient_validators: Validators,
+    /// Recipients let past the port and internal-address rules of
+    /// `recipient_validators`, whatever they are set to
+    /// (`THORN_ALLOW_RECIPIENTS`, none): see [`Config::validators`]. They
+    /// apply to the subscription URLs the REST API accepts too, so any of
+    /// its users may point a subscription at a listed receiver.
+    pub allowed_recipients: Vec<Allowed>,
     /// Model events leave only after their database transaction commits
     /// (`THORN_SIGNAL_HONORS_TRANSACTION`, on); an event's own
     /// `honors_transaction` overrides it. Off, model events are sent as
@@ -137,6 +143,7 @@ impl Default for Config {
             hmac_signer: Signer::default(),
             event_choices: None,
             recipient_validators: Validators::default(),
+            allowed_recipients: Vec::new(),
             signal_honors_transaction: true,
             base_url: None,
             max_concurrency: 64,
@@ -193,6 +200,17 @@ fn parse_int<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
 }
 
 impl Config {
+    /// The recipient validators deliveries and the REST API enforce:
+    /// [`Config::recipient_validators`] with the exceptions of
+    /// [`Config::allowed_recipients`].
+    pub fn validators(&self) -> Validators {
+        if self.allowed_recipients.is_empty() {
+            return self.recipient_validators.clone();
+        }
+        self.recipient_validators
+            .allowing(self.allowed_recipients.iter().cloned())
+    }
+
     /// Defaults overridden by the `THORN_*` environment variables that are
     /// set. A variable that is set but invalid is an error naming it.
     pub fn from_env() -> Result<Self> {
@@ -313,7 +331,7 @@ impl Config {
                 .map(|s| s.parse::<Allowed>())
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| invalid("THORN_ALLOW_RECIPIENTS", e))?;
-            c.recipient_validators = c.recipient_validators.allowing(allowed);
+            c.allowed_recipients = allowed;
         }
         Ok(c)
     }
@@ -412,15 +430,17 @@ mod tests {
     #[test]
     fn allowed_recipients_come_from_the_environment() {
         let c = from(&[("THORN_ALLOW_RECIPIENTS", "127.0.0.1:8787, 10.1.0.0/16")]).unwrap();
-        let shown: Vec<String> = c
-            .recipient_validators
-            .allowed()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let shown: Vec<String> = c.allowed_recipients.iter().map(|a| a.to_string()).collect();
         assert_eq!(shown, ["127.0.0.1:8787", "10.1.0.0/16"]);
         let url = "http://127.0.0.1:8787/".parse().unwrap();
-        assert!(c.recipient_validators.check_url(&url).is_ok());
+        assert!(c.validators().check_url(&url).is_ok());
+        // Validators set in code keep the exceptions of the environment.
+        let strict = Config {
+            recipient_validators: Validators::default(),
+            ..c
+        };
+        assert!(strict.validators().check_url(&url).is_ok());
+        assert!(strict.recipient_validators.check_url(&url).is_err());
         assert!(
             Config::default()
                 .recipient_validators

@@ -134,7 +134,7 @@ impl InProcessDispatcher {
             runtime: BackgroundRuntime(Some(runtime)),
             clients: Clients {
                 config: config.clone(),
-                default: HttpClient::new(config, config.recipient_validators.clone())?,
+                default: HttpClient::new(config, config.validators())?,
                 custom: Mutex::new(Vec::new()),
             },
             limit: Arc::new(Semaphore::new(config.max_concurrency.max(1))),

@@ -72,7 +72,7 @@ pub async fn run_relay(
     counters: Arc<RelayCounters>,
 ) -> Result<()> {
     options.check(thorn.config())?;
-    let client = HttpClient::new(thorn.config(), thorn.config().recipient_validators.clone())?;
+    let client = HttpClient::new(thorn.config(), thorn.config().validators())?;
     let concurrency = options.concurrency.max(1);
     let per_destination = options
         .max_per_destination

@@ -366,30 +366,38 @@ impl<D: Database> SubscriptionStore for SqlStore<D> {
         subscriber: Subscriber,
         seen: DateTime<Utc>,
     ) -> BoxFuture<'_, Result<Replace>> {
-        // One statement: compared and replaced atomically.
+        // Compared on the version as stored (whatever wrote its text), then
+        // replaced only if it still is that text: one conditional UPDATE.
         let mut params = settings_params(&subscriber);
         let uuid = params[10].clone();
-        let mut seen_as_stored = subscriber.clone();
-        seen_as_stored.updated_at = seen;
-        params.push(SubscriberRecord::from(&seen_as_stored).updated_at.into());
         let owner = params[2].clone();
+        let id = subscriber.uuid.to_string();
         self.run(Box::new(move |conn| {
             Box::pin(async move {
-                let sql = format!("{UPDATE_SETTINGS} AND updated_at = $12");
-                let n = execute(conn, &sql, params).await?;
-                if n == 1 {
-                    return Ok(Replace::Done);
-                }
-                let found = query(
+                let rows = query(
                     conn,
-                    "SELECT uuid FROM thorn_subscribers \
+                    "SELECT updated_at FROM thorn_subscribers \
                      WHERE uuid = $1 AND owner = $2 AND NOT recipient_only",
-                    vec![uuid, owner],
+                    vec![uuid.clone(), owner],
                     &[Kind::Text],
                 )
                 .await?;
-                Ok(if found.is_empty() {
-                    Replace::Missing
+                let Some(row) = rows.first() else {
+                    return Ok(Replace::Missing);
+                };
+                let stored = row.text(0)?;
+                let as_read = DateTime::parse_from_rfc3339(&stored)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| {
+                        crate::schema::corrupt("thorn_subscribers", &id, "updated_at", &e)
+                    })?;
+                if as_read != seen {
+                    return Ok(Replace::Stale);
+                }
+                params.push(stored.into());
+                let sql = format!("{UPDATE_SETTINGS} AND updated_at = $12");
+                Ok(if execute(conn, &sql, params).await? == 1 {
+                    Replace::Done
                 } else {
                     Replace::Stale
                 })

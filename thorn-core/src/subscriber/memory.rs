@@ -96,7 +96,38 @@ impl SubscriberLookup for MemoryStore {
     }
 }
 
+/// The owner's subscription `uuid`, taken out of `map`.
+fn take(map: &mut HashMap<String, ByOwner>, owner: &SenderId, uuid: Uuid) -> Option<Subscriber> {
+    let key = Some(owner.clone());
+    map.values_mut()
+        .filter_map(|by_owner| by_owner.get_mut(&key))
+        .find_map(|list| {
+            let at = list.iter().position(|s| s.uuid == uuid)?;
+            Some(list.remove(at))
+        })
+}
+
 impl MemoryStore {
+    /// Runs `f` on the owner's subscription `uuid` under one write lock (it
+    /// is filed again under its pattern afterwards, so `f` may change it);
+    /// `None` when there is none. Nobody sees it missing meanwhile.
+    fn edit<T>(
+        &self,
+        owner: &SenderId,
+        uuid: Uuid,
+        f: impl FnOnce(&mut Subscriber) -> T,
+    ) -> Option<T> {
+        let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
+        let mut subscriber = take(&mut map, owner, uuid)?;
+        let out = f(&mut subscriber);
+        map.entry(subscriber.event.clone())
+            .or_default()
+            .entry(subscriber.owner.clone())
+            .or_default()
+            .push(subscriber);
+        Some(out)
+    }
+
     fn owned_by(&self, owner: &SenderId) -> Vec<Subscriber> {
         let map = self.by_pattern.read().unwrap_or_else(|e| e.into_inner());
         let key = Some(owner.clone());
@@ -127,55 +158,34 @@ impl SubscriptionStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn update(&self, mut subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
-        let stored = subscriber.owner.as_ref().and_then(|o| {
-            self.owned_by(o)
-                .into_iter()
-                .find(|s| s.uuid == subscriber.uuid)
-        });
-        let exists = stored.is_some();
-        if let Some(stored) = stored {
-            subscriber.disabled_at = stored.disabled_at;
-            subscriber.disabled_reason = stored.disabled_reason;
-            self.remove(subscriber.uuid);
-            self.add(subscriber);
-        }
-        Box::pin(async move { Ok(exists) })
+    fn update(&self, subscriber: Subscriber) -> BoxFuture<'_, Result<bool>> {
+        let found = match subscriber.owner.clone() {
+            Some(owner) => self
+                .edit(&owner, subscriber.uuid, |stored| {
+                    replace_settings(stored, subscriber)
+                })
+                .is_some(),
+            None => false,
+        };
+        Box::pin(async move { Ok(found) })
     }
 
     fn update_if_unchanged(
         &self,
-        mut subscriber: Subscriber,
+        subscriber: Subscriber,
         seen: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'_, Result<Replace>> {
-        // Found, compared and replaced under one write lock.
-        let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
-        let owner = subscriber.owner.clone();
-        let stored = owner.as_ref().and_then(|_| {
-            map.values_mut()
-                .filter_map(|by_owner| by_owner.get_mut(&owner))
-                .find_map(|list| {
-                    let at = list.iter().position(|s| s.uuid == subscriber.uuid)?;
-                    Some((list, at))
+        let outcome = match subscriber.owner.clone() {
+            Some(owner) => self
+                .edit(&owner, subscriber.uuid, |stored| {
+                    if stored.updated_at != seen {
+                        return Replace::Stale;
+                    }
+                    replace_settings(stored, subscriber);
+                    Replace::Done
                 })
-        });
-        let outcome = match stored {
+                .unwrap_or(Replace::Missing),
             None => Replace::Missing,
-            Some((list, at)) if list[at].updated_at != seen => {
-                let _ = list;
-                Replace::Stale
-            }
-            Some((list, at)) => {
-                let old = list.remove(at);
-                subscriber.disabled_at = old.disabled_at;
-                subscriber.disabled_reason = old.disabled_reason;
-                map.entry(subscriber.event.clone())
-                    .or_default()
-                    .entry(subscriber.owner.clone())
-                    .or_default()
-                    .push(subscriber);
-                Replace::Done
-            }
         };
         Box::pin(async move { Ok(outcome) })
     }
@@ -187,25 +197,31 @@ impl SubscriptionStore for MemoryStore {
         active: bool,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<bool>> {
-        let stored = self.owned_by(owner).into_iter().find(|s| s.uuid == uuid);
-        let exists = stored.is_some();
-        if let Some(mut s) = stored {
-            if active {
-                s.enable();
-            } else if s.is_active() {
-                s.disable(reason);
-            }
-            self.remove(uuid);
-            self.add(s);
-        }
+        let exists = self
+            .edit(owner, uuid, |s| {
+                if active {
+                    s.enable();
+                } else if s.is_active() {
+                    s.disable(reason);
+                }
+            })
+            .is_some();
         Box::pin(async move { Ok(exists) })
     }
 
     fn delete(&self, owner: &SenderId, uuid: Uuid) -> BoxFuture<'_, Result<bool>> {
-        let exists = self.owned_by(owner).iter().any(|s| s.uuid == uuid);
-        if exists {
-            self.remove(uuid);
-        }
+        let mut map = self.by_pattern.write().unwrap_or_else(|e| e.into_inner());
+        let exists = take(&mut map, owner, uuid).is_some();
+        drop(map);
         Box::pin(async move { Ok(exists) })
     }
+}
+
+/// `stored` with the settings of `new`; its disabled state stays as stored
+/// (a worker may have just disabled it).
+fn replace_settings(stored: &mut Subscriber, new: Subscriber) {
+    let (disabled_at, disabled_reason) = (stored.disabled_at, stored.disabled_reason.take());
+    *stored = new;
+    stored.disabled_at = disabled_at;
+    stored.disabled_reason = disabled_reason;
 }

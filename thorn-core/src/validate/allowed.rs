@@ -14,7 +14,8 @@ pub enum Allowed {
     /// This host (a name or an address, as the URL writes it) on this
     /// port: neither its port nor the addresses it resolves to are checked.
     HostPort {
-        /// The host, lowercase; IPv6 addresses without brackets.
+        /// The host as a URL writes it (lowercase, IDNA, canonical
+        /// addresses); IPv6 addresses without brackets.
         host: String,
         /// The port.
         port: u16,
@@ -36,20 +37,42 @@ impl FromStr for Allowed {
                 .map(Allowed::Network)
                 .map_err(|e: InvalidCidr| e.to_string());
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` is neither host:port nor a CIDR network"))?;
+        let (host, port) = match s.strip_prefix('[') {
+            Some(rest) => {
+                let (address, after) = rest
+                    .split_once(']')
+                    .ok_or_else(|| format!("`{s}`: no `]` after the IPv6 address"))?;
+                let port = after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("`{s}` names no port"))?;
+                (format!("[{address}]"), port)
+            }
+            None => {
+                let (host, port) = s
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("`{s}` is neither host:port nor a CIDR network"))?;
+                if host.contains(':') {
+                    return Err(format!(
+                        "`{s}`: write an IPv6 address in brackets, as in [::1]:8787"
+                    ));
+                }
+                (host.to_owned(), port)
+            }
+        };
         let port = port
             .parse()
             .map_err(|_| format!("`{s}`: `{port}` is not a port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(format!("`{s}` names no host"));
         }
-        Ok(Allowed::HostPort {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        // Written as URLs write hosts (IDNA, canonical addresses), so it
+        // compares with what a recipient URL's host becomes.
+        let host = match url::Host::parse(&host).map_err(|e| format!("`{s}`: {e}"))? {
+            url::Host::Domain(name) => name,
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        Ok(Allowed::HostPort { host, port })
     }
 }
 

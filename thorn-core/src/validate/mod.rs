@@ -642,7 +642,15 @@ mod tests {
             v.check_addr("svc.internal", "127.0.0.1:0".parse().unwrap())
                 .is_err()
         );
-        for bad in ["127.0.0.1", "host:port", ":80", "10.0.0.0/99"] {
+        for bad in [
+            "127.0.0.1",
+            "host:port",
+            ":80",
+            "10.0.0.0/99",
+            "::1:8787",
+            "[::1]x:80",
+            "[::1]",
+        ] {
             assert!(bad.parse::<Allowed>().is_err(), "{bad}");
         }
         assert_eq!(

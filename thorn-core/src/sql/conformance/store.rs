@@ -170,6 +170,37 @@ pub(super) async fn subscriptions<D: Database>(store: &SqlStore<D>) {
         (crate::HmacDigest::Sha512, "https://a2.example/hook"),
         "update_if_unchanged: the stale write left nothing"
     );
+    // A version written by someone else in another RFC 3339 spelling.
+    let respelled = now
+        .updated_at
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string();
+    let uuid = a.uuid.to_string();
+    store
+        .database()
+        .run(Box::new(move |conn| {
+            Box::pin(async move {
+                crate::sql::execute(
+                    conn,
+                    "UPDATE thorn_subscribers SET updated_at = $1 WHERE uuid = $2",
+                    vec![respelled.into(), uuid.into()],
+                )
+                .await
+            })
+        }))
+        .await
+        .unwrap();
+    let mut again = now.clone();
+    again.updated_at = now.updated_at + chrono::Duration::microseconds(1);
+    assert_eq!(
+        store
+            .update_if_unchanged(again, now.updated_at)
+            .await
+            .unwrap(),
+        Replace::Done,
+        "update_if_unchanged: the version compared as a time, not as text"
+    );
+    let now = store.get(&alice, a.uuid).await.unwrap().unwrap();
     let mut missing = now.clone();
     missing.owner = Some(seven.clone());
     assert_eq!(
