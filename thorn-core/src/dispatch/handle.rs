@@ -16,6 +16,20 @@ enum Pending {
     Buffered(oneshot::Receiver<SendHandle>),
 }
 
+/// Reports the outcomes of one send to its [`SendHandle`] (see
+/// [`SendHandle::channel`]). Dropped without reporting, the handle's
+/// waiter gets [`Error::DispatcherClosed`].
+#[derive(Debug)]
+pub struct OutcomeReporter(oneshot::Sender<Result<Vec<DeliveryOutcome>>>);
+
+impl OutcomeReporter {
+    /// Hands `outcomes` to whoever waits on the handle (nobody, if it was
+    /// dropped: that is fine).
+    pub fn report(self, outcomes: Result<Vec<DeliveryOutcome>>) {
+        let _ = self.0.send(outcomes);
+    }
+}
+
 /// A handle on a dispatched event: wait for it to learn what each
 /// subscriber finally answered. Dropping it does not cancel anything.
 #[derive(Debug)]
@@ -32,8 +46,27 @@ impl SendHandle {
         }
     }
 
+    /// A handle whose outcomes a dispatcher of your own reports later,
+    /// through the [`OutcomeReporter`].
+    ///
+    /// ```
+    /// use thorn_core::SendHandle;
+    ///
+    /// let (reporter, handle) = SendHandle::channel();
+    /// reporter.report(Ok(Vec::new()));
+    /// assert!(handle.wait().unwrap().is_empty());
+    ///
+    /// let (reporter, handle) = SendHandle::channel();
+    /// drop(reporter); // never reported
+    /// assert!(matches!(handle.wait(), Err(thorn_core::Error::DispatcherClosed)));
+    /// ```
+    pub fn channel() -> (OutcomeReporter, SendHandle) {
+        let (tx, rx) = oneshot::channel();
+        (OutcomeReporter(tx), SendHandle::from_receiver(rx))
+    }
+
     /// A handle on outcomes a dispatcher will send through `rx`.
-    pub fn from_receiver(rx: oneshot::Receiver<Result<Vec<DeliveryOutcome>>>) -> Self {
+    pub(crate) fn from_receiver(rx: oneshot::Receiver<Result<Vec<DeliveryOutcome>>>) -> Self {
         SendHandle {
             pending: Pending::Running(rx),
         }

@@ -18,7 +18,7 @@ mod in_flight;
 mod in_process;
 mod outgoing;
 
-pub use handle::SendHandle;
+pub use handle::{OutcomeReporter, SendHandle};
 pub use in_flight::{InFlight, InFlightEntry};
 pub use in_process::InProcessDispatcher;
 pub use outgoing::OutgoingEvent;
