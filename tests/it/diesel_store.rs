@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::json;
 use thorn::diesel::{DieselStore, migrate};
-use thorn::subscriber::{SubscriberLookup, SubscriptionStore};
+use thorn::subscriber::SubscriptionStore;
 use thorn::{Event, SendOptions, SenderId, Subscriber, Thorn};
 use tower::ServiceExt;
 
@@ -134,17 +134,22 @@ async fn crud_and_lookup(store: Arc<dyn SubscriptionStore>) {
     );
 }
 
-async fn api_to_delivery(store: Arc<dyn SubscriptionStore>) {
-    let receiver = Receiver::start();
-    let thorn = Thorn::builder(local_config())
-        .subscriptions(store.clone())
-        .build()
-        .unwrap();
-    let app = thorn::api::Api::new(&thorn, |_: &axum::http::request::Parts| {
+/// The REST API of `thorn`, every request made by user 42.
+fn api_of_user_42(thorn: &Thorn) -> axum::Router {
+    thorn::api::Api::new(thorn, |_: &axum::http::request::Parts| {
         Some(SenderId::from(42))
     })
     .unwrap()
-    .router();
+    .router()
+}
+
+async fn api_to_delivery(store: Arc<dyn SubscriptionStore>) {
+    let receiver = Receiver::start();
+    let thorn = Thorn::builder(local_config())
+        .subscriptions(store)
+        .build()
+        .unwrap();
+    let app = api_of_user_42(&thorn);
     let req = Request::post("/hooks/")
         .header("content-type", "application/json")
         .body(Body::from(
@@ -159,10 +164,6 @@ async fn api_to_delivery(store: Arc<dyn SubscriptionStore>) {
             .unwrap(),
     )
     .unwrap();
-    let thorn = Thorn::builder(local_config())
-        .shared_store(store as Arc<dyn SubscriberLookup>)
-        .build()
-        .unwrap();
     let outcomes = Event::new("order.paid")
         .send_with(
             &thorn,
@@ -213,11 +214,7 @@ async fn concurrent_patches_keep_both_changes(store: Arc<dyn SubscriptionStore>)
     .subscriptions(store)
     .build()
     .unwrap();
-    let app = thorn::api::Api::new(&thorn, |_: &axum::http::request::Parts| {
-        Some(SenderId::from(42))
-    })
-    .unwrap()
-    .router();
+    let app = api_of_user_42(&thorn);
     let send = |method: &'static str, path: String, body: serde_json::Value| {
         let app = app.clone();
         async move {

@@ -274,27 +274,27 @@ fn connect<C: R2D2Connection + 'static>(
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let Cli {
+        database_url,
+        command,
+    } = cli;
     // The tools that need no database.
-    let command = match cli.command {
+    let command = match command {
         Command::Listen(args) => return tools::listen(args),
         Command::Sign(args) => return tools::sign_command(args),
         Command::Verify(args) => return tools::verify_command(args),
         command => command,
     };
-    let cli = Cli {
-        command,
-        database_url: cli.database_url,
-    };
     // A worker's statements need a connection per few deliveries in flight.
-    let size = match &cli.command {
+    let size = match &command {
         Command::Worker(args) => u32::try_from(args.concurrency / 4 + 4).unwrap_or(32),
         _ => 1,
     };
-    match database(cli.database_url)? {
-        Database::Postgres(url) => run_on::<PgConnection>(connect(&url, size, None)?, cli.command),
+    match database(database_url)? {
+        Database::Postgres(url) => run_on::<PgConnection>(connect(&url, size, None)?, command),
         Database::Sqlite(path) => run_on::<SqliteConnection>(
             connect(&path, size, Some(Box::new(SqliteBusyTimeout::default())))?,
-            cli.command,
+            command,
         ),
     }
 }

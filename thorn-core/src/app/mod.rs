@@ -13,7 +13,7 @@ use crate::dispatch::{
 use crate::subscriber::{
     BoxFuture, Directory, SenderId, Subscriber, SubscriberLookup, SubscriptionStore,
 };
-use frames::{FrameKey, Frames, Route, Scope};
+use frames::Frames;
 
 pub(crate) mod frames;
 
@@ -138,34 +138,6 @@ impl Thorn {
     /// configuration's static subscribers.
     pub(crate) fn subscribers(&self) -> &Directory {
         &self.inner.subscribers
-    }
-
-    /// Where a model event goes when raised: [`Route::Immediate`] unless
-    /// it `honors_transaction`, then [`Route::Outbox`] with
-    /// [`Config::outbox`] and [`Route::OnCommit`] without.
-    pub(crate) fn route_for(&self, honors_transaction: bool) -> Route {
-        match (honors_transaction, self.inner.config.outbox) {
-            (false, _) => Route::Immediate,
-            (true, true) => Route::Outbox,
-            (true, false) => Route::OnCommit,
-        }
-    }
-
-    /// The scope of a write on a connection whose innermost transaction
-    /// is `key` (for integrations that know their transaction depth, as
-    /// Diesel does): [`Scope::Managed`] when `key` is an open frame,
-    /// [`Scope::Own`] when it marks a test transaction (`Parent::Test`),
-    /// [`Scope::Unmanaged`] otherwise.
-    pub(crate) fn frame_scope(&self, key: FrameKey) -> Scope {
-        self.inner.frames.scope_at(key)
-    }
-
-    /// The frame a write through the managed transaction `key` joins: the
-    /// innermost savepoint of it that is open (writes through an outer
-    /// handle run inside it), or `key` itself; `None` when `key` is not
-    /// managed.
-    pub(crate) fn innermost_frame(&self, key: FrameKey) -> Option<FrameKey> {
-        self.inner.frames.innermost(key)
     }
 
     pub(crate) fn frames(&self) -> &Frames {

@@ -107,9 +107,9 @@ enum Queued {
 #[derive(Debug)]
 struct Job {
     subscribers: Directory,
-    /// Keeps the dispatcher running until the job is done, after the
-    /// application's last handle is gone.
-    _dispatcher: Arc<InProcess>,
+    /// The dispatcher, kept running by the job until it is done (after the
+    /// application's last handle is gone too).
+    dispatcher: Arc<InProcess>,
     outgoing: OutgoingEvent,
     /// Where the outcomes go, when somebody waits for them.
     reply: Option<oneshot::Sender<Result<Vec<DeliveryOutcome>>>>,
@@ -146,12 +146,9 @@ impl InProcessDispatcher {
             in_flight: Arc::default(),
         });
         let events = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
-        inner.handle().spawn(feed(
-            Arc::downgrade(&inner),
-            jobs,
-            events,
-            inner.queued.clone(),
-        ));
+        inner
+            .handle()
+            .spawn(feed(jobs, events, inner.queued.clone()));
         Ok(InProcessDispatcher { inner })
     }
 }
@@ -167,7 +164,7 @@ impl Dispatcher for InProcessDispatcher {
         }
         let job = Job {
             subscribers: subscribers.clone(),
-            _dispatcher: self.inner.clone(),
+            dispatcher: self.inner.clone(),
             outgoing,
             reply: Some(reply),
             _counted: self.inner.in_flight.enter(),
@@ -201,7 +198,7 @@ impl Dispatcher for InProcessDispatcher {
             .into_iter()
             .map(|outgoing| Job {
                 subscribers: subscribers.clone(),
-                _dispatcher: self.inner.clone(),
+                dispatcher: self.inner.clone(),
                 outgoing,
                 reply: None,
                 _counted: self.inner.in_flight.enter(),
@@ -217,7 +214,6 @@ impl Dispatcher for InProcessDispatcher {
 /// at once, so a burst of sends waits in one queue instead of as thousands
 /// of parked tasks.
 async fn feed(
-    inner: std::sync::Weak<InProcess>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     events: Arc<Semaphore>,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
@@ -227,14 +223,14 @@ async fn feed(
         let started = match queued {
             // An event counts as waiting until it has started.
             Queued::One(job) => {
-                let started = start(&inner, *job, &events).await;
+                let started = start(*job, &events).await;
                 waiting.fetch_sub(1, Ordering::AcqRel);
                 started
             }
             Queued::Batch(jobs) => {
                 let mut all = true;
                 for job in jobs {
-                    all = start(&inner, job, &events).await;
+                    all = start(job, &events).await;
                     waiting.fetch_sub(1, Ordering::AcqRel);
                     if !all {
                         break;
@@ -250,12 +246,9 @@ async fn feed(
 }
 
 /// Starts one event's fan-out once a permit is free; false when the
-/// dispatcher is gone.
-async fn start(inner: &std::sync::Weak<InProcess>, job: Job, events: &Arc<Semaphore>) -> bool {
+/// dispatcher is shutting down.
+async fn start(job: Job, events: &Arc<Semaphore>) -> bool {
     let Ok(permit) = events.clone().acquire_owned().await else {
-        return false;
-    };
-    let Some(inner) = inner.upgrade() else {
         return false;
     };
     tokio::spawn(async move {
@@ -264,7 +257,7 @@ async fn start(inner: &std::sync::Weak<InProcess>, job: Job, events: &Arc<Semaph
             outgoing,
             reply,
             _counted: counted,
-            _dispatcher,
+            dispatcher: inner,
         } = job;
         let event = outgoing.event.clone();
         let result = inner.deliver_all(&subscribers, outgoing, permit).await;

@@ -15,7 +15,7 @@ use crate::error::to_message_value;
 use crate::event::{Event, RetryPatch, SendOptions};
 use crate::filter::{Q, WebhookFields};
 use crate::subscriber::SenderId;
-use crate::transaction::Route;
+use crate::transaction::{Route, ThornExt};
 use crate::{Error, Result, Thorn};
 
 /// An event of model `M`.
@@ -214,7 +214,7 @@ impl<M> ModelEvent<M> {
     /// Where this event goes when a write raises it under `thorn`'s
     /// configuration ([`crate::integration`]).
     pub fn route(&self, thorn: &Thorn) -> Route {
-        thorn.route_for(self.honors_transaction(thorn))
+        ThornExt::route(thorn, self.honors_transaction(thorn))
     }
 
     /// True when the filter (if any) passes for `new` and, on change, `old`.

@@ -29,7 +29,10 @@ use crate::Result;
 /// # }).unwrap();
 /// ```
 #[derive(Clone, Default)]
-pub struct Directory {
+pub struct Directory(Arc<Sources>);
+
+#[derive(Default)]
+struct Sources {
     store: Option<Arc<dyn SubscriberLookup>>,
     statics: StaticSubscribers,
 }
@@ -37,8 +40,8 @@ pub struct Directory {
 impl fmt::Debug for Directory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Directory")
-            .field("store", &self.store.is_some())
-            .field("statics", &self.statics)
+            .field("store", &self.0.store.is_some())
+            .field("statics", &self.0.statics)
             .finish()
     }
 }
@@ -46,12 +49,12 @@ impl fmt::Debug for Directory {
 impl Directory {
     /// Subscribers from `store` (when given), then from `statics`.
     pub fn new(store: Option<Arc<dyn SubscriberLookup>>, statics: StaticSubscribers) -> Self {
-        Directory { store, statics }
+        Directory(Arc::new(Sources { store, statics }))
     }
 
     /// True when subscriptions are looked up in a store.
     pub fn has_store(&self) -> bool {
-        self.store.is_some()
+        self.0.store.is_some()
     }
 
     /// Every subscriber of `event` sent by `sender`: the store's, then the
@@ -65,11 +68,11 @@ impl Directory {
         sender: Option<&SenderId>,
         context: Option<&Value>,
     ) -> Result<Vec<Subscriber>> {
-        let mut found = match &self.store {
+        let mut found = match &self.0.store {
             Some(store) => store.subscribers_for(event, sender).await?,
             None => Vec::new(),
         };
-        found.extend(self.statics.query(&SubscriberQuery {
+        found.extend(self.0.statics.query(&SubscriberQuery {
             event,
             sender,
             context,
@@ -79,7 +82,7 @@ impl Directory {
 
     /// Tells the store that a subscription's receiver answered `410 Gone`.
     pub async fn mark_gone(&self, subscriber: Uuid) -> Result<()> {
-        match &self.store {
+        match &self.0.store {
             Some(store) => store.mark_gone(subscriber).await,
             None => Ok(()),
         }

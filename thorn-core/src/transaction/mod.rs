@@ -285,15 +285,19 @@ pub trait ThornExt {
 
 impl ThornExt for Thorn {
     fn route(&self, honors_transaction: bool) -> Route {
-        self.route_for(honors_transaction)
+        match (honors_transaction, self.config().outbox) {
+            (false, _) => Route::Immediate,
+            (true, true) => Route::Outbox,
+            (true, false) => Route::OnCommit,
+        }
     }
 
     fn scope_at(&self, key: FrameKey) -> Scope {
-        self.frame_scope(key)
+        self.frames().scope_at(key)
     }
 
     fn managed_frame(&self, key: FrameKey) -> Option<FrameKey> {
-        self.innermost_frame(key)
+        self.frames().innermost(key)
     }
 
     fn outbox_signal(&self) -> &std::sync::Arc<tokio::sync::Notify> {

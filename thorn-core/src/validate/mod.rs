@@ -222,16 +222,6 @@ impl Validators {
         &self.allowed
     }
 
-    fn allows_host_port(&self, host: &str, port: Option<u16>) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        self.allowed.iter().any(|a| match a {
-            Allowed::HostPort { host: h, port: p } => {
-                Some(*p) == port && h.eq_ignore_ascii_case(host)
-            }
-            Allowed::Network(_) => false,
-        })
-    }
-
     /// The ports `host` is listed with (empty when it is not listed).
     fn listed_ports(&self, host: &str) -> Vec<u16> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -287,8 +277,10 @@ impl Validators {
             None => return Err(blocked(Blocked::NoHost)),
         };
         let host = url.host_str().unwrap_or_default();
-        let host_port_allowed = self.allows_host_port(host, url.port_or_known_default());
         let listed = self.listed_ports(host);
+        let host_port_allowed = url
+            .port_or_known_default()
+            .is_some_and(|port| listed.contains(&port));
         if !listed.is_empty() && !host_port_allowed {
             // A listed host is reached on its listed ports only: the
             // addresses it resolves to are let through on any.
