@@ -23,6 +23,7 @@
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant};
+use thorn::diesel::prelude::*;
 
 use axum::http::StatusCode;
 use diesel::prelude::*;
@@ -140,16 +141,14 @@ macro_rules! bench_for {
                     // A transaction Thorn manages: events leave after COMMIT.
                     thorn::diesel::transaction(thorn, conn, |conn| {
                         for i in 0..ROWS {
-                            let _: Row = thorn::diesel::insert(
-                                thorn,
-                                conn,
-                                diesel::insert_into(bench_rows::table)
-                                    .values((
-                                        bench_rows::title.eq(format!("row {i}")),
-                                        bench_rows::owner_id.eq(1),
-                                    ))
-                                    .returning(Row::as_returning()),
-                            )?;
+                            let _: Row = diesel::insert_into(bench_rows::table)
+                                .values((
+                                    bench_rows::title.eq(format!("row {i}")),
+                                    bench_rows::owner_id.eq(1),
+                                ))
+                                .returning(Row::as_returning())
+                                .with_webhooks(thorn)
+                                .get_result(conn)?;
                         }
                         Ok::<_, diesel::result::Error>(())
                     })

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
+use thorn::diesel::prelude::*;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -27,7 +28,7 @@ use serde::Serialize;
 use thorn::WebhookModel;
 use thorn::diesel::{DieselStore, Relay, migrate};
 use thorn::validate::{Validators, ensure_protocol};
-use thorn::{Config, DispatchOn, SenderId, Subscriber, SubscriptionStore, Thorn};
+use thorn::{Config, SenderId, Subscriber, SubscriptionStore, Thorn};
 
 diesel::table! {
     blog_articles (id) {
@@ -139,22 +140,20 @@ macro_rules! blog {
             // Thorn's transaction: its events are written to the outbox as
             // one INSERT just before COMMIT, and the relay wakes after it.
             let article = thorn::diesel::transaction(&thorn, &mut *conn, |conn| {
-                let article: Article = thorn::diesel::insert(
-                    &thorn,
-                    conn,
-                    diesel::insert_into(blog_articles::table)
-                        .values((
-                            blog_articles::title.eq("Webhooks after commit"),
-                            blog_articles::state.eq("DRAFT"),
-                            blog_articles::author_id.eq(7),
-                        ))
-                        .returning(Article::as_returning()),
-                )?;
+                let article: Article = diesel::insert_into(blog_articles::table)
+                    .values((
+                        blog_articles::title.eq("Webhooks after commit"),
+                        blog_articles::state.eq("DRAFT"),
+                        blog_articles::author_id.eq(7),
+                    ))
+                    .returning(Article::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(conn)?;
                 let _: Vec<String> = thorn::diesel::m2m_changed(
                     &thorn,
                     conn,
                     &article,
-                    DispatchOn::M2mAdd("tags"),
+                    Article::TAGS.added(),
                     |conn| {
                         ["rust", "webhooks"]
                             .iter()
@@ -175,38 +174,32 @@ macro_rules! blog {
             wait(&seen, 2);
 
             println!("-> publish it (the old row is read FOR UPDATE on PostgreSQL)");
-            let article: Article = thorn::diesel::update_row(
-                &thorn,
-                &mut *conn,
-                &article,
-                diesel::update(&article)
-                    .set(blog_articles::state.eq("PUBLISHED"))
-                    .returning(Article::as_returning()),
-            )?;
+            let article: Article = thorn::diesel::update(&article)
+                .set(blog_articles::state.eq("PUBLISHED"))
+                .returning(Article::as_returning())
+                .with_webhooks(&thorn)
+                .get_result(&mut *conn)?;
             wait(&seen, 2);
 
             println!("-> a transaction that rolls back: no webhook");
             let _ = thorn::diesel::transaction::<_, (), _, _>(&thorn, &mut *conn, |conn| {
-                let _: Article = thorn::diesel::insert(
-                    &thorn,
-                    conn,
-                    diesel::insert_into(blog_articles::table)
-                        .values((
-                            blog_articles::title.eq("Never published"),
-                            blog_articles::state.eq("DRAFT"),
-                            blog_articles::author_id.eq(7),
-                        ))
-                        .returning(Article::as_returning()),
-                )?;
+                let _: Article = diesel::insert_into(blog_articles::table)
+                    .values((
+                        blog_articles::title.eq("Never published"),
+                        blog_articles::state.eq("DRAFT"),
+                        blog_articles::author_id.eq(7),
+                    ))
+                    .returning(Article::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(conn)?;
                 Err(diesel::result::Error::RollbackTransaction)
             });
 
             println!("-> delete it");
-            let _: Article = thorn::diesel::delete(
-                &thorn,
-                &mut *conn,
-                diesel::delete(&article).returning(Article::as_returning()),
-            )?;
+            let _: Article = diesel::delete(&article)
+                .returning(Article::as_returning())
+                .with_webhooks(&thorn)
+                .get_result(&mut *conn)?;
             wait(&seen, 1);
             if let Ok(extra) = seen.recv_timeout(Duration::from_millis(300)) {
                 return Err(format!("unexpected webhook {extra}").into());

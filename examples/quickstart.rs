@@ -16,6 +16,7 @@
 
 use std::sync::mpsc;
 use std::time::Duration;
+use thorn::diesel::prelude::*;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -162,40 +163,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert!(verified, "Hook-HMAC did not verify");
     };
 
-    let article: Article = thorn::diesel::insert(
-        &thorn,
-        &mut conn,
-        diesel::insert_into(articles::table)
-            .values(&NewArticle {
-                title: "Hello, webhooks",
-                state: "DRAFT",
-                author_id: 42,
-            })
-            .returning(Article::as_returning()),
-    )?;
+    let article: Article = diesel::insert_into(articles::table)
+        .values(&NewArticle {
+            title: "Hello, webhooks",
+            state: "DRAFT",
+            author_id: 42,
+        })
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)?;
     show("created");
 
     // Inside a transaction Thorn manages, events leave after COMMIT ...
     let article: Article = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
-        thorn::diesel::update(
-            &thorn,
-            conn,
-            diesel::update(&article)
-                .set(articles::state.eq("PUBLISHED"))
-                .returning(Article::as_returning()),
-        )
+        diesel::update(&article)
+            .set(articles::state.eq("PUBLISHED"))
+            .returning(Article::as_returning())
+            .with_webhooks(&thorn)
+            .get_result(conn)
     })?;
     show("changed, in a transaction that committed");
 
     // ... and never when it rolls back.
     let rolled_back = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
-        thorn::diesel::update(
-            &thorn,
-            conn,
-            diesel::update(&article)
-                .set(articles::title.eq("Never published"))
-                .returning(Article::as_returning()),
-        )?;
+        diesel::update(&article)
+            .set(articles::title.eq("Never published"))
+            .returning(Article::as_returning())
+            .with_webhooks(&thorn)
+            .get_result(conn)?;
         Err::<Article, _>(diesel::result::Error::RollbackTransaction)
     });
     assert!(rolled_back.is_err());
@@ -203,11 +198,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(none.is_err(), "a rolled-back change sent a webhook");
     println!("== changed, in a transaction that rolled back\n   nothing sent\n");
 
-    let _: Article = thorn::diesel::delete(
-        &thorn,
-        &mut conn,
-        diesel::delete(&article).returning(Article::as_returning()),
-    )?;
+    let _: Article = diesel::delete(&article)
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)?;
     show("deleted");
 
     // Deliveries run in the background: let them finish before exiting.

@@ -39,9 +39,9 @@
 pub use thorn_core::{
     AbsoluteUrl, Backoff, Blocked, Callbacks, Config, ContentType, DeliveryError, DeliveryOutcome,
     DispatchOn, Dispatcher, DispatcherKind, Drained, Error, Event, FieldValue, HmacDigest,
-    ModelEvent, Q, RelayOptions, RelayStats, Result, RetryPatch, RetryPolicy, SecurityError,
-    SendHandle, SendOptions, SenderId, SentEvent, Subscriber, SubscriberLookup, SubscriptionStore,
-    Thorn, ThornBuilder, WebhookFields, WebhookModel, Webhooks,
+    ModelEvent, Q, Relation, RelayOptions, RelayStats, Result, RetryPatch, RetryPolicy,
+    SecurityError, SendHandle, SendOptions, SenderId, SentEvent, Subscriber, SubscriberLookup,
+    SubscriptionStore, Thorn, ThornBuilder, WebhookFields, WebhookModel, Webhooks,
 };
 pub use thorn_core::{
     buffer, codec, delivery, dispatch, filter, model, outbox, retry, signing, subscriber, validate,
@@ -69,12 +69,12 @@ pub use thorn_seaorm as seaorm;
 #[doc(hidden)]
 pub mod __private {
     #[cfg(not(feature = "diesel"))]
-    pub use crate::{__noop as diesel_fetch_old, __noop as diesel_no_old_row};
+    pub use crate::__noop as diesel_bulk_change;
     pub use serde_json;
     pub use thorn_core::filter::{ops, probe};
     pub use thorn_core::model::{AsSender, payload_probe, to_headers, url_probe};
     #[cfg(feature = "diesel")]
-    pub use thorn_diesel::{__fetch_old as diesel_fetch_old, __no_old_row as diesel_no_old_row};
+    pub use thorn_diesel::__bulk_change as diesel_bulk_change;
 }
 
 #[cfg(not(feature = "diesel"))]

@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
@@ -118,64 +119,51 @@ macro_rules! diesel_blog {
             }
 
             fn create(&mut self, title: &str, author: i32) -> i32 {
-                let a: FunArticle = thorn::diesel::insert(
-                    &self.thorn,
-                    &mut *self.pool.get().unwrap(),
-                    diesel::insert_into(fun_articles::table)
-                        .values((
-                            fun_articles::title.eq(title),
-                            fun_articles::state.eq("DRAFT"),
-                            fun_articles::author_id.eq(author),
-                        ))
-                        .returning(FunArticle::as_returning()),
-                )
-                .unwrap();
+                let a: FunArticle = diesel::insert_into(fun_articles::table)
+                    .values((
+                        fun_articles::title.eq(title),
+                        fun_articles::state.eq("DRAFT"),
+                        fun_articles::author_id.eq(author),
+                    ))
+                    .returning(FunArticle::as_returning())
+                    .with_webhooks(&self.thorn)
+                    .get_result(&mut *self.pool.get().unwrap())
+                    .unwrap();
                 a.id
             }
 
             fn retitle(&mut self, id: i32, title: &str) {
-                let mut conn = self.pool.get().unwrap();
-                let row: FunArticle = fun_articles::table.find(id).first(&mut *conn).unwrap();
-                thorn::diesel::update_row(
-                    &self.thorn,
-                    &mut *conn,
-                    &row,
-                    diesel::update(&row)
-                        .set(fun_articles::title.eq(title))
-                        .returning(FunArticle::as_returning()),
-                )
-                .unwrap();
+                let _: FunArticle = thorn::diesel::update(fun_articles::table.find(id))
+                    .set(fun_articles::title.eq(title))
+                    .returning(FunArticle::as_returning())
+                    .with_webhooks(&self.thorn)
+                    .get_result(&mut *self.pool.get().unwrap())
+                    .unwrap();
             }
 
             fn publish(&mut self, id: i32) {
                 let mut conn = self.pool.get().unwrap();
                 // Publishing in a transaction, as an application would.
-                thorn::diesel::transaction::<_, _, diesel::result::Error, _>(
+                thorn::diesel::transaction::<_, _, thorn::diesel::Error, _>(
                     &self.thorn,
                     &mut *conn,
                     |conn| {
-                        let row: FunArticle = fun_articles::table.find(id).first(conn)?;
-                        thorn::diesel::update_row(
-                            &self.thorn,
-                            conn,
-                            &row,
-                            diesel::update(&row)
-                                .set(fun_articles::state.eq("PUBLISHED"))
-                                .returning(FunArticle::as_returning()),
-                        )
+                        thorn::diesel::update(fun_articles::table.find(id))
+                            .set(fun_articles::state.eq("PUBLISHED"))
+                            .returning(FunArticle::as_returning())
+                            .with_webhooks(&self.thorn)
+                            .get_result(conn)
                     },
                 )
                 .unwrap();
             }
 
             fn remove(&mut self, id: i32) {
-                let _: FunArticle = thorn::diesel::delete(
-                    &self.thorn,
-                    &mut *self.pool.get().unwrap(),
-                    diesel::delete(fun_articles::table.find(id))
-                        .returning(FunArticle::as_returning()),
-                )
-                .unwrap();
+                let _: FunArticle = diesel::delete(fun_articles::table.find(id))
+                    .returning(FunArticle::as_returning())
+                    .with_webhooks(&self.thorn)
+                    .get_result(&mut *self.pool.get().unwrap())
+                    .unwrap();
             }
 
             fn tag(&mut self, id: i32, tags: &[i32]) {
@@ -187,7 +175,7 @@ macro_rules! diesel_blog {
                     &self.thorn,
                     &mut *conn,
                     &row,
-                    thorn::DispatchOn::M2mAdd("tags"),
+                    FunArticle::TAGS.added(),
                     |conn| {
                         tags.iter()
                             .map(|t| {
@@ -208,34 +196,28 @@ macro_rules! diesel_blog {
             fn untag(&mut self, id: i32, tags: &[i32]) {
                 let mut conn = self.pool.get().unwrap();
                 let row: FunArticle = fun_articles::table.find(id).first(&mut *conn).unwrap();
-                let _: Vec<i32> = thorn::diesel::m2m_remove(
-                    &self.thorn,
-                    &mut *conn,
-                    &row,
-                    "tags",
-                    diesel::delete(
-                        fun_article_tags::table
-                            .filter(fun_article_tags::article_id.eq(id))
-                            .filter(fun_article_tags::tag_id.eq_any(tags)),
-                    )
-                    .returning(fun_article_tags::tag_id),
+                let _: Vec<i32> = diesel::delete(
+                    fun_article_tags::table
+                        .filter(fun_article_tags::article_id.eq(id))
+                        .filter(fun_article_tags::tag_id.eq_any(tags)),
                 )
+                .returning(fun_article_tags::tag_id)
+                .with_webhooks(&self.thorn)
+                .unlinking(&row, FunArticle::TAGS)
+                .get_results(&mut *conn)
                 .unwrap();
             }
 
             fn clear_tags(&mut self, id: i32) {
                 let mut conn = self.pool.get().unwrap();
                 let row: FunArticle = fun_articles::table.find(id).first(&mut *conn).unwrap();
-                let _: Vec<i32> = thorn::diesel::m2m_clear(
-                    &self.thorn,
-                    &mut *conn,
-                    &row,
-                    "tags",
-                    diesel::delete(
-                        fun_article_tags::table.filter(fun_article_tags::article_id.eq(id)),
-                    )
-                    .returning(fun_article_tags::tag_id),
+                let _: Vec<i32> = diesel::delete(
+                    fun_article_tags::table.filter(fun_article_tags::article_id.eq(id)),
                 )
+                .returning(fun_article_tags::tag_id)
+                .with_webhooks(&self.thorn)
+                .clearing(&row, FunArticle::TAGS)
+                .get_results(&mut *conn)
                 .unwrap();
             }
         }

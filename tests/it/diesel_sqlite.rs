@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use serde::Serialize;
@@ -101,36 +102,31 @@ fn insert_update_delete_send_three_signed_webhooks() {
     let thorn = thorn_with([subscriber.clone()]);
     let mut conn = connection();
 
-    let article: Article = thorn::diesel::insert(
-        &thorn,
-        &mut conn,
-        diesel::insert_into(articles::table)
-            .values(&NewArticle {
-                title: "Hello",
-                state: "PENDING",
-                author_id: 7,
-            })
-            .returning(Article::as_returning()),
-    )
-    .unwrap();
+    let article: Article = diesel::insert_into(articles::table)
+        .values(&NewArticle {
+            title: "Hello",
+            state: "PENDING",
+            author_id: 7,
+        })
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
     assert_eq!(article.title, "Hello");
 
-    let changed: Article = thorn::diesel::update(
-        &thorn,
-        &mut conn,
-        diesel::update(&article)
-            .set(articles::state.eq("PUBLISHED"))
-            .returning(Article::as_returning()),
-    )
-    .unwrap();
+    let changed: Article = diesel::update(&article)
+        .set(articles::state.eq("PUBLISHED"))
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
     assert_eq!(changed.state, "PUBLISHED");
 
-    let removed: Article = thorn::diesel::delete(
-        &thorn,
-        &mut conn,
-        diesel::delete(&changed).returning(Article::as_returning()),
-    )
-    .unwrap();
+    let removed: Article = diesel::delete(&changed)
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
     assert_eq!(removed.id, article.id);
     assert_eq!(
         articles::table
@@ -220,18 +216,16 @@ fn only_matching_and_owned_subscribers_receive() {
             .with_secret("form-secret"),
     ]);
     let mut conn = connection();
-    let _: Article = thorn::diesel::insert(
-        &thorn,
-        &mut conn,
-        diesel::insert_into(articles::table)
-            .values(&NewArticle {
-                title: "Owned",
-                state: "PENDING",
-                author_id: 7,
-            })
-            .returning(Article::as_returning()),
-    )
-    .unwrap();
+    let _: Article = diesel::insert_into(articles::table)
+        .values(&NewArticle {
+            title: "Owned",
+            state: "PENDING",
+            author_id: 7,
+        })
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
 
     let got = mine.expect(1, WAIT);
     assert_eq!(got[0].json()["data"]["title"], "Owned");
@@ -303,24 +297,21 @@ fn static_subscribers_from_configuration_receive_events() {
     };
     let thorn = Thorn::new(config).unwrap();
     let mut conn = connection();
-    let article: Article = thorn::diesel::insert(
-        &thorn,
-        &mut conn,
-        diesel::insert_into(articles::table)
-            .values(&NewArticle {
-                title: "Bye",
-                state: "PENDING",
-                author_id: 1,
-            })
-            .returning(Article::as_returning()),
-    )
-    .unwrap();
-    let _: Article = thorn::diesel::delete(
-        &thorn,
-        &mut conn,
-        diesel::delete(&article).returning(Article::as_returning()),
-    )
-    .unwrap();
+    let article: Article = diesel::insert_into(articles::table)
+        .values(&NewArticle {
+            title: "Bye",
+            state: "PENDING",
+            author_id: 1,
+        })
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
+    let _: Article = diesel::delete(&article)
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
     let got = receiver.expect(1, WAIT);
     assert_eq!(got[0].header("hook-event"), "article.removed");
     assert!(thorn::signing::verify(

@@ -9,6 +9,7 @@ use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde::Serialize;
+use thorn::diesel::prelude::*;
 use thorn::subscriber::MemoryStore;
 use thorn::{Config, Subscriber, Thorn, WebhookModel};
 
@@ -135,14 +136,12 @@ macro_rules! writes_suite {
             }
 
             fn new_story(thorn: &Thorn, conn: &mut Conn, title: &str) -> Story {
-                thorn::diesel::insert(
-                    thorn,
-                    conn,
-                    diesel::insert_into(stories::table)
-                        .values((stories::title.eq(title), stories::state.eq("DRAFT")))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap()
+                diesel::insert_into(stories::table)
+                    .values((stories::title.eq(title), stories::state.eq("DRAFT")))
+                    .returning(Story::as_returning())
+                    .with_webhooks(thorn)
+                    .get_result(conn)
+                    .unwrap()
             }
 
             #[test]
@@ -170,15 +169,12 @@ macro_rules! writes_suite {
                     .execute(&mut *conn)
                     .unwrap();
                 statements.take();
-                let published: Story = thorn::diesel::update_row(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    diesel::update(&story)
-                        .set(stories::state.eq("PUBLISHED"))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap();
+                let published: Story = thorn::diesel::update(&story)
+                    .set(stories::state.eq("PUBLISHED"))
+                    .returning(Story::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(&mut *conn)
+                    .unwrap();
                 assert_eq!(published.state, "PUBLISHED");
                 let sql = statements.take();
                 let selects: Vec<&String> = sql
@@ -202,44 +198,61 @@ macro_rules! writes_suite {
 
                 // Already PUBLISHED in the database, though the caller's copy
                 // still says DRAFT: a change, not a publication.
-                thorn::diesel::update_row(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    diesel::update(&story)
-                        .set(stories::title.eq("Hello again"))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap();
+                let _: Story = thorn::diesel::update(&story)
+                    .set(stories::title.eq("Hello again"))
+                    .returning(Story::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(&mut *conn)
+                    .unwrap();
                 assert_eq!(events(&receiver.expect(1, WAIT)), ["story.changed"]);
                 statements.take();
 
                 // No `now_` filter: no extra query, exactly what Diesel runs.
-                let _: Note = thorn::diesel::update_row(
-                    &thorn,
-                    &mut *conn,
-                    &note,
-                    diesel::update(&note)
-                        .set(notes::body.eq("m"))
-                        .returning(Note::as_returning()),
-                )
-                .unwrap();
+                let _: Note = thorn::diesel::update(&note)
+                    .set(notes::body.eq("m"))
+                    .returning(Note::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(&mut *conn)
+                    .unwrap();
                 let sql = statements.take();
                 assert_eq!(sql.len(), 1, "only the UPDATE: {sql:#?}");
                 assert!(sql[0].to_uppercase().starts_with("UPDATE"), "{sql:#?}");
                 receiver.expect(1, WAIT);
 
-                // `update` refuses a model with transitions before writing.
-                let err = thorn::diesel::update(
-                    &thorn,
-                    &mut *conn,
-                    diesel::update(&published)
-                        .set(stories::title.eq("x"))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap_err();
-                assert!(err.to_string().contains("update_row"), "{err}");
-                assert!(statements.take().is_empty(), "nothing ran");
+                // A target matching several rows of a model with
+                // transitions is refused before the UPDATE runs.
+                new_story(&thorn, &mut conn, "Second");
+                receiver.expect(1, WAIT);
+                statements.take();
+                let err = thorn::diesel::update(stories::table)
+                    .set(stories::title.eq("x"))
+                    .returning(Story::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result::<Story, _>(&mut *conn)
+                    .unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        thorn::diesel::Error::Thorn(thorn::Error::BulkTransitions {
+                            model: "Story",
+                            ..
+                        })
+                    ),
+                    "{err:?}"
+                );
+                assert!(err.to_string().contains("more than one row"), "{err}");
+                let sql = statements.take();
+                assert!(
+                    !sql.iter().any(|s| s.to_uppercase().starts_with("UPDATE")),
+                    "no UPDATE ran: {sql:#?}"
+                );
+                let titles: Vec<String> = stories::table
+                    .select(stories::title)
+                    .order(stories::id)
+                    .load(&mut *conn)
+                    .unwrap();
+                assert_eq!(titles, ["Hello again", "Second"]);
+                let _ = published;
             }
 
             #[test]
@@ -269,28 +282,22 @@ macro_rules! writes_suite {
                     state: "DRAFT".into(),
                 };
                 let target = || revisions::table.find((v2.doc.clone(), v2.version));
-                let approved: Revision = thorn::diesel::update_row(
-                    &thorn,
-                    &mut *conn,
-                    &v2,
-                    diesel::update(target())
-                        .set(revisions::state.eq("APPROVED"))
-                        .returning(Revision::as_returning()),
-                )
-                .unwrap();
+                let _: Revision = thorn::diesel::update(target())
+                    .set(revisions::state.eq("APPROVED"))
+                    .returning(Revision::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(&mut *conn)
+                    .unwrap();
                 let got = receiver.expect(1, WAIT);
                 assert_eq!(got[0].header("hook-event"), "revision.approved");
                 assert_eq!(got[0].json()["data"]["version"], 2);
                 // Approving again is no transition.
-                thorn::diesel::update_row(
-                    &thorn,
-                    &mut *conn,
-                    &approved,
-                    diesel::update(target())
-                        .set(revisions::state.eq("APPROVED"))
-                        .returning(Revision::as_returning()),
-                )
-                .unwrap();
+                let _: Revision = thorn::diesel::update(target())
+                    .set(revisions::state.eq("APPROVED"))
+                    .returning(Revision::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_result(&mut *conn)
+                    .unwrap();
                 receiver.expect_none(std::time::Duration::from_millis(300));
             }
 
@@ -307,53 +314,34 @@ macro_rules! writes_suite {
                 }
                 assert_eq!(events(&receiver.expect(3, WAIT)), ["story.created"; 3]);
 
-                let err = thorn::diesel::update_many(
-                    &thorn,
-                    &mut *conn,
-                    diesel::update(stories::table)
-                        .set(stories::state.eq("X"))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap_err();
-                assert!(err.to_string().contains("now_ filters"), "{err}");
-                assert!(
-                    matches!(
-                        thorn::diesel::thorn_error(&err),
-                        Some(thorn::Error::BulkTransitions { model: "Story", .. })
-                    ),
-                    "{err:?}"
-                );
-                let notes: Vec<Note> = thorn::diesel::insert_many(
-                    &thorn,
-                    &mut *conn,
-                    diesel::insert_into(notes::table)
-                        .values(&vec![
-                            notes::body.eq("x"),
-                            notes::body.eq("y"),
-                            notes::body.eq("z"),
-                        ])
-                        .returning(Note::as_returning()),
-                )
-                .unwrap();
+                // (A bulk update of Story, which has `now_` filters, does
+                // not compile: see the BulkChange doc test.)
+                let notes: Vec<Note> = diesel::insert_into(notes::table)
+                    .values(&vec![
+                        notes::body.eq("x"),
+                        notes::body.eq("y"),
+                        notes::body.eq("z"),
+                    ])
+                    .returning(Note::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_results(&mut *conn)
+                    .unwrap();
                 assert_eq!(notes.len(), 3);
-                let changed: Vec<Note> = thorn::diesel::update_many(
-                    &thorn,
-                    &mut *conn,
-                    diesel::update(notes::table.filter(notes::body.ne("z")))
-                        .set(notes::body.eq("w"))
-                        .returning(Note::as_returning()),
-                )
-                .unwrap();
+                let changed: Vec<Note> = diesel::update(notes::table.filter(notes::body.ne("z")))
+                    .set(notes::body.eq("w"))
+                    .returning(Note::as_returning())
+                    .with_webhooks(&thorn)
+                    .get_results(&mut *conn)
+                    .unwrap();
                 assert_eq!(changed.len(), 2);
                 assert_eq!(events(&receiver.expect(2, WAIT)), ["note.changed"; 2]);
 
-                let removed: Vec<Story> = thorn::diesel::delete_many(
-                    &thorn,
-                    &mut *conn,
+                let removed: Vec<Story> =
                     diesel::delete(stories::table.filter(stories::title.ne("a")))
-                        .returning(Story::as_returning()),
-                )
-                .unwrap();
+                        .returning(Story::as_returning())
+                        .with_webhooks(&thorn)
+                        .get_results(&mut *conn)
+                        .unwrap();
                 assert_eq!(removed.len(), 2);
                 let got = receiver.expect(2, WAIT);
                 assert_eq!(events(&got), ["story.removed"; 2]);
@@ -380,41 +368,15 @@ macro_rules! writes_suite {
                     .iter()
                     .map(|t| (story_tags::story_id.eq(story.id), story_tags::tag_id.eq(*t)))
                     .collect();
-                let added: Vec<i32> = thorn::diesel::m2m_add(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "tags",
-                    diesel::insert_into(story_tags::table)
-                        .values(&links)
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap();
+                let added: Vec<i32> = diesel::insert_into(story_tags::table)
+                    .values(&links)
+                    .returning(story_tags::tag_id)
+                    .with_webhooks(&thorn)
+                    .linking(&story, Story::TAGS)
+                    .get_results(&mut *conn)
+                    .unwrap();
                 assert_eq!(added.len(), 3);
                 let got = receiver.expect(1, WAIT);
-                // A relation the model does not declare is refused before
-                // the statement, as Thorn's error.
-                let err = thorn::diesel::m2m_add::<_, i32, _, _>(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "labels",
-                    diesel::insert_into(story_tags::table)
-                        .values(&links)
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap_err();
-                match thorn::diesel::thorn_error(&err) {
-                    Some(thorn::Error::UnknownRelation {
-                        relation, declared, ..
-                    }) => {
-                        assert_eq!(
-                            (relation.as_str(), declared.as_slice()),
-                            ("labels", &["tags"][..])
-                        );
-                    }
-                    other => panic!("{other:?}"),
-                }
                 // A related key that cannot be encoded is an error, and the
                 // links written with it are rolled back.
                 #[derive(Debug)]
@@ -428,7 +390,7 @@ macro_rules! writes_suite {
                     &thorn,
                     &mut *conn,
                     &story,
-                    thorn::DispatchOn::M2mAdd("tags"),
+                    Story::TAGS.added(),
                     |conn| {
                         diesel::insert_into(story_tags::table)
                             .values((story_tags::story_id.eq(story.id), story_tags::tag_id.eq(99)))
@@ -439,8 +401,8 @@ macro_rules! writes_suite {
                 .unwrap_err();
                 assert!(
                     matches!(
-                        thorn::diesel::thorn_error(&err),
-                        Some(thorn::Error::Encode { .. })
+                        err,
+                        thorn::diesel::Error::Thorn(thorn::Error::Encode { .. })
                     ),
                     "{err:?}"
                 );
@@ -453,59 +415,37 @@ macro_rules! writes_suite {
                 assert_eq!(got[0].header("hook-event"), "story.tagged");
                 assert_eq!(got[0].json()["data"]["title"], "Tagged");
 
-                let removed: Vec<i32> = thorn::diesel::m2m_remove(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "tags",
+                let removed: Vec<i32> =
                     diesel::delete(story_tags::table.filter(story_tags::tag_id.eq(4)))
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap();
+                        .returning(story_tags::tag_id)
+                        .with_webhooks(&thorn)
+                        .unlinking(&story, Story::TAGS)
+                        .get_results(&mut *conn)
+                        .unwrap();
                 assert_eq!(removed, [4]);
                 assert_eq!(events(&receiver.expect(1, WAIT)), ["story.untagged"]);
 
                 // Removing what is not linked sends nothing.
-                let none: Vec<i32> = thorn::diesel::m2m_remove(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "tags",
+                let none: Vec<i32> =
                     diesel::delete(story_tags::table.filter(story_tags::tag_id.eq(99)))
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap();
+                        .returning(story_tags::tag_id)
+                        .with_webhooks(&thorn)
+                        .unlinking(&story, Story::TAGS)
+                        .get_results(&mut *conn)
+                        .unwrap();
                 assert!(none.is_empty());
                 receiver.expect_none(std::time::Duration::from_millis(200));
 
-                let cleared: Vec<i32> = thorn::diesel::m2m_clear(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "tags",
+                let cleared: Vec<i32> =
                     diesel::delete(story_tags::table.filter(story_tags::story_id.eq(story.id)))
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap();
+                        .returning(story_tags::tag_id)
+                        .with_webhooks(&thorn)
+                        .clearing(&story, Story::TAGS)
+                        .get_results(&mut *conn)
+                        .unwrap();
                 assert_eq!(cleared.len(), 2);
                 assert_eq!(events(&receiver.expect(1, WAIT)), ["story.tags_cleared"]);
 
-                // A relation the model does not declare is an error before anything runs.
-                let err = thorn::diesel::m2m_add::<_, i32, _, _>(
-                    &thorn,
-                    &mut *conn,
-                    &story,
-                    "tagz",
-                    diesel::insert_into(story_tags::table)
-                        .values(&links)
-                        .returning(story_tags::tag_id),
-                )
-                .unwrap_err();
-                assert!(
-                    err.to_string()
-                        .contains("no many-to-many relation `tagz` (declared: tags"),
-                    "{err}"
-                );
                 let linked: i64 = story_tags::table.count().get_result(&mut *conn).unwrap();
                 assert_eq!(linked, 0);
             }
@@ -569,14 +509,12 @@ fn postgres_bulk_inserts_write_one_outbox_event_per_row() {
             )
         })
         .collect();
-    let _ = conn.transaction::<(), _, _>(|conn| {
-        thorn::diesel::insert_many::<Story, _, _>(
-            &thorn,
-            conn,
-            diesel::insert_into(stories::table)
-                .values(&rows)
-                .returning(Story::as_returning()),
-        )?;
+    let _ = conn.transaction::<(), diesel::result::Error, _>(|conn| {
+        diesel::insert_into(stories::table)
+            .values(&rows)
+            .returning(Story::as_returning())
+            .with_webhooks(&thorn)
+            .get_results::<Story, _>(conn)?;
         Err(diesel::result::Error::RollbackTransaction)
     });
     let count = || -> i64 {
@@ -586,13 +524,11 @@ fn postgres_bulk_inserts_write_one_outbox_event_per_row() {
             .unwrap()
     };
     assert_eq!(count(), 0, "rolled back with the rows");
-    thorn::diesel::insert_many::<Story, _, _>(
-        &thorn,
-        &mut *conn,
-        diesel::insert_into(stories::table)
-            .values(&rows)
-            .returning(Story::as_returning()),
-    )
-    .unwrap();
+    diesel::insert_into(stories::table)
+        .values(&rows)
+        .returning(Story::as_returning())
+        .with_webhooks(&thorn)
+        .get_results::<Story, _>(&mut *conn)
+        .unwrap();
     assert_eq!(count(), 250);
 }

@@ -5,6 +5,7 @@
 //! and retry is recorded in the database.
 
 use std::time::Duration;
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
@@ -119,14 +120,16 @@ macro_rules! outbox_suite {
                 Some((Box::new(guard), pool))
             }
 
-            fn insert(thorn: &Thorn, conn: &mut Conn, title: &str) -> QueryResult<Post> {
-                thorn::diesel::insert(
-                    thorn,
-                    conn,
-                    diesel::insert_into(posts::table)
-                        .values((posts::title.eq(title), posts::author_id.eq(7)))
-                        .returning(Post::as_returning()),
-                )
+            fn insert(
+                thorn: &Thorn,
+                conn: &mut Conn,
+                title: &str,
+            ) -> Result<Post, thorn::diesel::Error> {
+                diesel::insert_into(posts::table)
+                    .values((posts::title.eq(title), posts::author_id.eq(7)))
+                    .returning(Post::as_returning())
+                    .with_webhooks(thorn)
+                    .get_result(conn)
             }
 
             fn rollback() -> diesel::result::Error {
@@ -221,13 +224,11 @@ macro_rules! outbox_suite {
                 // ...while on_change (honors_transaction = false) is sent even
                 // though its transaction rolls back.
                 let _ = conn.transaction::<(), _, _>(|conn| {
-                    thorn::diesel::update(
-                        &thorn,
-                        conn,
-                        diesel::update(&post)
-                            .set(posts::title.eq("changed"))
-                            .returning(Post::as_returning()),
-                    )?;
+                    diesel::update(&post)
+                        .set(posts::title.eq("changed"))
+                        .returning(Post::as_returning())
+                        .with_webhooks(&thorn)
+                        .get_result(conn)?;
                     Err(rollback())
                 });
                 let got = receiver.expect(1, WAIT);

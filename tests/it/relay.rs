@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
@@ -73,13 +74,11 @@ fn write(thorn: &Thorn, pool: &PgPool, n: usize) {
     let mut conn = pool.get().unwrap();
     thorn::diesel::transaction(thorn, &mut conn, |conn| {
         for i in 0..n {
-            let _: Parcel = thorn::diesel::insert(
-                thorn,
-                conn,
-                diesel::insert_into(parcels::table)
-                    .values(parcels::owner_id.eq(i as i32))
-                    .returning(Parcel::as_returning()),
-            )?;
+            let _: Parcel = diesel::insert_into(parcels::table)
+                .values(parcels::owner_id.eq(i as i32))
+                .returning(Parcel::as_returning())
+                .with_webhooks(thorn)
+                .get_result(conn)?;
         }
         Ok::<_, diesel::result::Error>(())
     })

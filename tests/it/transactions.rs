@@ -6,6 +6,7 @@
 //! delivers everything.
 
 use std::time::Duration;
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
@@ -104,14 +105,16 @@ macro_rules! diesel_suite {
                 Some((Box::new(guard), pool))
             }
 
-            fn insert(thorn: &Thorn, conn: &mut Conn, title: &str) -> QueryResult<TxArticle> {
-                thorn::diesel::insert(
-                    thorn,
-                    conn,
-                    diesel::insert_into(tx_articles::table)
-                        .values((tx_articles::title.eq(title), tx_articles::state.eq("DRAFT")))
-                        .returning(TxArticle::as_returning()),
-                )
+            fn insert(
+                thorn: &Thorn,
+                conn: &mut Conn,
+                title: &str,
+            ) -> Result<TxArticle, thorn::diesel::Error> {
+                diesel::insert_into(tx_articles::table)
+                    .values((tx_articles::title.eq(title), tx_articles::state.eq("DRAFT")))
+                    .returning(TxArticle::as_returning())
+                    .with_webhooks(thorn)
+                    .get_result(conn)
             }
 
             fn count(conn: &mut Conn) -> i64 {
@@ -146,14 +149,11 @@ macro_rules! diesel_suite {
                 // A transaction that returns Err sends nothing, a publish included.
                 let err = thorn::diesel::transaction(&thorn, &mut conn, |conn| {
                     let a = insert(&thorn, conn, "rolled back")?;
-                    thorn::diesel::update_row(
-                        &thorn,
-                        conn,
-                        &a,
-                        diesel::update(&a)
-                            .set(tx_articles::state.eq("PUBLISHED"))
-                            .returning(TxArticle::as_returning()),
-                    )?;
+                    thorn::diesel::update(&a)
+                        .set(tx_articles::state.eq("PUBLISHED"))
+                        .returning(TxArticle::as_returning())
+                        .with_webhooks(&thorn)
+                        .get_result(conn)?;
                     Err::<(), _>(rolled_back())
                 })
                 .unwrap_err();
@@ -438,17 +438,15 @@ fn child_process_writer() {
     let thorn = Thorn::builder(local_config()).store(store).build().unwrap();
     let mut conn = diesel::SqliteConnection::establish(&db).unwrap();
     for i in 0..CHILD_ROWS {
-        let _: TxArticle = thorn::diesel::insert(
-            &thorn,
-            &mut conn,
-            diesel::insert_into(tx_articles::table)
-                .values((
-                    tx_articles::title.eq(format!("row {i}")),
-                    tx_articles::state.eq("DRAFT"),
-                ))
-                .returning(TxArticle::as_returning()),
-        )
-        .unwrap();
+        let _: TxArticle = diesel::insert_into(tx_articles::table)
+            .values((
+                tx_articles::title.eq(format!("row {i}")),
+                tx_articles::state.eq("DRAFT"),
+            ))
+            .returning(TxArticle::as_returning())
+            .with_webhooks(&thorn)
+            .get_result(&mut conn)
+            .unwrap();
     }
     if std::env::var("THORN_CHILD_DRAIN").as_deref() != Ok("no") {
         let drained = thorn.drain(Duration::from_secs(20));

@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thorn::diesel::prelude::*;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -190,14 +191,12 @@ impl Bench {
     }
 
     fn insert(&self, conn: &mut PgConnection) -> Item {
-        thorn::diesel::insert(
-            &self.thorn,
-            conn,
-            diesel::insert_into(bench_items::table)
-                .values(bench_items::owner_id.eq(1))
-                .returning(Item::as_returning()),
-        )
-        .unwrap()
+        diesel::insert_into(bench_items::table)
+            .values(bench_items::owner_id.eq(1))
+            .returning(Item::as_returning())
+            .with_webhooks(&self.thorn)
+            .get_result(conn)
+            .unwrap()
     }
 
     /// Commits events one at a time and measures commit → receipt.

@@ -43,7 +43,7 @@ pub use dispatch::{Dispatcher, SendHandle};
 pub use error::{Blocked, DeliveryError, Error, Result, SecurityError};
 pub use event::{Event, RetryPatch, SendOptions};
 pub use filter::{FieldValue, Q, WebhookFields};
-pub use model::{AbsoluteUrl, DispatchOn, ModelEvent, SentEvent, WebhookModel, Webhooks};
+pub use model::{AbsoluteUrl, DispatchOn, ModelEvent, Relation, SentEvent, WebhookModel, Webhooks};
 pub use relay::{RelayOptions, RelayStats};
 pub use retry::{Backoff, RetryPolicy};
 pub use signing::HmacDigest;

@@ -67,68 +67,60 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let model = Model::check(&ctxt, ident, &field_names, attrs);
     ctxt.check()?;
     let model = model.expect("checked without errors");
-    let diesel = diesel_table(&input.attrs);
     let mut out = generate(ident, &field_names, &model);
-    out.extend(old_row_fetch(ident, &model, diesel));
+    out.extend(relations(ident, &input.vis, &model));
+    out.extend(bulk_changes(ident, &model));
     Ok(out)
 }
 
-/// What `#[diesel(table_name = ..., primary_key(...))]` says, if present.
-struct DieselTable {
-    table: syn::Path,
-    keys: Vec<Ident>,
+/// One `Relation` constant per many-to-many relation the events name
+/// (`m2m_add(tags)` makes `TAGS`), so a misspelt relation does not compile.
+fn relations(ident: &Ident, vis: &syn::Visibility, model: &Model) -> TokenStream {
+    let mut seen: Vec<String> = Vec::new();
+    let consts = model.events.iter().filter_map(|e| {
+        let relation = match &e.on {
+            On::M2mAdd(r) | On::M2mRemove(r) | On::M2mClear(r) => r,
+            On::Create | On::Change | On::Delete => return None,
+        };
+        let name = relation.to_string();
+        if seen.contains(&name) {
+            return None;
+        }
+        seen.push(name.clone());
+        let constant = Ident::new(&name.to_uppercase(), relation.span());
+        let doc =
+            format!("The `{name}` many-to-many relation, as `#[webhook_model(...)]` declares it.");
+        Some(quote! {
+            #[doc = #doc]
+            #vis const #constant: ::thorn::Relation<#ident> = ::thorn::Relation::__declared(#name);
+        })
+    });
+    let consts: Vec<TokenStream> = consts.collect();
+    if consts.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        #[automatically_derived]
+        impl #ident {
+            #(#consts)*
+        }
+    }
 }
 
-/// Reads Diesel's own attributes; anything unexpected is left for
-/// Diesel's derives to report.
-fn diesel_table(attrs: &[syn::Attribute]) -> Option<DieselTable> {
-    let mut table = None;
-    let mut keys = Vec::new();
-    for attr in attrs.iter().filter(|a| a.path().is_ident("diesel")) {
-        let _ = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("table_name") {
-                table = Some(meta.value()?.parse::<syn::Path>()?);
-            } else if meta.path.is_ident("primary_key") {
-                meta.parse_nested_meta(|key| {
-                    if let Some(k) = key.path.get_ident() {
-                        keys.push(k.clone());
-                    }
-                    Ok(())
-                })?;
-            } else if meta.input.peek(syn::Token![=]) {
-                meta.value()?.parse::<syn::Expr>()?;
-            } else if meta.input.peek(syn::token::Paren) {
-                let content;
-                syn::parenthesized!(content in meta.input);
-                content.parse::<TokenStream>()?;
-            }
-            Ok(())
-        });
-    }
-    let table = table?;
-    if keys.is_empty() {
-        keys.push(Ident::new("id", proc_macro2::Span::call_site()));
-    }
-    Some(DieselTable { table, keys })
-}
-
-/// `thorn::diesel::FetchOld`: how `thorn::diesel::update_row` loads the
-/// row as it was before a change. Only models whose change events have
-/// `now_` filters need it; the others get an impl that is never called.
-fn old_row_fetch(ident: &Ident, model: &Model, diesel: Option<DieselTable>) -> TokenStream {
+/// `thorn::diesel::BulkChange`: models whose change events have no `now_`
+/// filters, so their updates need no old row (any Diesel update, bulk
+/// ones too); the others update one row at a time through
+/// `thorn::diesel::update`, which loads it.
+fn bulk_changes(ident: &Ident, model: &Model) -> TokenStream {
     let needs_old = model
         .events
         .iter()
         .any(|e| matches!(e.on, On::Change) && e.filter.as_ref().is_some_and(|f| f.uses_now));
-    match (needs_old, diesel) {
-        (false, _) => quote! {
-            ::thorn::__private::diesel_no_old_row!(#ident);
-        },
-        (true, Some(DieselTable { table, keys })) => quote! {
-            ::thorn::__private::diesel_fetch_old!(#ident, #table::table, (#(#keys),*));
-        },
-        // No Diesel table: `update_row` will say so (on_unimplemented).
-        (true, None) => TokenStream::new(),
+    if needs_old {
+        return TokenStream::new();
+    }
+    quote! {
+        ::thorn::__private::diesel_bulk_change!(#ident);
     }
 }
 

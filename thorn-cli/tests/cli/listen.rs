@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use thorn::subscriber::MemoryStore;
@@ -49,14 +50,12 @@ fn deliver(url: &str, secret: &str) {
     diesel::sql_query("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
         .execute(&mut conn)
         .unwrap();
-    let _: Article = thorn::diesel::insert(
-        &thorn,
-        &mut conn,
-        diesel::insert_into(articles::table)
-            .values(articles::title.eq("Hello"))
-            .returning(Article::as_returning()),
-    )
-    .unwrap();
+    let _: Article = diesel::insert_into(articles::table)
+        .values(articles::title.eq("Hello"))
+        .returning(Article::as_returning())
+        .with_webhooks(&thorn)
+        .get_result(&mut conn)
+        .unwrap();
     assert!(thorn.drain(Duration::from_secs(10)).is_complete());
 }
 

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use thorn::diesel::prelude::*;
 
 use diesel::prelude::*;
 use thorn::diesel::outbox::{OutboxCounts, thorn_attempts, thorn_deliveries};
@@ -61,13 +62,11 @@ fn create_orders(thorn: &Thorn, pool: &PgPool, n: usize) {
     let mut conn = pool.get().unwrap();
     conn.transaction::<_, diesel::result::Error, _>(|conn| {
         for i in 0..n {
-            let _: Order = thorn::diesel::insert(
-                thorn,
-                conn,
-                diesel::insert_into(orders::table)
-                    .values(orders::customer_id.eq(i as i32))
-                    .returning(Order::as_returning()),
-            )?;
+            let _: Order = diesel::insert_into(orders::table)
+                .values(orders::customer_id.eq(i as i32))
+                .returning(Order::as_returning())
+                .with_webhooks(thorn)
+                .get_result(conn)?;
         }
         Ok(())
     })
@@ -329,13 +328,11 @@ fn the_command_works_on_a_sqlite_file() {
     .unwrap();
     thorn::diesel::transaction(&thorn, &mut conn, |conn| {
         for i in 0..5 {
-            let _: Order = thorn::diesel::insert(
-                &thorn,
-                conn,
-                diesel::insert_into(orders::table)
-                    .values(orders::customer_id.eq(i))
-                    .returning(Order::as_returning()),
-            )?;
+            let _: Order = diesel::insert_into(orders::table)
+                .values(orders::customer_id.eq(i))
+                .returning(Order::as_returning())
+                .with_webhooks(&thorn)
+                .get_result(conn)?;
         }
         Ok::<_, diesel::result::Error>(())
     })

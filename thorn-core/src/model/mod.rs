@@ -60,6 +60,65 @@ impl DispatchOn {
     }
 }
 
+/// A many-to-many relation of model `M`, as its `#[webhook_model(...)]`
+/// block declares it (`dispatches_on = m2m_add(tags)`): the derive makes
+/// one constant per relation on the model, named in capitals
+/// (`Article::TAGS`), so a misspelt relation, or another model's, does not
+/// compile. `Article::TAGS.added()` is `DispatchOn::M2mAdd("tags")`.
+pub struct Relation<M> {
+    name: &'static str,
+    model: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> Relation<M> {
+    #[doc(hidden)]
+    pub const fn __declared(name: &'static str) -> Self {
+        Relation {
+            name,
+            model: std::marker::PhantomData,
+        }
+    }
+
+    /// The relation's name, as declared.
+    pub const fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// Rows were linked through this relation.
+    pub const fn added(self) -> DispatchOn {
+        DispatchOn::M2mAdd(self.name)
+    }
+
+    /// Some links of this relation were removed.
+    pub const fn removed(self) -> DispatchOn {
+        DispatchOn::M2mRemove(self.name)
+    }
+
+    /// Every link of this relation was removed.
+    pub const fn cleared(self) -> DispatchOn {
+        DispatchOn::M2mClear(self.name)
+    }
+}
+
+impl<M> Clone for Relation<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Relation<M> {}
+
+impl<M> std::fmt::Debug for Relation<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Relation({:?} of {})",
+            self.name,
+            std::any::type_name::<M>()
+        )
+    }
+}
+
 /// Builds a model's payload (the `data` field).
 pub type PayloadFn<M> = fn(&M) -> Result<Value, serde_json::Error>;
 

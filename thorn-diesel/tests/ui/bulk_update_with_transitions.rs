@@ -1,0 +1,34 @@
+use diesel::prelude::*;
+use thorn::diesel::prelude::*;
+
+diesel::table! {
+    articles (id) {
+        id -> Integer,
+        state -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable, Identifiable, thorn::WebhookModel)]
+#[diesel(table_name = articles)]
+#[webhook_model(
+    on_change = "article.changed",
+    on_publish(name = "article.published", dispatches_on = change, filter = state.now_eq("PUBLISHED")),
+    on_tag(name = "article.tagged", dispatches_on = m2m_add(tags)),
+)]
+struct Article {
+    id: i32,
+    state: String,
+}
+
+// A bulk update cannot load each row as it was.
+fn main() {
+    let thorn = thorn::Thorn::new(thorn::Config::default()).unwrap();
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    let _: Vec<Article> = thorn::diesel::update(articles::table)
+        .set(articles::state.eq("PUBLISHED"))
+        // (The backend named, so the message is the same with or without `postgres`.)
+        .returning(<Article as SelectableHelper<diesel::sqlite::Sqlite>>::as_returning())
+        .with_webhooks(&thorn)
+        .get_results(&mut conn)
+        .unwrap();
+}
