@@ -7,6 +7,7 @@ mod codec;
 mod conformance;
 mod db;
 mod diesel_funtests;
+mod diesel_migrations;
 mod diesel_sqlite;
 mod diesel_store;
 mod diesel_writes;

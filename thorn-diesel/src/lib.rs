@@ -92,7 +92,7 @@ mod update;
 #[doc(hidden)]
 pub use diesel as __diesel;
 pub use error::{Error, thorn_error};
-pub use migrate::{Migrate, migrate};
+pub use migrate::{MIGRATIONS, Migrate, Migrations, migrate};
 pub use outbox::{DieselOutbox, OutboxConnection, Relay};
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteBusyTimeout;
