@@ -204,77 +204,40 @@ macro_rules! __bulk_change {
     };
 }
 
-impl<'q, T, U, Op, Ret, C, M> WriteOne<C, M> for WithWebhooks<'_, InsertStatement<T, U, Op, Ret>>
-where
-    T: QuerySource,
-    M: WebhookModel,
-    C: OutboxConnection,
-    InsertStatement<T, U, Op, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_one(self, conn: &mut C) -> Result<M, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Create, One)
-    }
+/// Diesel's statements that return rows of `M`, and the event each sends:
+/// inserts create, deletes delete, and updates change (of models that
+/// need no old row, [`BulkChange`]).
+macro_rules! returning {
+    ($statement:ident<$($param:ident),*>, $model:path, $on:expr) => {
+        impl<'q, $($param,)* C, M> WriteOne<C, M> for WithWebhooks<'_, $statement<$($param),*>>
+        where
+            T: QuerySource,
+            M: $model,
+            C: OutboxConnection,
+            $statement<$($param),*>: LoadQuery<'q, C, M>,
+        {
+            fn write_one(self, conn: &mut C) -> Result<M, Error> {
+                write_returned(self.thorn, conn, self.statement, $on, One)
+            }
+        }
+
+        impl<'q, $($param,)* C, M> WriteMany<C, M> for WithWebhooks<'_, $statement<$($param),*>>
+        where
+            T: QuerySource,
+            M: $model,
+            C: OutboxConnection,
+            $statement<$($param),*>: LoadQuery<'q, C, M>,
+        {
+            fn write_many(self, conn: &mut C) -> Result<Vec<M>, Error> {
+                write_returned(self.thorn, conn, self.statement, $on, Many)
+            }
+        }
+    };
 }
 
-impl<'q, T, U, Op, Ret, C, M> WriteMany<C, M> for WithWebhooks<'_, InsertStatement<T, U, Op, Ret>>
-where
-    T: QuerySource,
-    M: WebhookModel,
-    C: OutboxConnection,
-    InsertStatement<T, U, Op, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_many(self, conn: &mut C) -> Result<Vec<M>, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Create, Many)
-    }
-}
-
-impl<'q, T, U, Ret, C, M> WriteOne<C, M> for WithWebhooks<'_, DeleteStatement<T, U, Ret>>
-where
-    T: QuerySource,
-    M: WebhookModel,
-    C: OutboxConnection,
-    DeleteStatement<T, U, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_one(self, conn: &mut C) -> Result<M, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Delete, One)
-    }
-}
-
-impl<'q, T, U, Ret, C, M> WriteMany<C, M> for WithWebhooks<'_, DeleteStatement<T, U, Ret>>
-where
-    T: QuerySource,
-    M: WebhookModel,
-    C: OutboxConnection,
-    DeleteStatement<T, U, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_many(self, conn: &mut C) -> Result<Vec<M>, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Delete, Many)
-    }
-}
-
-impl<'q, T, U, V, Ret, C, M> WriteOne<C, M> for WithWebhooks<'_, UpdateStatement<T, U, V, Ret>>
-where
-    T: QuerySource,
-    M: BulkChange,
-    C: OutboxConnection,
-    UpdateStatement<T, U, V, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_one(self, conn: &mut C) -> Result<M, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Change, One)
-    }
-}
-
-impl<'q, T, U, V, Ret, C, M> WriteMany<C, M> for WithWebhooks<'_, UpdateStatement<T, U, V, Ret>>
-where
-    T: QuerySource,
-    M: BulkChange,
-    C: OutboxConnection,
-    UpdateStatement<T, U, V, Ret>: LoadQuery<'q, C, M>,
-{
-    fn write_many(self, conn: &mut C) -> Result<Vec<M>, Error> {
-        write_rows(self.thorn, conn, self.statement, DispatchOn::Change, Many)
-    }
-}
+returning!(InsertStatement<T, U, Op, Ret>, WebhookModel, DispatchOn::Create);
+returning!(DeleteStatement<T, U, Ret>, WebhookModel, DispatchOn::Delete);
+returning!(UpdateStatement<T, U, V, Ret>, BulkChange, DispatchOn::Change);
 
 impl<'q, T, W, S, C, M> WriteMany<C, M> for WithWebhooks<'_, Update<T, W, S>>
 where
@@ -284,7 +247,7 @@ where
 {
     fn write_many(self, conn: &mut C) -> Result<Vec<M>, Error> {
         let statement = self.statement.into_statement();
-        write_rows(self.thorn, conn, statement, DispatchOn::Change, Many)
+        write_returned(self.thorn, conn, statement, DispatchOn::Change, Many)
     }
 }
 
@@ -339,7 +302,7 @@ impl<M> Rows<M> for Many {
 
 /// Runs a statement that returns model rows and sends the events of `on`
 /// for each (no old row).
-fn write_rows<'q, M, C, Q, R>(
+fn write_returned<'q, M, C, Q, R>(
     thorn: &Thorn,
     conn: &mut C,
     statement: Q,

@@ -12,7 +12,7 @@ use diesel::query_dsl::{LoadQuery, RunQueryDsl};
 use diesel::query_source::{QuerySource, Table};
 use diesel::result::QueryResult;
 use diesel::{Selectable, SelectableHelper};
-use thorn_core::{DispatchOn, Thorn, WebhookModel};
+use thorn_core::{DispatchOn, WebhookModel};
 
 use crate::statement::{WithWebhooks, WriteOne};
 use crate::transaction::{fire, write};
@@ -229,49 +229,32 @@ where
 {
     fn write_one(self, conn: &mut C) -> Result<M, Error> {
         let (thorn, update) = self.into_parts();
-        write_one(thorn, conn, update)
-    }
-}
-
-fn write_one<'q, T, W, S, C, M, DB>(
-    thorn: &Thorn,
-    conn: &mut C,
-    update: Update<T, W, S>,
-) -> Result<M, Error>
-where
-    T: Table,
-    DB: OldRowLock,
-    C: OutboxConnection<Backend = DB>,
-    M: WebhookModel + Selectable<DB>,
-    W: Clone,
-    S: LoadQuery<'q, C, M>,
-    OldRows<T, W, diesel::dsl::AsSelect<M, DB>>: LoadQuery<'q, C, M>,
-{
-    let on = DispatchOn::Change;
-    let needs_old = M::webhooks().needs_old_row(on);
-    // The old row stays locked until the update: one transaction for both.
-    write::<M, C, M>(thorn, conn, on, needs_old, |conn, scope| {
-        let old = if needs_old {
-            let mut old: Vec<M> = OldRows::<T, W, _> {
-                select: M::as_select(),
-                from: update.table.from_clause(),
-                where_clause: update.where_clause.clone(),
-            }
-            .load(conn)?;
-            if old.len() > 1 {
-                return Err(thorn_core::Error::BulkTransitions {
-                    model: M::webhooks().model(),
-                    fix: "the update's target matches more than one row; target one row \
-                          (`thorn::diesel::update(&row)` or `table.find(key)`)",
+        let on = DispatchOn::Change;
+        let needs_old = M::webhooks().needs_old_row(on);
+        // The old row stays locked until the update: one transaction for both.
+        write::<M, C, M>(thorn, conn, on, needs_old, |conn, scope| {
+            let old = if needs_old {
+                let mut old: Vec<M> = OldRows::<T, W, _> {
+                    select: M::as_select(),
+                    from: update.table.from_clause(),
+                    where_clause: update.where_clause.clone(),
                 }
-                .into());
-            }
-            old.pop()
-        } else {
-            None
-        };
-        let new: M = diesel::RunQueryDsl::get_result(update.statement, conn)?;
-        let raised = fire(thorn, conn, on, [(&new, old.as_ref())], None, scope)?;
-        Ok((new, raised))
-    })
+                .load(conn)?;
+                if old.len() > 1 {
+                    return Err(thorn_core::Error::BulkTransitions {
+                        model: M::webhooks().model(),
+                        fix: "the update's target matches more than one row; target one row \
+                              (`thorn::diesel::update(&row)` or `table.find(key)`)",
+                    }
+                    .into());
+                }
+                old.pop()
+            } else {
+                None
+            };
+            let new: M = diesel::RunQueryDsl::get_result(update.statement, conn)?;
+            let raised = fire(thorn, conn, on, [(&new, old.as_ref())], None, scope)?;
+            Ok((new, raised))
+        })
+    }
 }
