@@ -172,7 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let thorn = Thorn::builder(config.clone())
         .subscriptions(store)
         .build()?;
-    thorn::seaorm::install(thorn.clone());
+    thorn::seaorm::set_global(thorn.clone())?;
     let relay = Relay::start(&thorn, db.clone()).await?;
 
     // The app: its own routes plus the subscription API. Who the user is

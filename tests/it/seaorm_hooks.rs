@@ -380,7 +380,7 @@ fn a_model_with_events_and_no_thorn_is_an_error() {
     rt.block_on(create_tables(&db, false));
     let err = rt.block_on(draft("orphan").insert(&db)).unwrap_err();
     assert!(
-        err.to_string().contains("thorn_seaorm::install"),
+        err.to_string().contains("thorn::seaorm::set_global(thorn)"),
         "names the fix: {err}"
     );
 }
@@ -426,3 +426,116 @@ fn an_undeclared_relation_is_refused() {
     });
     assert_eq!(n, 0);
 }
+
+/// Records each dispatched event's name and row id, sending nothing.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, i64)>>>);
+
+impl thorn::Dispatcher for Recorder {
+    fn dispatch(
+        &self,
+        _subscribers: &thorn::subscriber::Directory,
+        outgoing: thorn::dispatch::OutgoingEvent,
+    ) -> thorn::SendHandle {
+        let id = outgoing.message()["data"]["id"].as_i64().unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push((outgoing.event.to_string(), id));
+        thorn::SendHandle::none()
+    }
+}
+
+crate::seaorm_funtests::on_both!(
+    ten_thousand_concurrent_saves_each_keep_their_old_row,
+    create_tables,
+    |rt, db, pg| {
+        const N: i32 = 10_000;
+        // Every other article is published already.
+        rt.block_on(async {
+            for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+                fun_article::Entity::insert_many(chunk.iter().map(|&i| fun_article::ActiveModel {
+                    title: Set(format!("a{i}")),
+                    state: Set(if i % 2 == 0 { "PUBLISHED" } else { "DRAFT" }.to_owned()),
+                    author_id: Set(1),
+                    ..Default::default()
+                }))
+                .exec(&db)
+                .await
+                .unwrap();
+            }
+        });
+        let ids: Vec<(i32, String)> = rt.block_on(async {
+            fun_article::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.id, a.state))
+                .collect()
+        });
+        assert_eq!(ids.len(), N as usize);
+        let recorder = Recorder::default();
+        let thorn = Thorn::builder(local_config())
+            .dispatcher(recorder.clone())
+            .build()
+            .unwrap();
+        // All saves start together, so thousands wait between their two
+        // hooks for one of the pool's connections. On PostgreSQL every
+        // other one runs in a managed transaction (its old row waits in the
+        // frame), the rest on the pool (with the connection and task).
+        let start = Arc::new(tokio::sync::Barrier::new(N as usize));
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|&(id, _)| {
+                let db = db.clone();
+                let start = start.clone();
+                rt.spawn(thorn::seaorm::scope(thorn.clone(), async move {
+                    let a = fun_article::ActiveModel {
+                        id: sea_orm::ActiveValue::Unchanged(id),
+                        state: Set("PUBLISHED".to_owned()),
+                        ..Default::default()
+                    };
+                    start.wait().await;
+                    if pg && id % 2 == 0 {
+                        let txn = thorn::seaorm::begin(&db).await.unwrap();
+                        a.update(&*txn).await.unwrap();
+                        txn.commit().await.unwrap();
+                    } else {
+                        a.update(&db).await.unwrap();
+                    }
+                }))
+            })
+            .collect();
+        rt.block_on(async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let got = recorder.0.lock().unwrap().clone();
+        let changed: BTreeSet<i64> = got
+            .iter()
+            .filter(|(e, _)| e == "article.changed")
+            .map(|&(_, id)| id)
+            .collect();
+        assert_eq!(changed.len(), N as usize, "one change event per save");
+        let mut published: Vec<i64> = got
+            .iter()
+            .filter(|(e, _)| e == "article.published")
+            .map(|&(_, id)| id)
+            .collect();
+        published.sort_unstable();
+        let drafts: Vec<i64> = ids
+            .iter()
+            .filter(|(_, state)| state == "DRAFT")
+            .map(|&(id, _)| i64::from(id))
+            .collect();
+        let missing: Vec<_> = drafts.iter().filter(|d| !published.contains(d)).collect();
+        let extra: Vec<_> = published.iter().filter(|d| !drafts.contains(d)).collect();
+        assert_eq!(
+            (published.len(), &missing, &extra),
+            (drafts.len(), &vec![], &vec![]),
+            "each save compared with its own old row: exactly the drafts became published"
+        );
+    }
+);

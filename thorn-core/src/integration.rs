@@ -103,7 +103,9 @@ pub use crate::outbox::store::{
 };
 pub use crate::outbox::stored::{StoredEvent, StoredOptions, StoredRetry};
 pub use crate::relay::{BackgroundRelay, RelayCounters, default_worker_name, run_relay};
-pub use crate::transaction::{FrameKey, ManagedFrame, Parent, Raised, Route, Scope, ThornExt};
+pub use crate::transaction::{
+    FrameKey, ManagedFrame, Parent, Raised, Route, SaveAt, Scope, ThornExt,
+};
 
 /// Thorn's SQL: every statement of the subscription store and the outbox,
 /// over a connection the integration lends.

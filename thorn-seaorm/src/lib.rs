@@ -55,10 +55,11 @@
 //! # }
 //! ```
 //!
-//! The hooks find the [`Thorn`] to send with through [`install`] (once, at
-//! start-up) or [`scope`] (for the futures run inside it, which takes
-//! precedence). A model with events and no Thorn is an error, not a silent
-//! loss.
+//! The hooks find the [`Thorn`] to send with through [`set_global`] (once,
+//! at start-up; a second call is an error) or [`scope`] (for the futures
+//! run inside it, which takes precedence). A save of a model with events
+//! and no Thorn set fails before its statement runs, with an error naming
+//! `set_global`.
 //!
 //! Events leave only after the transaction they were raised in commits
 //! ([`thorn_core::integration`]). A hook cannot see a commit, so run
@@ -92,9 +93,13 @@
 //! Transition filters (`state.now_eq("PUBLISHED")`) compare against the
 //! stored row: `before_save` loads it by primary key (`SELECT ... FOR
 //! UPDATE` on PostgreSQL) only when a change event of the model has such a
-//! filter, and hands it to `after_save` of the same save, keyed by task,
-//! model and primary key, so concurrent saves never see each other's old
-//! rows. `before_delete` loads the row being deleted the same way, so a
+//! filter, and hands it to `after_save` of the same save, found again by
+//! its typed primary key: inside a transaction from [`begin`] or
+//! [`transaction`] it waits in that transaction's frame (and is gone with
+//! it, even when the save failed between its hooks); elsewhere it waits
+//! with the connection and the task running the save. Concurrent saves
+//! never see each other's old rows, and none is dropped however many are
+//! in flight. `before_delete` loads the row being deleted the same way, so a
 //! delete event carries the row as stored (every field, even when the
 //! caller set only the key) and none is sent when there was no row.
 //!
@@ -128,17 +133,14 @@ pub use sea_orm as __sea_orm;
 pub use outbox::{Relay, SeaOrmOutbox};
 pub use store::SeaOrmStore;
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
+use sea_orm::sea_query::ValueTuple;
 use sea_orm::sea_query::sea_value_to_json_value;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, DbErr, DeleteMany,
-    EntityTrait, Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
-    Value,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, DeleteMany, EntityTrait,
+    Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
 };
 use sea_orm::{
     InsertMany, IntoActiveModel, TransactionError, TransactionSession, TransactionTrait,
@@ -149,54 +151,61 @@ use thorn_core::integration::schema::{MIGRATIONS, MIGRATIONS_TABLE};
 use thorn_core::integration::{FrameKey, ManagedFrame, Parent, Scope, ThornExt, WebhooksExt};
 use thorn_core::{DispatchOn, Thorn, WebhookModel};
 
-static INSTALLED: RwLock<Option<Thorn>> = RwLock::new(None);
+static GLOBAL: OnceLock<Thorn> = OnceLock::new();
 
 tokio::task_local! {
     static SCOPED: Thorn;
 }
 
-/// Makes `thorn` the instance every hook sends with (replacing any
-/// installed before). Call it once at start-up.
-pub fn install(thorn: Thorn) {
-    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(thorn);
-}
-
-/// Takes the installed Thorn out (hooks outside [`scope`] then have none),
-/// for a clean shutdown: drain it, then drop it.
+/// Sets the [`Thorn`] every hook sends with, for the whole process. Call
+/// it once at start-up, before the first save; a second call is an error
+/// and changes nothing. [`scope`] overrides it for the futures run inside.
 ///
 /// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// # thorn::seaorm::install(thorn::Thorn::new(thorn::Config::default()).unwrap());
-/// if let Some(thorn) = thorn::seaorm::uninstall() {
-///     let drained = thorn.drain_async(std::time::Duration::from_secs(10)).await;
-///     assert!(drained.is_complete());
-/// }
-/// # });
+/// let thorn = thorn::Thorn::new(thorn::Config::default()).unwrap();
+/// thorn::seaorm::set_global(thorn.clone()).unwrap();
+/// assert!(thorn::seaorm::set_global(thorn).is_err(), "set once");
 /// ```
-pub fn uninstall() -> Option<Thorn> {
-    INSTALLED.write().unwrap_or_else(|e| e.into_inner()).take()
+pub fn set_global(thorn: Thorn) -> Result<(), SetGlobalError> {
+    GLOBAL.set(thorn).map_err(|_| SetGlobalError(()))
 }
 
-/// Runs `future` with `thorn` as the instance its hooks send with, ahead
-/// of the installed one: for tests, or several Thorn configurations in one
-/// process.
+/// [`set_global`] was called when a Thorn was set already.
+#[derive(Debug)]
+pub struct SetGlobalError(());
+
+impl std::fmt::Display for SetGlobalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "thorn::seaorm::set_global was called twice: the hooks' Thorn is set once per process \
+             (run code that needs another inside thorn::seaorm::scope)",
+        )
+    }
+}
+
+impl std::error::Error for SetGlobalError {}
+
+/// Runs `future` with `thorn` as the instance its hooks (and [`begin`],
+/// [`transaction`]) send with, ahead of the one from [`set_global`]: for
+/// tests, or several Thorn configurations in one process.
 pub async fn scope<F: Future>(thorn: Thorn, future: F) -> F::Output {
     SCOPED.scope(thorn, future).await
 }
 
-/// The instance hooks send with now: the scoped one, else the installed.
+/// The instance hooks send with here: the [`scope`]d one, else the one
+/// from [`set_global`].
 pub fn current() -> Option<Thorn> {
     SCOPED
         .try_with(Thorn::clone)
         .ok()
-        .or_else(|| INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone())
+        .or_else(|| GLOBAL.get().cloned())
 }
 
 fn thorn_for(model: &str) -> Result<Thorn, DbErr> {
     current().ok_or_else(|| {
         DbErr::Custom(format!(
-            "thorn_seaorm: {model} has webhook events but no Thorn is installed: \
-             call thorn_seaorm::install(thorn) at start-up (or run inside thorn_seaorm::scope)"
+            "thorn_seaorm: {model} has webhook events but no Thorn is set: \
+             call thorn::seaorm::set_global(thorn) at start-up (or run the save inside thorn::seaorm::scope)"
         ))
     })
 }
@@ -281,88 +290,40 @@ macro_rules! behavior {
 /// The model of an active model.
 type ModelOf<A> = <<A as ActiveModelTrait>::Entity as EntityTrait>::Model;
 
-/// Old rows loaded by `before_save`, waiting for `after_save` of the same
-/// save: keyed by the task (or thread) running it, the model type and the
-/// primary key.
-type OldKey = (Runner, TypeId, String);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Runner {
-    Task(tokio::task::Id),
-    Thread(std::thread::ThreadId),
+/// A row as stored, loaded by the first hook of a save for its second:
+/// found again by its typed primary key, apart for saves and deletes.
+struct OldRow<M> {
+    key: ValueTuple,
+    deleting: bool,
+    row: M,
 }
 
-fn runner() -> Runner {
-    tokio::task::try_id()
-        .map(Runner::Task)
-        .unwrap_or_else(|| Runner::Thread(std::thread::current().id()))
+fn hold_old<M: Send + 'static, C>(thorn: &Thorn, db: &C, key: ValueTuple, deleting: bool, row: M) {
+    thorn.hold_old_row(thorn.save_at(frame_key(db)), OldRow { key, deleting, row });
 }
 
-type OldRows = HashMap<OldKey, (Instant, Box<dyn Any + Send>)>;
-
-static OLD_ROWS: Mutex<Option<OldRows>> = Mutex::new(None);
-
-/// Old rows whose save failed between the hooks are dropped after this.
-const OLD_ROW_TTL: Duration = Duration::from_secs(300);
-
-/// A hard cap on old rows held at once (saves in flight between their
-/// hooks, plus those that failed in the last [`OLD_ROW_TTL`]).
-const OLD_ROWS_MAX: usize = 16_384;
-
-fn stash_old<M: Send + 'static>(key: String, old: M) {
-    let mut rows = OLD_ROWS.lock().unwrap_or_else(|e| e.into_inner());
-    let rows = rows.get_or_insert_with(HashMap::new);
-    if rows.len() >= 1024 {
-        rows.retain(|_, (at, _)| at.elapsed() < OLD_ROW_TTL);
-        if rows.len() >= OLD_ROWS_MAX {
-            tracing::warn!(
-                held = rows.len(),
-                "thorn_seaorm: too many old rows waiting for after_save; dropping them"
-            );
-            rows.clear();
-        }
-    }
-    rows.insert(
-        (runner(), TypeId::of::<M>(), key),
-        (Instant::now(), Box::new(old)),
-    );
-}
-
-fn take_old<M: Send + 'static>(key: String) -> Option<M> {
-    let mut rows = OLD_ROWS.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, old) = rows.as_mut()?.remove(&(runner(), TypeId::of::<M>(), key))?;
-    old.downcast::<M>().ok().map(|b| *b)
-}
-
-/// The primary key values of `am`, when all are set.
-fn key_of_active<A: ActiveModelTrait>(am: &A) -> Option<Vec<Value>> {
-    <A::Entity as EntityTrait>::PrimaryKey::iter()
-        .map(|k| match am.get(k.into_column()) {
-            ActiveValue::Set(v) | ActiveValue::Unchanged(v) => Some(v),
-            ActiveValue::NotSet => None,
+fn take_old<M: Send + 'static, C>(
+    thorn: &Thorn,
+    db: &C,
+    key: &ValueTuple,
+    deleting: bool,
+) -> Option<M> {
+    thorn
+        .take_old_row(thorn.save_at(frame_key(db)), |old: &OldRow<M>| {
+            old.deleting == deleting && old.key == *key
         })
-        .collect()
-}
-
-fn key_of_model<M: ModelTrait>(model: &M) -> Vec<Value> {
-    <M::Entity as EntityTrait>::PrimaryKey::iter()
-        .map(|k| model.get(k.into_column()))
-        .collect()
-}
-
-fn key_string(values: &[Value]) -> String {
-    format!("{values:?}")
+        .map(|old| old.row)
 }
 
 /// Loads the stored row with primary key `key`, locked for update on
 /// PostgreSQL (SQLite has no row locks: its writers are serialized).
-async fn fetch_row<E, C>(db: &C, key: &[Value]) -> Result<Option<E::Model>, DbErr>
+async fn fetch_row<E, C>(db: &C, key: &ValueTuple) -> Result<Option<E::Model>, DbErr>
 where
     E: EntityTrait,
     C: ConnectionTrait,
 {
     let mut select = E::find();
-    for (k, v) in E::PrimaryKey::iter().zip(key) {
+    for (k, v) in E::PrimaryKey::iter().zip(key.iter()) {
         select = select.filter(k.into_column().eq(v.clone()));
     }
     if db.get_database_backend() == DbBackend::Postgres {
@@ -385,13 +346,14 @@ where
         DispatchOn::Change
     };
     admit::<ModelOf<A>, C>(db, on)?;
-    if insert || !ModelOf::<A>::webhooks().needs_old_row(DispatchOn::Change) {
+    let webhooks = ModelOf::<A>::webhooks();
+    if insert || !webhooks.needs_old_row(DispatchOn::Change) {
         return Ok(am);
     }
-    if let Some(key) = key_of_active(&am)
+    if let Some(key) = am.get_primary_key_value()
         && let Some(old) = fetch_row::<A::Entity, C>(db, &key).await?
     {
-        stash_old(key_string(&key), old);
+        hold_old(&thorn_for(webhooks.model())?, db, key, false, old);
     }
     Ok(am)
 }
@@ -411,15 +373,16 @@ where
         DispatchOn::Change
     };
     let webhooks = ModelOf::<A>::webhooks();
+    if !webhooks.fires_on(on) {
+        return Ok(model);
+    }
+    let thorn = thorn_for(webhooks.model())?;
     let old = if !insert && webhooks.needs_old_row(DispatchOn::Change) {
-        take_old::<ModelOf<A>>(key_string(&key_of_model(&model)))
+        take_old(&thorn, db, &model.get_primary_key_value(), false)
     } else {
         None
     };
-    if webhooks.fires_on(on) {
-        let thorn = thorn_for(webhooks.model())?;
-        fire(&thorn, db, on, [(&model, old.as_ref())], None).await?;
-    }
+    fire(&thorn, db, on, [(&model, old.as_ref())], None).await?;
     Ok(model)
 }
 
@@ -438,10 +401,11 @@ where
     }
     admit::<ModelOf<A>, C>(db, DispatchOn::Delete)?;
     // Without a key SeaORM refuses the delete itself.
-    if let Some(key) = key_of_active(&am)
+    if let Some(key) = am.get_primary_key_value()
         && let Some(row) = fetch_row::<A::Entity, C>(db, &key).await?
     {
-        stash_old(delete_key(&key), row);
+        let thorn = thorn_for(ModelOf::<A>::webhooks().model())?;
+        hold_old(&thorn, db, key, true, row);
     }
     Ok(am)
 }
@@ -458,19 +422,14 @@ where
     if !webhooks.fires_on(DispatchOn::Delete) {
         return Ok(am);
     }
-    let Some(key) = key_of_active(&am) else {
+    let Some(key) = am.get_primary_key_value() else {
         return Ok(am);
     };
-    if let Some(row) = take_old::<ModelOf<A>>(delete_key(&key)) {
-        let thorn = thorn_for(webhooks.model())?;
+    let thorn = thorn_for(webhooks.model())?;
+    if let Some(row) = take_old::<ModelOf<A>, C>(&thorn, db, &key, true) {
         fire(&thorn, db, DispatchOn::Delete, [(&row, None)], None).await?;
     }
     Ok(am)
-}
-
-/// The stash key of a row being deleted (apart from rows being saved).
-fn delete_key(key: &[Value]) -> String {
-    format!("delete {}", key_string(key))
 }
 
 /// Where a hook's `db` stands: a transaction Thorn manages
@@ -587,7 +546,7 @@ async fn write_rows<C: ConnectionTrait>(db: &C, rows: &[StoredEvent]) -> Result<
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
 /// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
 /// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
-/// # thorn::seaorm::install(thorn);
+/// # thorn::seaorm::set_global(thorn).unwrap();
 /// let txn = thorn::seaorm::begin(&db).await?;
 /// article::ActiveModel { title: Set("Hello".into()), ..Default::default() }
 ///     .insert(&*txn)
@@ -600,8 +559,11 @@ pub struct Transaction<T = sea_orm::DatabaseTransaction> {
     // Declared first, so dropped first: the frame leaves the registry
     // before the transaction's address can be reused.
     frame: ManagedFrame,
-    // Boxed so its address, the frame's key, never moves.
-    txn: Box<T>,
+    // Boxed so its address, the frame's key, never moves; `None` only once
+    // `commit` or `rollback` took the transaction, and the box is freed
+    // only after the frame left the registry, so a transaction begun
+    // meanwhile cannot get the same address (the same frame key).
+    txn: Box<Option<T>>,
 }
 
 impl<T> std::fmt::Debug for Transaction<T> {
@@ -616,14 +578,23 @@ impl<T> std::ops::Deref for Transaction<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.txn
+        self.conn_ref()
+    }
+}
+
+impl<T> Transaction<T> {
+    fn conn_ref(&self) -> &T {
+        self.txn
+            .as_ref()
+            .as_ref()
+            .expect("a Transaction holds its transaction until commit or rollback consume it")
     }
 }
 
 impl<T: ConnectionTrait + TransactionSession> Transaction<T> {
     /// SeaORM's transaction, to pass where a connection is wanted.
     pub fn conn(&self) -> &T {
-        &self.txn
+        self.conn_ref()
     }
 
     /// Writes the transaction's outbox events (multi-row `INSERT`s),
@@ -643,18 +614,25 @@ impl<T: ConnectionTrait + TransactionSession> Transaction<T> {
                 return Err(DbErr::Custom(error.to_string()));
             }
         };
-        write_rows(&*self.txn, &rows).await?;
-        let Transaction { txn, frame } = self;
-        txn.commit().await?;
+        write_rows(self.conn_ref(), &rows).await?;
+        let Transaction { mut txn, frame } = self;
+        let Some(conn) = txn.take() else {
+            return Ok(());
+        };
+        conn.commit().await?;
         frame.committed();
+        drop(txn);
         Ok(())
     }
 
     /// Rolls back; the events raised inside are discarded.
     pub async fn rollback(self) -> Result<(), DbErr> {
-        let Transaction { txn, frame } = self;
+        let Transaction { mut txn, frame } = self;
         drop(frame);
-        txn.rollback().await
+        match txn.take() {
+            Some(conn) => conn.rollback().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -679,7 +657,7 @@ where
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
 /// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
 /// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
-/// # thorn::seaorm::install(thorn);
+/// # thorn::seaorm::set_global(thorn).unwrap();
 /// let txn = thorn::seaorm::begin_with_options(&db, sea_orm::TransactionOptions {
 ///     sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
 ///     ..Default::default()
@@ -698,8 +676,12 @@ where
 {
     let thorn = thorn_for("thorn_seaorm::begin")?;
     let parent = Parent::enclosing(scope_of(&thorn, db));
-    let txn = Box::new(db.begin_with_options(options).await?);
-    let frame = ManagedFrame::begin(&thorn, frame_key(&*txn), parent);
+    let txn = Box::new(Some(db.begin_with_options(options).await?));
+    let frame = ManagedFrame::begin(
+        &thorn,
+        frame_key(txn.as_ref().as_ref().expect("just begun")),
+        parent,
+    );
     Ok(Transaction { txn, frame })
 }
 
@@ -736,7 +718,7 @@ where
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
 /// # db.execute_unprepared("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL)").await?;
 /// # let thorn = thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap();
-/// # thorn::seaorm::install(thorn);
+/// # thorn::seaorm::set_global(thorn).unwrap();
 /// let article = thorn::seaorm::transaction(&db, |txn| {
 ///     Box::pin(async move {
 ///         let article = article::ActiveModel { title: Set("Hello".into()), ..Default::default() }
@@ -913,7 +895,7 @@ where
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
 /// # db.execute_unprepared("CREATE TABLE article_tags (article_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, PRIMARY KEY (article_id, tag_id))").await?;
-/// # thorn::seaorm::install(thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap());
+/// # thorn::seaorm::set_global(thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap()).unwrap();
 /// # let article = article::Model { id: 1, title: "Hello".into() };
 /// # let tag_ids = [3, 4];
 /// let txn = thorn::seaorm::begin(&db).await?;

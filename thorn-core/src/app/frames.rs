@@ -2,8 +2,11 @@
 //! events each holds until it commits. The integrations drive them through
 //! [`crate::integration`].
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::dispatch::OutgoingEvent;
@@ -35,6 +38,11 @@ impl FrameKey {
     /// transaction runs) at nesting `level`.
     pub fn new(connection: usize, level: usize) -> Self {
         FrameKey { connection, level }
+    }
+
+    /// The connection's address.
+    pub(crate) fn connection(self) -> usize {
+        self.connection
     }
 }
 
@@ -98,6 +106,9 @@ pub(crate) struct Frame {
     pub(crate) rows: Vec<StoredEvent>,
     /// A write inside failed after its statement ran: why.
     pub(crate) failed: Option<String>,
+    /// Old rows of saves split in two hooks, waiting for the second one
+    /// ([`SaveAt::Frame`]); they leave with the frame.
+    pub(crate) old_rows: Vec<Box<dyn Any + Send>>,
 }
 
 /// The open frames of one [`Thorn`](crate::Thorn): a few at a time (one per open
@@ -105,6 +116,87 @@ pub(crate) struct Frame {
 #[derive(Default)]
 pub(crate) struct Frames {
     map: Mutex<FrameList>,
+    loose: Mutex<LooseRows>,
+}
+
+/// Where the two halves of a save that an ORM splits in two hooks (one
+/// before its statement, one after, as SeaORM's `before_save` and
+/// `after_save`) leave the row as it was for each other: see
+/// [`ThornExt::hold_old_row`](crate::integration::ThornExt::hold_old_row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveAt {
+    /// Inside this managed transaction or savepoint: the row waits in its
+    /// frame and leaves with it (a save that fails between its hooks
+    /// leaves nothing behind once the transaction ends).
+    Frame(FrameKey),
+    /// Outside any managed frame, on the connection at this address: the
+    /// row waits with the task (or thread) running the save.
+    Connection(usize),
+}
+
+/// The task (or, outside a runtime, the thread) running a save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Runner {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Runner {
+    fn current() -> Runner {
+        tokio::task::try_id()
+            .map(Runner::Task)
+            .unwrap_or_else(|| Runner::Thread(std::thread::current().id()))
+    }
+}
+
+/// Old rows of saves outside managed frames, per connection and task.
+/// An entry leaves when the save's second hook takes it; one whose save
+/// failed between its hooks is swept after [`LOOSE_TTL`] (never sooner,
+/// however many saves are in flight).
+#[derive(Default)]
+struct LooseRows {
+    rows: HashMap<(usize, Runner), Vec<Held>>,
+    held: usize,
+    sweep_at: usize,
+}
+
+/// An old row and when it was held.
+type Held = (Instant, Box<dyn Any + Send>);
+
+/// How long the old row of a save that failed between its hooks is kept.
+const LOOSE_TTL: Duration = Duration::from_secs(600);
+
+impl LooseRows {
+    fn hold(&mut self, key: (usize, Runner), row: Box<dyn Any + Send>) {
+        if self.held >= self.sweep_at.max(1024) {
+            self.rows.retain(|_, rows| {
+                rows.retain(|(at, _)| at.elapsed() < LOOSE_TTL);
+                !rows.is_empty()
+            });
+            self.held = self.rows.values().map(Vec::len).sum();
+            self.sweep_at = self.held * 2;
+        }
+        self.rows
+            .entry(key)
+            .or_default()
+            .push((Instant::now(), row));
+        self.held += 1;
+    }
+
+    fn take(
+        &mut self,
+        key: (usize, Runner),
+        matches: &mut dyn FnMut(&(dyn Any + Send)) -> bool,
+    ) -> Option<Box<dyn Any + Send>> {
+        let rows = self.rows.get_mut(&key)?;
+        let i = rows.iter().position(|(_, row)| matches(row.as_ref()))?;
+        let (_, row) = rows.swap_remove(i);
+        if rows.is_empty() {
+            self.rows.remove(&key);
+        }
+        self.held -= 1;
+        Some(row)
+    }
 }
 
 #[derive(Default)]
@@ -165,6 +257,7 @@ impl Frames {
             held: Vec::new(),
             rows: Vec::new(),
             failed: None,
+            old_rows: Vec::new(),
         };
         if map.insert(key, frame).is_some() {
             tracing::error!(
@@ -207,5 +300,90 @@ impl Frames {
             at = *child;
         }
         Some(at)
+    }
+
+    /// Keeps `row` at `at` for the second hook of the same save.
+    pub(crate) fn hold_old_row(&self, at: SaveAt, row: Box<dyn Any + Send>) {
+        match at {
+            SaveAt::Frame(key) => {
+                if let Some(frame) = self.lock().get_mut(&key) {
+                    frame.old_rows.push(row);
+                }
+            }
+            SaveAt::Connection(connection) => self
+                .loose
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hold((connection, Runner::current()), row),
+        }
+    }
+
+    /// Takes the first row held at `at` that `matches`.
+    pub(crate) fn take_old_row(
+        &self,
+        at: SaveAt,
+        matches: &mut dyn FnMut(&(dyn Any + Send)) -> bool,
+    ) -> Option<Box<dyn Any + Send>> {
+        match at {
+            SaveAt::Frame(key) => {
+                let mut list = self.lock();
+                let rows = &mut list.get_mut(&key)?.old_rows;
+                let i = rows.iter().position(|row| matches(row.as_ref()))?;
+                Some(rows.swap_remove(i))
+            }
+            SaveAt::Connection(connection) => self
+                .loose
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take((connection, Runner::current()), matches),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_in_flight_keep_their_old_rows_however_many() {
+        let frames = Frames::default();
+        // Far past the sweep threshold: none is old enough to sweep.
+        for connection in 0..20_000 {
+            frames.hold_old_row(SaveAt::Connection(connection), Box::new(connection));
+        }
+        for connection in (0..20_000).rev() {
+            let row = frames
+                .take_old_row(SaveAt::Connection(connection), &mut |r| {
+                    r.downcast_ref::<usize>() == Some(&connection)
+                })
+                .unwrap_or_else(|| panic!("the row of save {connection} is there"));
+            assert_eq!(row.downcast_ref::<usize>(), Some(&connection));
+        }
+        assert_eq!(frames.loose.lock().unwrap().held, 0);
+    }
+
+    #[test]
+    fn a_frames_old_rows_leave_with_it() {
+        let frames = Frames::default();
+        let key = FrameKey::new(7, 1);
+        frames.begin(key, Parent::Root);
+        frames.hold_old_row(SaveAt::Frame(key), Box::new(1u8));
+        frames.hold_old_row(SaveAt::Frame(key), Box::new(2u8));
+        let mut is_two = |r: &(dyn Any + Send)| r.downcast_ref::<u8>() == Some(&2);
+        assert!(
+            frames
+                .take_old_row(SaveAt::Frame(key), &mut is_two)
+                .is_some()
+        );
+        assert!(
+            frames
+                .take_old_row(SaveAt::Frame(key), &mut is_two)
+                .is_none()
+        );
+        frames.lock().remove(&key);
+        let mut any = |_: &(dyn Any + Send)| true;
+        assert!(frames.take_old_row(SaveAt::Frame(key), &mut any).is_none());
+        // Nothing leaked to the connection's rows.
+        assert_eq!(frames.loose.lock().unwrap().held, 0);
     }
 }

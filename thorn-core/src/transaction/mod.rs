@@ -1,13 +1,14 @@
 //! Managed-transaction frames, and where a raised model event goes in
 //! each [`Scope`]; documented for integrations in [`crate::integration`].
 
+use std::any::Any;
 use std::fmt;
 
 use crate::dispatch::OutgoingEvent;
 use crate::outbox::StoredEvent;
 use crate::{Error, Result, Thorn};
 
-pub use crate::app::frames::{FrameKey, Parent, Route, Scope};
+pub use crate::app::frames::{FrameKey, Parent, Route, SaveAt, Scope};
 
 /// An open managed transaction or savepoint, from [`ManagedFrame::begin`].
 ///
@@ -281,6 +282,23 @@ pub trait ThornExt {
     /// an in-process relay wakes without waiting for its next poll. Notify
     /// it after committing outbox rows written outside a managed frame.
     fn outbox_signal(&self) -> &std::sync::Arc<tokio::sync::Notify>;
+
+    /// Where the hooks of one save on the connection (or transaction
+    /// object) at address `connection` meet: the managed frame it writes
+    /// in, else the connection itself with the running task.
+    fn save_at(&self, connection: FrameKey) -> SaveAt;
+
+    /// For ORMs that split a save in two hooks, one before its statement
+    /// and one after (SeaORM's `before_save` / `after_save`): keeps the
+    /// row as it was for the second hook of the same save. Inside a
+    /// managed frame it waits in the frame and is gone when the frame
+    /// ends; elsewhere it waits with the connection and the running task.
+    fn hold_old_row<R: Any + Send>(&self, at: SaveAt, row: R);
+
+    /// Takes the row of type `R` held at `at` (by the running task, when
+    /// outside a frame) for which `matches` is true: the old row of the
+    /// same save, found by its typed key.
+    fn take_old_row<R: Any + Send>(&self, at: SaveAt, matches: impl Fn(&R) -> bool) -> Option<R>;
 }
 
 impl ThornExt for Thorn {
@@ -302,5 +320,23 @@ impl ThornExt for Thorn {
 
     fn outbox_signal(&self) -> &std::sync::Arc<tokio::sync::Notify> {
         self.outbox_written()
+    }
+
+    fn save_at(&self, connection: FrameKey) -> SaveAt {
+        match self.frames().innermost(connection) {
+            Some(frame) => SaveAt::Frame(frame),
+            None => SaveAt::Connection(connection.connection()),
+        }
+    }
+
+    fn hold_old_row<R: Any + Send>(&self, at: SaveAt, row: R) {
+        self.frames().hold_old_row(at, Box::new(row));
+    }
+
+    fn take_old_row<R: Any + Send>(&self, at: SaveAt, matches: impl Fn(&R) -> bool) -> Option<R> {
+        let row = self.frames().take_old_row(at, &mut |row| {
+            (row as &dyn Any).downcast_ref::<R>().is_some_and(&matches)
+        })?;
+        (row as Box<dyn Any>).downcast::<R>().ok().map(|row| *row)
     }
 }
