@@ -8,10 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
-    QueryFilter, Set,
-};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Set};
 use thorn::RelayOptions;
 use thorn::seaorm::{Relay, SeaOrmStore, migrate};
 use thorn::{Config, SubscriptionStore, Thorn};
@@ -47,7 +44,34 @@ pub(crate) mod fun_article {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub(crate) enum Relation {}
 
+    // SeaORM's many-to-many: articles <-> tags through fun_article_tags.
+    impl Related<super::fun_tag::Entity> for Entity {
+        fn to() -> RelationDef {
+            super::fun_article_tag::Relation::Tag.def()
+        }
+        fn via() -> Option<RelationDef> {
+            Some(super::fun_article_tag::Relation::Article.def().rev())
+        }
+    }
+
     thorn::seaorm::behavior!(ActiveModel);
+}
+
+pub(crate) mod fun_tag {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fun_tags")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
 }
 
 pub(crate) mod fun_article_tag {
@@ -63,7 +87,20 @@ pub(crate) mod fun_article_tag {
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub(crate) enum Relation {}
+    pub(crate) enum Relation {
+        #[sea_orm(
+            belongs_to = "super::fun_article::Entity",
+            from = "Column::ArticleId",
+            to = "super::fun_article::Column::Id"
+        )]
+        Article,
+        #[sea_orm(
+            belongs_to = "super::fun_tag::Entity",
+            from = "Column::TagId",
+            to = "super::fun_tag::Column::Id"
+        )]
+        Tag,
+    }
 
     impl ActiveModelBehavior for ActiveModel {}
 }
@@ -291,46 +328,24 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
     }
 
     fn tag(&mut self, id: i32, tags: &[i32]) {
-        let article = self.article(id);
-        let links = fun_article_tag::Entity::insert_many(tags.iter().map(|&tag| {
-            fun_article_tag::ActiveModel {
-                article_id: Set(id),
-                tag_id: Set(tag),
-            }
-        }));
+        let (article, tags, n) = (self.article(id), fun_tags(tags), tags.len() as u64);
         let db = self.db.clone();
-        let rows = self
+        let linked = self
             .run(thorn::seaorm::transaction(&db, |txn| {
                 Box::pin(async move {
-                    thorn::seaorm::m2m_add(
-                        txn,
-                        &article,
-                        "tags",
-                        fun_article_tag::Column::TagId,
-                        links,
-                    )
-                    .await
+                    thorn::seaorm::link(txn, &article, fun_article::Model::TAGS, &tags).await
                 })
             }))
             .unwrap();
-        assert_eq!(rows.len(), tags.len());
+        assert_eq!(linked, n, "each tag is linked once");
     }
 
     fn untag(&mut self, id: i32, tags: &[i32]) {
-        let article = self.article(id);
-        let (db, tags) = (self.db.clone(), tags.to_vec());
+        let (article, tags) = (self.article(id), fun_tags(tags));
+        let db = self.db.clone();
         self.run(thorn::seaorm::transaction(&db, |txn| {
             Box::pin(async move {
-                thorn::seaorm::m2m_remove(
-                    txn,
-                    &article,
-                    "tags",
-                    fun_article_tag::Column::TagId,
-                    fun_article_tag::Entity::delete_many()
-                        .filter(fun_article_tag::Column::ArticleId.eq(id))
-                        .filter(fun_article_tag::Column::TagId.is_in(tags)),
-                )
-                .await
+                thorn::seaorm::unlink(txn, &article, fun_article::Model::TAGS, &tags).await
             })
         }))
         .unwrap();
@@ -341,19 +356,21 @@ impl<const POSTGRES: bool> Blog for SeaBlog<POSTGRES> {
         let db = self.db.clone();
         self.run(thorn::seaorm::transaction(&db, |txn| {
             Box::pin(async move {
-                thorn::seaorm::m2m_clear(
-                    txn,
-                    &article,
-                    "tags",
-                    fun_article_tag::Column::TagId,
-                    fun_article_tag::Entity::delete_many()
-                        .filter(fun_article_tag::Column::ArticleId.eq(id)),
-                )
-                .await
+                thorn::seaorm::clear(txn, &article, fun_article::Model::TAGS, fun_tag::Entity).await
             })
         }))
         .unwrap();
     }
+}
+
+/// Tag models with these ids (only their keys go into the junction).
+fn fun_tags(ids: &[i32]) -> Vec<fun_tag::Model> {
+    ids.iter()
+        .map(|&id| fun_tag::Model {
+            id,
+            name: format!("tag {id}"),
+        })
+        .collect()
 }
 
 crate::funtests!(sqlite_in_process, SeaBlog<false>, base_config());

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ModelTrait,
-    PaginatorTrait, QueryFilter, Set, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, ModelTrait, PaginatorTrait,
+    QueryFilter, Set, TransactionTrait, sea_query::Expr,
 };
 use thorn::seaorm::SeaOrmOutbox;
 use thorn::subscriber::MemoryStore;
@@ -385,51 +385,182 @@ fn a_model_with_events_and_no_thorn_is_an_error() {
     );
 }
 
+crate::seaorm_funtests::on_both!(
+    links_send_the_keys_that_changed,
+    create_tables,
+    |rt, db, _pg| {
+        use crate::seaorm_funtests::{fun_article_tag, fun_tag};
+        let tags = |ids: &[i32]| -> Vec<fun_tag::Model> {
+            ids.iter()
+                .map(|&id| fun_tag::Model {
+                    id,
+                    name: format!("t{id}"),
+                })
+                .collect()
+        };
+        let recorder = Recorder::default();
+        let thorn = Thorn::builder(local_config())
+            .dispatcher(recorder.clone())
+            .build()
+            .unwrap();
+        const TAGS: thorn::Relation<fun_article::Model> = fun_article::Model::TAGS;
+        rt.block_on(thorn::seaorm::scope(thorn, async {
+            let a = draft("tagged").insert(&db).await.unwrap();
+            let txn = thorn::seaorm::begin(&db).await.unwrap();
+            assert_eq!(
+                thorn::seaorm::link(&*txn, &a, TAGS, &tags(&[1, 2, 3]))
+                    .await
+                    .unwrap(),
+                3
+            );
+            // 3 is linked already: only 4 is new.
+            assert_eq!(
+                thorn::seaorm::link(&*txn, &a, TAGS, &tags(&[3, 4]))
+                    .await
+                    .unwrap(),
+                1
+            );
+            // 9 was never linked.
+            assert_eq!(
+                thorn::seaorm::unlink(&*txn, &a, TAGS, &tags(&[2, 9]))
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert_eq!(
+                thorn::seaorm::unlink(&*txn, &a, TAGS, &tags(&[9]))
+                    .await
+                    .unwrap(),
+                0
+            );
+            txn.commit().await.unwrap();
+            // A rolled-back link sends nothing and leaves no row.
+            let txn = thorn::seaorm::begin(&db).await.unwrap();
+            thorn::seaorm::link(&*txn, &a, TAGS, &tags(&[7]))
+                .await
+                .unwrap();
+            txn.rollback().await.unwrap();
+            let linked: Vec<i32> = fun_article_tag::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.tag_id)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(linked, [1, 3, 4]);
+            let txn = thorn::seaorm::begin(&db).await.unwrap();
+            assert_eq!(
+                thorn::seaorm::clear(&*txn, &a, TAGS, fun_tag::Entity)
+                    .await
+                    .unwrap(),
+                3
+            );
+            assert_eq!(
+                thorn::seaorm::clear(&*txn, &a, TAGS, fun_tag::Entity)
+                    .await
+                    .unwrap(),
+                0
+            );
+            txn.commit().await.unwrap();
+            assert_eq!(fun_article_tag::Entity::find().count(&db).await.unwrap(), 0);
+        }));
+        let got: Vec<(String, serde_json::Value)> = recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _, _)| e != "article.created")
+            .map(|(e, _, context)| {
+                let mut related: Vec<i64> = context.as_ref().unwrap()["related"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_i64().unwrap())
+                    .collect();
+                related.sort_unstable();
+                assert_eq!(context.as_ref().unwrap()["relation"], "tags");
+                (e.clone(), serde_json::json!(related))
+            })
+            .collect();
+        use serde_json::json;
+        assert_eq!(
+            got,
+            [
+                ("article.tagged".to_owned(), json!([1, 2, 3])),
+                ("article.tagged".to_owned(), json!([4])),
+                ("article.untagged".to_owned(), json!([2])),
+                ("article.tags_cleared".to_owned(), json!([1, 3, 4])),
+            ],
+            "one event per change that linked or unlinked something, with its keys"
+        );
+    }
+);
+
+/// An article whose `Related<fun_tag::Entity>` has no junction.
+mod unjoined {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, thorn::WebhookModel)]
+    #[sea_orm(table_name = "fun_articles")]
+    #[webhook_model(on_tagged(name = "article.tagged", dispatches_on = m2m_add(tags)))]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl Related<crate::seaorm_funtests::fun_tag::Entity> for Entity {
+        fn to() -> RelationDef {
+            Entity::belongs_to(crate::seaorm_funtests::fun_tag::Entity)
+                .from(Column::Id)
+                .to(crate::seaorm_funtests::fun_tag::Column::Id)
+                .into()
+        }
+    }
+
+    thorn::seaorm::behavior!(ActiveModel);
+}
+
 #[test]
-fn an_undeclared_relation_is_refused() {
+fn a_relation_without_a_junction_is_refused() {
     let rt = runtime();
     let (_guard, db) = database(&rt, false).unwrap();
     rt.block_on(create_tables(&db, false));
     let receiver = Receiver::start();
     let thorn = thorn(DispatcherKind::InProcess, &receiver.url);
+    let article = unjoined::Model {
+        id: 1,
+        title: "x".into(),
+    };
+    let tag = crate::seaorm_funtests::fun_tag::Model {
+        id: 1,
+        name: "t".into(),
+    };
     let err = rt
-        .block_on(thorn::seaorm::scope(thorn, async {
-            let a = draft("x").insert(&db).await.unwrap();
-            thorn::seaorm::m2m_add(
-                &db,
-                &a,
-                "authors",
-                crate::seaorm_funtests::fun_article_tag::Column::TagId,
-                crate::seaorm_funtests::fun_article_tag::Entity::insert_many([
-                    crate::seaorm_funtests::fun_article_tag::ActiveModel {
-                        article_id: Set(a.id),
-                        tag_id: Set(1),
-                    },
-                ]),
-            )
-            .await
-        }))
-        .unwrap_err();
-    assert!(err.to_string().contains("`authors`"), "{err}");
-    assert!(err.to_string().contains("declared: tags"), "{err}");
-    // Refused before anything was written.
-    let n = rt.block_on(async {
-        db.query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM fun_article_tags",
+        .block_on(thorn::seaorm::scope(
+            thorn,
+            thorn::seaorm::link(&db, &article, unjoined::Model::TAGS, &[tag]),
         ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap()
-    });
-    assert_eq!(n, 0);
+        .unwrap_err();
+    assert!(err.to_string().contains("has no via()"), "{err}");
+    assert!(
+        err.to_string().contains("fun_tags"),
+        "names the entity: {err}"
+    );
 }
 
-/// Records each dispatched event's name and row id, sending nothing.
+/// Records each dispatched event's name, row id and context, sending
+/// nothing.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, i64)>>>);
+struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+
+/// An event's name, its row's id and its context.
+type Recorded = (String, i64, Option<serde_json::Value>);
 
 impl thorn::Dispatcher for Recorder {
     fn dispatch(
@@ -441,7 +572,7 @@ impl thorn::Dispatcher for Recorder {
         self.0
             .lock()
             .unwrap()
-            .push((outgoing.event.to_string(), id));
+            .push((outgoing.event.to_string(), id, outgoing.context.clone()));
         thorn::SendHandle::none()
     }
 }
@@ -515,14 +646,14 @@ crate::seaorm_funtests::on_both!(
         let got = recorder.0.lock().unwrap().clone();
         let changed: BTreeSet<i64> = got
             .iter()
-            .filter(|(e, _)| e == "article.changed")
-            .map(|&(_, id)| id)
+            .filter(|(e, _, _)| e == "article.changed")
+            .map(|&(_, id, _)| id)
             .collect();
         assert_eq!(changed.len(), N as usize, "one change event per save");
         let mut published: Vec<i64> = got
             .iter()
-            .filter(|(e, _)| e == "article.published")
-            .map(|&(_, id)| id)
+            .filter(|(e, _, _)| e == "article.published")
+            .map(|&(_, id, _)| id)
             .collect();
         published.sort_unstable();
         let drafts: Vec<i64> = ids

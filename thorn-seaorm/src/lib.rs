@@ -117,10 +117,11 @@
 //! `delete_many` or `delete_by_id`, and no `after_save` for
 //! `ActiveModel::update_without_returning`: nothing is sent for those. Use
 //! [`insert_many`], [`update_many`] and [`delete_many`], which send one
-//! event per returned row, and [`m2m_add`], [`m2m_remove`] and
-//! [`m2m_clear`] for junction tables.
+//! event per returned row, and [`link`], [`unlink`] and [`clear`] for
+//! many-to-many relations (over SeaORM's `Related::via()`: see [`m2m`]).
 
 pub mod entity;
+pub mod m2m;
 pub mod outbox;
 pub mod sql;
 pub mod store;
@@ -130,6 +131,7 @@ pub use async_trait::async_trait as __async_trait;
 #[doc(hidden)]
 pub use sea_orm as __sea_orm;
 
+pub use m2m::{clear, link, unlink};
 pub use outbox::{Relay, SeaOrmOutbox};
 pub use store::SeaOrmStore;
 
@@ -137,7 +139,6 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 use sea_orm::sea_query::ValueTuple;
-use sea_orm::sea_query::sea_value_to_json_value;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, DeleteMany, EntityTrait,
     Iterable, ModelTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect, UpdateMany,
@@ -823,178 +824,6 @@ where
     admit::<E::Model, C>(db, DispatchOn::Delete)?;
     let rows = delete.exec_with_returning(db).await?;
     fire_all(db, DispatchOn::Delete, &rows).await?;
-    Ok(rows)
-}
-
-fn check_relation<M: WebhookModel>(on: DispatchOn) -> Result<(), DbErr> {
-    M::webhooks()
-        .check_m2m(on)
-        .map_err(|e| core_error(M::webhooks().model(), e))
-}
-
-/// Sends `instance`'s events for a many-to-many change whose junction rows
-/// are `links`: the context names the relation and the `related` column's
-/// values (`{"relation": "tags", "related": [1, 2]}`). Nothing is sent for
-/// no rows.
-async fn m2m_fire<M, J, C>(
-    db: &C,
-    instance: &M,
-    on: DispatchOn,
-    related: J::Column,
-    links: &[J::Model],
-) -> Result<(), DbErr>
-where
-    M: WebhookModel,
-    J: EntityTrait,
-    C: ConnectionTrait,
-{
-    let webhooks = M::webhooks();
-    if links.is_empty() || !webhooks.fires_on(on) {
-        return Ok(());
-    }
-    let keys: Vec<serde_json::Value> = links
-        .iter()
-        .map(|l| sea_value_to_json_value(&l.get(related)))
-        .collect();
-    let context = M::webhooks().m2m_context(on, &keys);
-    let thorn = thorn_for(webhooks.model())?;
-    fire(&thorn, db, on, [(instance, None)], Some(context)).await
-}
-
-/// Inserts junction rows linking `instance` to related rows and sends the
-/// events declared with `dispatches_on = m2m_add(relation)`. `related` is
-/// the junction column naming the related row (its values go to the
-/// callbacks' context). Returns the inserted junction rows.
-///
-/// ```
-/// # mod article {
-/// #     use sea_orm::entity::prelude::*;
-/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, thorn::WebhookModel)]
-/// #     #[sea_orm(table_name = "articles")]
-/// #     #[webhook_model(on_tagged(name = "article.tagged", dispatches_on = m2m_add(tags)))]
-/// #     pub struct Model { #[sea_orm(primary_key)] pub id: i32, pub title: String }
-/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-/// #     pub enum Relation {}
-/// #     thorn::seaorm::behavior!(ActiveModel);
-/// # }
-/// # mod article_tag {
-/// #     use sea_orm::entity::prelude::*;
-/// #     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-/// #     #[sea_orm(table_name = "article_tags")]
-/// #     pub struct Model {
-/// #         #[sea_orm(primary_key, auto_increment = false)]
-/// #         pub article_id: i32,
-/// #         #[sea_orm(primary_key, auto_increment = false)]
-/// #         pub tag_id: i32,
-/// #     }
-/// #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-/// #     pub enum Relation {}
-/// #     impl ActiveModelBehavior for ActiveModel {}
-/// # }
-/// # use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
-/// # db.execute_unprepared("CREATE TABLE article_tags (article_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, PRIMARY KEY (article_id, tag_id))").await?;
-/// # thorn::seaorm::set_global(thorn::Thorn::new(thorn::Config { dispatcher: thorn::DispatcherKind::Disabled, ..Default::default() }).unwrap()).unwrap();
-/// # let article = article::Model { id: 1, title: "Hello".into() };
-/// # let tag_ids = [3, 4];
-/// let txn = thorn::seaorm::begin(&db).await?;
-/// let links = thorn::seaorm::m2m_add(&*txn, &article, "tags", article_tag::Column::TagId,
-///     article_tag::Entity::insert_many(tag_ids.iter().map(|&t| article_tag::ActiveModel {
-///         article_id: Set(article.id), tag_id: Set(t),
-///     }))).await?;
-/// txn.commit().await?; // "article.tagged" leaves with {"relation": "tags", "related": [3, 4]}
-/// assert_eq!(links.len(), 2);
-/// # Ok::<(), DbErr>(())
-/// # }).unwrap();
-/// ```
-pub async fn m2m_add<M, A, C>(
-    db: &C,
-    instance: &M,
-    relation: &'static str,
-    related: <A::Entity as EntityTrait>::Column,
-    links: InsertMany<A>,
-) -> Result<Vec<ModelOf<A>>, DbErr>
-where
-    M: WebhookModel,
-    A: ActiveModelTrait,
-    ModelOf<A>: IntoActiveModel<A>,
-    C: ConnectionTrait,
-{
-    let on = DispatchOn::M2mAdd(relation);
-    check_relation::<M>(on)?;
-    admit::<M, C>(db, on)?;
-    let rows = links.exec_with_returning(db).await?;
-    m2m_fire::<M, A::Entity, C>(db, instance, on, related, &rows).await?;
-    Ok(rows)
-}
-
-/// Deletes junction rows (`delete` filtered to `instance` and the related
-/// rows to unlink) and sends the events declared with
-/// `dispatches_on = m2m_remove(relation)`. Returns the deleted rows.
-pub async fn m2m_remove<M, J, C>(
-    db: &C,
-    instance: &M,
-    relation: &'static str,
-    related: J::Column,
-    delete: DeleteMany<J>,
-) -> Result<Vec<J::Model>, DbErr>
-where
-    M: WebhookModel,
-    J: EntityTrait,
-    C: ConnectionTrait,
-{
-    m2m_delete(
-        db,
-        instance,
-        DispatchOn::M2mRemove(relation),
-        related,
-        delete,
-    )
-    .await
-}
-
-/// Deletes all of `instance`'s junction rows (`delete` filtered to
-/// `instance`) and sends the events declared with
-/// `dispatches_on = m2m_clear(relation)`. Returns the deleted rows.
-pub async fn m2m_clear<M, J, C>(
-    db: &C,
-    instance: &M,
-    relation: &'static str,
-    related: J::Column,
-    delete: DeleteMany<J>,
-) -> Result<Vec<J::Model>, DbErr>
-where
-    M: WebhookModel,
-    J: EntityTrait,
-    C: ConnectionTrait,
-{
-    m2m_delete(
-        db,
-        instance,
-        DispatchOn::M2mClear(relation),
-        related,
-        delete,
-    )
-    .await
-}
-
-async fn m2m_delete<M, J, C>(
-    db: &C,
-    instance: &M,
-    on: DispatchOn,
-    related: J::Column,
-    delete: DeleteMany<J>,
-) -> Result<Vec<J::Model>, DbErr>
-where
-    M: WebhookModel,
-    J: EntityTrait,
-    C: ConnectionTrait,
-{
-    check_relation::<M>(on)?;
-    admit::<M, C>(db, on)?;
-    let rows = delete.exec_with_returning(db).await?;
-    m2m_fire::<M, J, C>(db, instance, on, related, &rows).await?;
     Ok(rows)
 }
 
