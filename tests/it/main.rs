@@ -23,6 +23,8 @@ mod relay;
 mod seaorm_funtests;
 #[cfg(feature = "seaorm")]
 mod seaorm_hooks;
+#[cfg(feature = "seaorm-migration")]
+mod seaorm_migrations;
 #[cfg(feature = "seaorm")]
 mod seaorm_transactions;
 mod security;

@@ -122,6 +122,8 @@
 
 pub mod entity;
 pub mod m2m;
+#[cfg(feature = "migration")]
+pub mod migration;
 pub mod outbox;
 pub mod sql;
 pub mod store;
@@ -835,7 +837,6 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     db.execute_unprepared(MIGRATIONS_TABLE).await?;
-    let postgres = db.get_database_backend() == DbBackend::Postgres;
     let mut applied = Vec::new();
     // On SQLite take the write lock at BEGIN: another writer between the
     // check and the DDL would otherwise fail the upgrade at once.
@@ -843,30 +844,45 @@ where
         sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
         ..Default::default()
     };
-    for &(version, sql, pg_sql) in MIGRATIONS {
+    for step in MIGRATIONS {
         let txn = db.begin_with_options(options).await?;
-        let done = txn
-            .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                db.get_database_backend(),
-                "SELECT version FROM thorn_schema_migrations WHERE version = $1",
-                [version.into()],
-            ))
-            .await?
-            .is_some();
-        if !done {
-            txn.execute_unprepared(sql).await?;
-            if postgres && !pg_sql.is_empty() {
-                txn.execute_unprepared(pg_sql).await?;
-            }
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                db.get_database_backend(),
-                "INSERT INTO thorn_schema_migrations (version) VALUES ($1)",
-                [version.into()],
-            ))
-            .await?;
-            applied.push(version);
+        if apply(&txn, step).await? {
+            applied.push(step.0);
         }
         sea_orm::TransactionSession::commit(txn).await?;
     }
     Ok(applied)
+}
+
+/// Runs one of Thorn's migration steps on `conn` (a transaction) unless
+/// `thorn_schema_migrations` says it ran — by [`migrate`], `thorn
+/// migrate`, Diesel's runner or as a SeaORM migration: all record it
+/// there, so any can follow another. True when it ran now.
+async fn apply<C: ConnectionTrait>(
+    conn: &C,
+    &(version, sql, pg_sql): &(i64, &str, &str),
+) -> Result<bool, DbErr> {
+    let backend = conn.get_database_backend();
+    let done = conn
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "SELECT version FROM thorn_schema_migrations WHERE version = $1",
+            [version.into()],
+        ))
+        .await?
+        .is_some();
+    if done {
+        return Ok(false);
+    }
+    conn.execute_unprepared(sql).await?;
+    if backend == DbBackend::Postgres && !pg_sql.is_empty() {
+        conn.execute_unprepared(pg_sql).await?;
+    }
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        backend,
+        "INSERT INTO thorn_schema_migrations (version) VALUES ($1)",
+        [version.into()],
+    ))
+    .await?;
+    Ok(true)
 }
