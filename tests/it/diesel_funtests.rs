@@ -45,8 +45,8 @@ diesel::table! {
     on_untagged(name = "article.untagged", dispatches_on = m2m_remove(tags)),
     on_tags_cleared(name = "article.tags_cleared", dispatches_on = m2m_clear(tags)),
 )]
-struct FunArticle {
-    id: i32,
+pub(crate) struct FunArticle {
+    pub(crate) id: i32,
     title: String,
     state: String,
     author_id: i32,
@@ -61,7 +61,7 @@ struct DieselBlog<C: diesel::r2d2::R2D2Connection + 'static> {
     _guard: Box<dyn Any>,
 }
 
-fn outbox() -> Config {
+pub(crate) fn outbox() -> Config {
     Config {
         outbox: true,
         ..base_config()

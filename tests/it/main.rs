@@ -6,6 +6,8 @@ mod buffering;
 mod codec;
 mod conformance;
 mod db;
+#[cfg(feature = "diesel-async")]
+mod diesel_async_funtests;
 mod diesel_funtests;
 mod diesel_migrations;
 mod diesel_sqlite;

@@ -79,6 +79,8 @@
 //! have such filters. Other updates of such a model do not compile
 //! ([`BulkChange`]).
 
+#[cfg(feature = "async-postgres")]
+pub mod asynchronous;
 pub mod migrate;
 pub mod outbox;
 pub mod sql;

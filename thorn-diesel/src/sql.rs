@@ -23,16 +23,16 @@ use crate::store::store_err;
 pub struct DieselConn<'c, C>(pub &'c mut C);
 
 /// One result row, each value decoded by the type the database reports.
-struct DynRow(Vec<Value>);
+pub(crate) struct DynRow(pub(crate) Vec<Value>);
 
 /// A statement of Thorn's SQL with its parameters, as Diesel runs it:
 /// prepared once per connection and text (Diesel's statement cache) when
 /// `cached`, its placeholders (`$N` on PostgreSQL, `?N` on SQLite) bound in order of
 /// appearance, a parameter used twice bound twice.
-struct Prepared<'q> {
-    sql: &'q str,
-    params: Vec<Param>,
-    cached: bool,
+pub(crate) struct Prepared<'q> {
+    pub(crate) sql: &'q str,
+    pub(crate) params: Vec<Param>,
+    pub(crate) cached: bool,
 }
 
 /// Where the next placeholder in `sql` starts and ends, and its number.
@@ -128,7 +128,7 @@ impl QueryableByName<diesel::sqlite::Sqlite> for DynRow {
     }
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "async-postgres"))]
 impl QueryableByName<diesel::pg::Pg> for DynRow {
     fn build<'a>(row: &impl NamedRow<'a, diesel::pg::Pg>) -> deserialize::Result<Self> {
         use diesel::pg::Pg;

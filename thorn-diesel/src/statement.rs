@@ -114,10 +114,10 @@ impl<'t, S> WithWebhooks<'t, S> {
 #[derive(Debug)]
 #[must_use = "statements run only when calling `get_results`"]
 pub struct M2m<'t, 'a, S, M> {
-    thorn: &'t Thorn,
-    statement: S,
-    instance: &'a M,
-    on: DispatchOn,
+    pub(crate) thorn: &'t Thorn,
+    pub(crate) statement: S,
+    pub(crate) instance: &'a M,
+    pub(crate) on: DispatchOn,
 }
 
 /// Runs statements that send webhooks, as Diesel's `RunQueryDsl` runs
@@ -392,25 +392,38 @@ where
     write::<M, C, Vec<R>>(thorn, conn, on, true, |conn, scope| {
         let related: Vec<R> = change(conn)?;
         let mut raised = Raised::default();
-        if !related.is_empty() {
-            let keys = related
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| thorn_core::Error::Encode {
-                    event: format!(
-                        "{} ({} keys)",
-                        webhooks.model(),
-                        on.relation().unwrap_or_default()
-                    ),
-                    content_type: ContentType::Json,
-                    source,
-                })?;
-            let context = webhooks.m2m_context(on, &keys);
+        if let Some(context) = m2m_context::<M, R>(on, &related)? {
             raised = fire(thorn, conn, on, [(instance, None)], Some(context), scope)?;
         }
         Ok((related, raised))
     })
+}
+
+/// The context of a many-to-many change's events, `{"relation": ..,
+/// "related": [keys]}`; none when no key changed. A key that cannot be
+/// encoded is an error.
+pub(crate) fn m2m_context<M: WebhookModel, R: serde::Serialize>(
+    on: DispatchOn,
+    related: &[R],
+) -> Result<Option<serde_json::Value>, thorn_core::Error> {
+    if related.is_empty() {
+        return Ok(None);
+    }
+    let webhooks = M::webhooks();
+    let keys = related
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| thorn_core::Error::Encode {
+            event: format!(
+                "{} ({} keys)",
+                webhooks.model(),
+                on.relation().unwrap_or_default()
+            ),
+            content_type: ContentType::Json,
+            source,
+        })?;
+    Ok(Some(webhooks.m2m_context(on, &keys)))
 }
 
 mod private {

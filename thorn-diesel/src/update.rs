@@ -76,9 +76,9 @@ pub fn update<Target: IntoUpdateTarget>(
 #[derive(Debug, Clone)]
 #[must_use = "statements run only when calling `get_result` or `get_results`"]
 pub struct Update<T, W, S> {
-    table: T,
-    where_clause: W,
-    statement: S,
+    pub(crate) table: T,
+    pub(crate) where_clause: W,
+    pub(crate) statement: S,
 }
 
 /// An [`Update`] whose `.set(..)` is still to come.
@@ -134,6 +134,20 @@ impl<T, W, S> Update<T, W, S> {
     pub(crate) fn into_statement(self) -> S {
         self.statement
     }
+
+    /// The rows this update's target matches, as they are now (`select`
+    /// is the model's columns).
+    pub(crate) fn old_rows<E>(&self, select: E) -> OldRows<T, W, E>
+    where
+        T: QuerySource,
+        W: Clone,
+    {
+        OldRows {
+            select,
+            from: self.table.from_clause(),
+            where_clause: self.where_clause.clone(),
+        }
+    }
 }
 
 /// A target handed back to Diesel's `update`.
@@ -172,7 +186,7 @@ impl OldRowLock for diesel::sqlite::Sqlite {
     const FOR_UPDATE: &'static str = "";
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "async-postgres"))]
 impl OldRowLock for diesel::pg::Pg {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 }
@@ -180,9 +194,9 @@ impl OldRowLock for diesel::pg::Pg {
 /// `SELECT <model> FROM <table> <the update's WHERE> LIMIT 2 [FOR UPDATE]`.
 #[doc(hidden)]
 pub struct OldRows<T: QuerySource, W, E> {
-    select: E,
-    from: T::FromClause,
-    where_clause: W,
+    pub(crate) select: E,
+    pub(crate) from: T::FromClause,
+    pub(crate) where_clause: W,
 }
 
 impl<T: QuerySource, W, E> QueryId for OldRows<T, W, E> {
@@ -234,21 +248,7 @@ where
         // The old row stays locked until the update: one transaction for both.
         write::<M, C, M>(thorn, conn, on, needs_old, |conn, scope| {
             let old = if needs_old {
-                let mut old: Vec<M> = OldRows::<T, W, _> {
-                    select: M::as_select(),
-                    from: update.table.from_clause(),
-                    where_clause: update.where_clause.clone(),
-                }
-                .load(conn)?;
-                if old.len() > 1 {
-                    return Err(thorn_core::Error::BulkTransitions {
-                        model: M::webhooks().model(),
-                        fix: "the update's target matches more than one row; target one row \
-                              (`thorn::diesel::update(&row)` or `table.find(key)`)",
-                    }
-                    .into());
-                }
-                old.pop()
+                one_old_row(update.old_rows(M::as_select()).load(conn)?)?
             } else {
                 None
             };
@@ -257,4 +257,18 @@ where
             Ok((new, raised))
         })
     }
+}
+
+/// The one row an update's target matched, as it was; more than one is
+/// an error (a transition is judged row by row).
+pub(crate) fn one_old_row<M: WebhookModel>(mut old: Vec<M>) -> Result<Option<M>, Error> {
+    if old.len() > 1 {
+        return Err(thorn_core::Error::BulkTransitions {
+            model: M::webhooks().model(),
+            fix: "the update's target matches more than one row; target one row \
+                  (`thorn::diesel::update(&row)` or `table.find(key)`)",
+        }
+        .into());
+    }
+    Ok(old.pop())
 }
