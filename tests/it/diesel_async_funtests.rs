@@ -231,3 +231,186 @@ impl Blog for AsyncBlog {
 
 crate::funtests!(postgres_in_process, AsyncBlog, base_config());
 crate::funtests!(postgres_outbox, AsyncBlog, outbox());
+
+/// A Thorn whose events are recorded as they are handed over.
+fn recorded() -> (Thorn, crate::engine::Recorder) {
+    let recorder = crate::engine::Recorder::default();
+    let thorn = Thorn::builder(crate::engine::local_config())
+        .dispatcher(recorder.clone())
+        .build()
+        .unwrap();
+    (thorn, recorder)
+}
+
+async fn insert(
+    thorn: &Thorn,
+    conn: &mut AsyncPgConnection,
+    title: &str,
+) -> Result<FunArticle, thorn::diesel::Error> {
+    diesel::insert_into(fun_articles::table)
+        .values((
+            fun_articles::title.eq(title),
+            fun_articles::state.eq("DRAFT"),
+            fun_articles::author_id.eq(1),
+        ))
+        .returning(FunArticle::as_returning())
+        .with_webhooks(thorn)
+        .get_result(conn)
+        .await
+}
+
+async fn titles(pool: &Pool<AsyncPgConnection>) -> Vec<String> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = pool.get().await.unwrap();
+    fun_articles::table
+        .select(fun_articles::title)
+        .order(fun_articles::id)
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn rollbacks_and_savepoints_keep_their_events_to_themselves() {
+    let Some((_schema, _sync, pool)) = open_schema() else {
+        return;
+    };
+    let (thorn, recorder) = recorded();
+    runtime().block_on(async {
+        let mut conn = pool.get().await.unwrap();
+        let t = &thorn;
+        // A rolled-back transaction sends nothing and leaves no row.
+        let err = thorn::diesel::asynchronous::transaction(t, &mut conn, async |conn| {
+            insert(t, conn, "rolled back").await?;
+            Err::<(), _>(thorn::diesel::Error::from(
+                diesel::result::Error::RollbackTransaction,
+            ))
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, thorn::diesel::Error::Diesel(_)), "{err}");
+        assert!(recorder.names().is_empty());
+        // Events wait for COMMIT; a rolled-back savepoint drops its own.
+        thorn::diesel::asynchronous::transaction(t, &mut conn, async |conn| {
+            insert(t, conn, "kept").await?;
+            let inner = thorn::diesel::asynchronous::transaction(t, conn, async |conn| {
+                insert(t, conn, "savepoint").await?;
+                Err::<(), _>(thorn::diesel::Error::from(
+                    diesel::result::Error::RollbackTransaction,
+                ))
+            })
+            .await;
+            assert!(inner.is_err());
+            insert(t, conn, "after").await?;
+            assert!(recorder.names().is_empty(), "nothing before COMMIT");
+            Ok::<_, thorn::diesel::Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(recorder.names(), ["article.created", "article.created"]);
+        assert_eq!(titles(&pool).await, ["kept", "after"]);
+    });
+}
+
+#[test]
+fn writes_in_a_transaction_thorn_does_not_manage_are_refused() {
+    let Some((_schema, _sync, pool)) = open_schema() else {
+        return;
+    };
+    let (thorn, recorder) = recorded();
+    runtime().block_on(async {
+        use diesel_async::AsyncConnection;
+        let mut conn = pool.get().await.unwrap();
+        let t = &thorn;
+        let err = conn
+            .transaction(async |conn| insert(t, conn, "unmanaged").await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("transaction"), "{err}");
+        assert!(recorder.names().is_empty());
+        assert!(titles(&pool).await.is_empty(), "refused before the INSERT");
+    });
+}
+
+#[test]
+fn an_update_whose_target_matches_several_rows_is_refused_before_it_runs() {
+    let Some((_schema, _sync, pool)) = open_schema() else {
+        return;
+    };
+    let (thorn, recorder) = recorded();
+    runtime().block_on(async {
+        let mut conn = pool.get().await.unwrap();
+        insert(&thorn, &mut conn, "a").await.unwrap();
+        insert(&thorn, &mut conn, "b").await.unwrap();
+        let err = thorn::diesel::update(fun_articles::table)
+            .set(fun_articles::state.eq("PUBLISHED"))
+            .returning(FunArticle::as_returning())
+            .with_webhooks(&thorn)
+            .get_result(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("more than one row"), "{err}");
+        let states: Vec<String> = {
+            use diesel_async::RunQueryDsl;
+            fun_articles::table
+                .select(fun_articles::state)
+                .load(&mut conn)
+                .await
+                .unwrap()
+        };
+        assert_eq!(states, ["DRAFT", "DRAFT"], "nothing was updated");
+        assert_eq!(recorder.names(), ["article.created", "article.created"]);
+    });
+}
+
+#[test]
+fn writes_run_in_spawned_tasks_and_links_made_by_own_code_send_once() {
+    let Some((_schema, _sync, pool)) = open_schema() else {
+        return;
+    };
+    let (thorn, recorder) = recorded();
+    runtime().block_on(async {
+        // As an axum handler runs: on a spawned task (the futures are Send).
+        let task = tokio::spawn({
+            let (thorn, pool) = (thorn.clone(), pool.clone());
+            async move {
+                let mut conn = pool.get().await.unwrap();
+                let article = insert(&thorn, &mut conn, "spawned").await.unwrap();
+                let tags = thorn::diesel::asynchronous::m2m_changed(
+                    &thorn,
+                    &mut conn,
+                    &article,
+                    FunArticle::TAGS.added(),
+                    async |conn| {
+                        use diesel_async::RunQueryDsl;
+                        let mut linked = Vec::new();
+                        for tag in [3, 4] {
+                            linked.push(
+                                diesel::insert_into(fun_article_tags::table)
+                                    .values((
+                                        fun_article_tags::article_id.eq(article.id),
+                                        fun_article_tags::tag_id.eq(tag),
+                                    ))
+                                    .returning(fun_article_tags::tag_id)
+                                    .get_result::<i32>(conn)
+                                    .await?,
+                            );
+                        }
+                        Ok(linked)
+                    },
+                )
+                .await
+                .unwrap();
+                assert_eq!(tags, [3, 4]);
+            }
+        });
+        task.await.unwrap();
+    });
+    let recorded = recorder.0.lock().unwrap().clone();
+    let names: Vec<&str> = recorded.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(names, ["article.created", "article.tagged"]);
+    assert_eq!(
+        recorded[1].2.as_ref().unwrap()["related"],
+        serde_json::json!([3, 4])
+    );
+}

@@ -447,3 +447,38 @@ fn a_refused_connection_says_so() {
     assert!(error.contains("refused"), "{error}");
     assert!(error.contains(&url), "{error}");
 }
+
+/// Records each dispatched event's name, row id and context, sending
+/// nothing.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder(pub(crate) Arc<std::sync::Mutex<Vec<Recorded>>>);
+
+/// An event's name, its row's id and its context.
+pub(crate) type Recorded = (String, i64, Option<serde_json::Value>);
+
+impl thorn::Dispatcher for Recorder {
+    fn dispatch(
+        &self,
+        _subscribers: &thorn::subscriber::Directory,
+        outgoing: thorn::dispatch::OutgoingEvent,
+    ) -> thorn::SendHandle {
+        let id = outgoing.message()["data"]["id"].as_i64().unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push((outgoing.event.to_string(), id, outgoing.context.clone()));
+        thorn::SendHandle::none()
+    }
+}
+
+impl Recorder {
+    /// The names of the events recorded so far, in order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(e, _, _)| e.clone())
+            .collect()
+    }
+}

@@ -15,7 +15,7 @@ use thorn::seaorm::SeaOrmOutbox;
 use thorn::subscriber::MemoryStore;
 use thorn::{Config, DispatcherKind, Subscriber, Thorn};
 
-use crate::engine::{WAIT, local_config};
+use crate::engine::{Recorder, WAIT, local_config};
 use crate::receiver::Receiver;
 use crate::seaorm_funtests::{create_tables, database, fun_article, runtime};
 
@@ -552,29 +552,6 @@ fn a_relation_without_a_junction_is_refused() {
         err.to_string().contains("fun_tags"),
         "names the entity: {err}"
     );
-}
-
-/// Records each dispatched event's name, row id and context, sending
-/// nothing.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Recorded>>>);
-
-/// An event's name, its row's id and its context.
-type Recorded = (String, i64, Option<serde_json::Value>);
-
-impl thorn::Dispatcher for Recorder {
-    fn dispatch(
-        &self,
-        _subscribers: &thorn::subscriber::Directory,
-        outgoing: thorn::dispatch::OutgoingEvent,
-    ) -> thorn::SendHandle {
-        let id = outgoing.message()["data"]["id"].as_i64().unwrap();
-        self.0
-            .lock()
-            .unwrap()
-            .push((outgoing.event.to_string(), id, outgoing.context.clone()));
-        thorn::SendHandle::none()
-    }
 }
 
 crate::seaorm_funtests::on_both!(
