@@ -1,8 +1,9 @@
 //! Subscriber lookup at scale: the mean time of `Thorn::subscribers_for`
 //! per event with 10 matching subscriptions among 1,000, 10,000 and
-//! 100,000, the rest `*` subscriptions of other owners — in memory, and in
-//! `thorn_subscribers` through Diesel on SQLite (and PostgreSQL with
-//! `DATABASE_URL`).
+//! 100,000, the rest `*` and `article.*` subscriptions of other owners —
+//! in memory, and in `thorn_subscribers` through Diesel on SQLite (and
+//! PostgreSQL with `DATABASE_URL`), each without and with the cache
+//! (`DieselStore::cached`).
 //!
 //! ```text
 //! cargo run --release --example bench_lookup
@@ -25,8 +26,8 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const LOOKUPS: usize = 2_000;
 
 /// The subscriptions: 10 matching `article.created` from sender 7 (owned
-/// by it or by nobody, over the four candidate patterns), the rest `*`
-/// owned by others.
+/// by it or by nobody, over the four candidate patterns), the rest `*` and
+/// `article.*` owned by others.
 fn subscriptions(total: usize) -> Vec<Subscriber> {
     let url = "https://hooks.example.com/in";
     let matching = [
@@ -47,7 +48,7 @@ fn subscriptions(total: usize) -> Vec<Subscriber> {
         })
         .collect();
     all.extend((10..total).map(|i| {
-        Subscriber::new("*", url)
+        Subscriber::new(if i % 2 == 0 { "*" } else { "article.*" }, url)
             .unwrap()
             .with_owner(SenderId::from(1_000 + i as i64))
     }));
@@ -82,7 +83,7 @@ fn report(store: &str, figures: &[Duration]) {
         .map(|d| format!("{:>9.1} µs", d.as_secs_f64() * 1e6))
         .collect();
     let ratio = figures[2].as_secs_f64() / figures[0].as_secs_f64();
-    println!("{store:<22} {}   100k/1k {ratio:.2}x", cells.join(" "));
+    println!("{store:<32} {}   100k/1k {ratio:.2}x", cells.join(" "));
 }
 
 fn in_database<C: SqlConnection>(
@@ -91,7 +92,7 @@ fn in_database<C: SqlConnection>(
     name: &str,
     insert: impl Fn(&mut C, &[SubscriberRow]),
 ) {
-    let mut figures = Vec::new();
+    let (mut plain, mut cached) = (Vec::new(), Vec::new());
     let mut written = 0;
     let all = subscriptions(*SIZES.last().unwrap());
     for size in SIZES {
@@ -105,9 +106,26 @@ fn in_database<C: SqlConnection>(
             .store(DieselStore::new(pool.clone()))
             .build()
             .unwrap();
-        figures.push(mean_lookup(&thorn, runtime));
+        plain.push(mean_lookup(&thorn, runtime));
+        let store = runtime.block_on(async {
+            let store = DieselStore::new(pool.clone()).cached();
+            for _ in 0..1000 {
+                if store.in_sync() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(store.in_sync(), "the cache's listener did not report in");
+            store
+        });
+        let thorn = Thorn::builder(Config::default())
+            .store(store)
+            .build()
+            .unwrap();
+        cached.push(mean_lookup(&thorn, runtime));
     }
-    report(name, &figures);
+    report(name, &plain);
+    report(&format!("{name}, cached"), &cached);
 }
 
 fn main() {
@@ -116,7 +134,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("mean lookup, 10 matching of          1,000        10,000       100,000");
+    println!("mean lookup, 10 matching of                    1,000        10,000       100,000");
     let all = subscriptions(*SIZES.last().unwrap());
     let figures: Vec<Duration> = SIZES
         .iter()

@@ -17,19 +17,19 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
 use diesel::{PgConnection, SqliteConnection};
 use thorn::RelayOptions;
-use thorn::diesel::outbox::RelayConnection;
+use thorn::diesel::sql::SqlConnection;
 use thorn::diesel::{DieselOutbox, DieselStore, Migrate, SqliteBusyTimeout};
 use thorn::outbox::DeliveryState;
 use thorn::validate::{Validators, ensure_protocol};
 use thorn::{Config, RetryPolicy, Thorn};
-use thorn_core::integration::{RelayCounters, run_relay};
+use thorn_core::integration::sql::{Database as _, waking};
+use thorn_core::integration::{CHANNEL, RelayCounters, run_relay};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -318,7 +318,7 @@ fn parse_time(what: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, F
 
 fn run_on<C>(pool: Pool<ConnectionManager<C>>, command: Command) -> Result<(), Failure>
 where
-    C: RelayConnection + Migrate,
+    C: SqlConnection + Migrate,
 {
     match command {
         Command::Listen(_) | Command::Sign(_) | Command::Verify(_) => {
@@ -396,7 +396,7 @@ where
     }
 }
 
-fn deliveries<C: RelayConnection>(
+fn deliveries<C: SqlConnection>(
     outbox: &DieselOutbox<C>,
     command: Deliveries,
 ) -> Result<(), Failure> {
@@ -499,7 +499,7 @@ fn time(micros: i64) -> String {
         .unwrap_or_else(|| micros.to_string())
 }
 
-fn worker<C: RelayConnection>(
+fn worker<C: SqlConnection>(
     pool: Pool<ConnectionManager<C>>,
     args: WorkerArgs,
 ) -> Result<(), Failure> {
@@ -559,8 +559,7 @@ fn worker<C: RelayConnection>(
             tracing::info!(%addr, "Prometheus metrics at /metrics");
         }
         let wake = Arc::new(Notify::new());
-        let stop_listener = Arc::new(AtomicBool::new(false));
-        let listener = C::start_listener(&pool, wake.clone(), stop_listener.clone());
+        let listener = outbox.sql().database().listen(CHANNEL, waking(&wake));
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
         let relay = tokio::spawn(run_relay(
@@ -582,10 +581,7 @@ fn worker<C: RelayConnection>(
         if let Some(p) = progress {
             p.abort();
         }
-        stop_listener.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(l) = listener {
-            let _ = tokio::task::spawn_blocking(move || l.join()).await;
-        }
+        drop(listener);
         let s = counters.snapshot();
         tracing::info!(
             delivered = s.delivered,

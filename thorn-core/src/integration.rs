@@ -103,6 +103,7 @@ pub use crate::outbox::store::{
 };
 pub use crate::outbox::stored::{StoredEvent, StoredOptions, StoredRetry};
 pub use crate::relay::{BackgroundRelay, RelayCounters, default_worker_name, run_relay};
+pub use crate::schema::SUBSCRIBERS_CHANNEL;
 pub use crate::transaction::{
     FrameKey, ManagedFrame, Parent, Raised, Route, SaveAt, Scope, ThornExt,
 };
@@ -114,7 +115,8 @@ pub mod sql {
     pub use crate::sql::conformance;
     pub use crate::sql::outbox::write_events;
     pub use crate::sql::{
-        Connection, Database, Dialect, Kind, Param, Row, SqlOutbox, SqlStore, Value, Work, ready,
+        Connection, Database, Dialect, Kind, Listener, Notice, OnNotice, Param, Row, SqlOutbox,
+        SqlStore, Value, Work, cache_watching, ready, waking,
     };
 }
 

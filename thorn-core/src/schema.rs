@@ -120,7 +120,32 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     DROP INDEX IF EXISTS thorn_subscribers_event;",
         "",
     ),
+    (
+        5,
+        "",
+        // Caches of subscriptions (`SqlStore::cached`) hear of every change
+        // that can alter a lookup, from any process: not of recipient rows,
+        // nor of `failing_since` alone (each failed delivery's). The
+        // payload names the table's schema: channels are database-wide.
+        "CREATE OR REPLACE FUNCTION thorn_subscribers_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' AND NEW.recipient_only THEN RETURN NULL; END IF;
+        IF TG_OP = 'DELETE' AND OLD.recipient_only THEN RETURN NULL; END IF;
+        IF TG_OP = 'UPDATE' AND OLD.recipient_only AND NEW.recipient_only THEN RETURN NULL; END IF;
+        IF TG_OP = 'UPDATE' AND (to_jsonb(OLD) - 'failing_since') = (to_jsonb(NEW) - 'failing_since')
+            THEN RETURN NULL; END IF;
+        PERFORM pg_notify('thorn_subscribers', TG_TABLE_SCHEMA);
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER IF EXISTS thorn_subscribers_notify ON thorn_subscribers;
+    CREATE TRIGGER thorn_subscribers_notify AFTER INSERT OR UPDATE OR DELETE ON thorn_subscribers
+        FOR EACH ROW EXECUTE FUNCTION thorn_subscribers_notify();",
+    ),
 ];
+
+/// The channel `thorn_subscribers`' trigger (migration 5, PostgreSQL)
+/// notifies of every change that can alter a lookup.
+pub const SUBSCRIBERS_CHANNEL: &str = "thorn_subscribers";
 
 /// The newest migration this version of Thorn knows.
 pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -309,7 +309,7 @@ where
 ///
 /// The callback is an async closure (`async |conn| { .. }`), as
 /// diesel-async's own `transaction` takes; its error type converts from
-/// Diesel's error and from [`Error`](crate::Error). See the
+/// Diesel's error and from [`Error`]. See the
 /// [module docs](self) for an example.
 pub async fn transaction<C, R, E, F>(thorn: &Thorn, conn: &mut C, callback: F) -> Result<R, E>
 where

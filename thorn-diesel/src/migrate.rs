@@ -112,7 +112,9 @@ macro_rules! apply_for {
                     if done > 0 {
                         return Ok(false);
                     }
-                    conn.batch_execute(sql)?;
+                    if !sql.is_empty() {
+                        conn.batch_execute(sql)?;
+                    }
                     if $postgres && !pg_sql.is_empty() {
                         conn.batch_execute(pg_sql)?;
                     }

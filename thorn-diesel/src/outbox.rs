@@ -35,18 +35,17 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 use thorn_core::integration::BackgroundRelay;
+use thorn_core::integration::CHANNEL;
 use thorn_core::integration::StoredEvent;
 use thorn_core::integration::ThornExt;
-use thorn_core::integration::sql::{SqlOutbox, ready};
+use thorn_core::integration::sql::{Database, Listener, SqlOutbox, ready, waking};
 use thorn_core::outbox::{DeliveryState, Pruned};
 use thorn_core::{RelayOptions, RelayStats};
 use thorn_core::{Result, Thorn};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::sql::{DieselConn, DieselDb, SqlConnection};
@@ -293,93 +292,12 @@ impl<C: SqlConnection> DieselOutbox<C> {
     }
 }
 
-/// Connections a [`Relay`] can run on. PostgreSQL adds a `LISTEN`
-/// connection that wakes the relay when an outbox write commits.
-pub trait RelayConnection: SqlConnection {
-    /// Starts whatever wakes the relay besides this process's own writes.
-    fn start_listener(
-        _pool: &Pool<ConnectionManager<Self>>,
-        _wake: Arc<Notify>,
-        _stop: Arc<AtomicBool>,
-    ) -> Option<std::thread::JoinHandle<()>> {
-        None
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl RelayConnection for diesel::SqliteConnection {}
-
-#[cfg(feature = "postgres")]
-impl RelayConnection for diesel::PgConnection {
-    fn start_listener(
-        pool: &Pool<ConnectionManager<Self>>,
-        wake: Arc<Notify>,
-        stop: Arc<AtomicBool>,
-    ) -> Option<std::thread::JoinHandle<()>> {
-        let pool = pool.clone();
-        std::thread::Builder::new()
-            .name("thorn-listen".into())
-            .spawn(move || listen(pool, wake, stop))
-            .map_err(|error| tracing::error!(%error, "could not start the LISTEN thread"))
-            .ok()
-    }
-}
-
-/// Holds a pooled connection with `LISTEN thorn_outbox` and turns
-/// notifications into wake-ups. libpq offers no blocking wait through
-/// Diesel, so it checks the socket every 2 ms (a non-blocking read).
-#[cfg(feature = "postgres")]
-fn listen(
-    pool: Pool<ConnectionManager<diesel::PgConnection>>,
-    wake: Arc<Notify>,
-    stop: Arc<AtomicBool>,
-) {
-    use diesel::connection::SimpleConnection;
-    while !stop.load(Ordering::Relaxed) {
-        let mut conn = match pool.get() {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "outbox listener: no connection; polling only");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if let Err(error) =
-            conn.batch_execute(&format!("LISTEN {}", thorn_core::integration::CHANNEL))
-        {
-            tracing::warn!(%error, "outbox listener: LISTEN failed");
-            std::thread::sleep(Duration::from_secs(1));
-            continue;
-        }
-        // A wake-up now covers anything committed before LISTEN.
-        wake.notify_one();
-        'poll: while !stop.load(Ordering::Relaxed) {
-            let mut woke = false;
-            for n in conn.notifications_iter() {
-                match n {
-                    Ok(_) => woke = true,
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox listener lost its connection");
-                        break 'poll;
-                    }
-                }
-            }
-            if woke {
-                wake.notify_one();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = conn.batch_execute("UNLISTEN *");
-    }
-}
-
 /// Delivers committed outbox events from this process; stops when
 /// dropped or on [`Relay::stop`].
 #[derive(Debug)]
 pub struct Relay {
     relay: Option<BackgroundRelay>,
-    listener: Option<std::thread::JoinHandle<()>>,
-    stop_listener: Arc<AtomicBool>,
+    listener: Option<Listener>,
 }
 
 impl Relay {
@@ -387,7 +305,7 @@ impl Relay {
     /// `thorn`'s configuration and subscribers.
     pub fn start<C>(thorn: &Thorn, pool: Pool<ConnectionManager<C>>) -> Result<Self>
     where
-        C: RelayConnection,
+        C: SqlConnection,
     {
         Self::start_with(thorn, pool, RelayOptions::default())
     }
@@ -399,19 +317,17 @@ impl Relay {
         options: RelayOptions,
     ) -> Result<Self>
     where
-        C: RelayConnection,
+        C: SqlConnection,
     {
         let outbox = DieselOutbox::new(pool.clone()).disable_failing_after(options.disable_after);
         outbox.check_schema()?;
         let wake = thorn.outbox_signal().clone();
-        let stop_listener = Arc::new(AtomicBool::new(false));
-        let listener = C::start_listener(&pool, wake.clone(), stop_listener.clone());
+        let listener = outbox.sql().database().listen(CHANNEL, waking(&wake));
         let relay =
             BackgroundRelay::start(thorn.clone(), Arc::new(outbox.sql().clone()), options, wake)?;
         Ok(Relay {
             relay: Some(relay),
             listener,
-            stop_listener,
         })
     }
 
@@ -426,10 +342,7 @@ impl Relay {
     }
 
     fn halt(&mut self) -> Result<()> {
-        self.stop_listener.store(true, Ordering::Relaxed);
-        if let Some(l) = self.listener.take() {
-            let _ = l.join();
-        }
+        drop(self.listener.take());
         match self.relay.take() {
             Some(r) => r.stop(),
             None => Ok(()),

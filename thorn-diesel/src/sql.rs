@@ -12,7 +12,7 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 use thorn_core::Result;
 use thorn_core::integration::sql::{
-    Connection, Database, Dialect, Kind, Param, Row, Value, Work, ready,
+    Connection, Database, Dialect, Kind, Listener, Notice, OnNotice, Param, Row, Value, Work, ready,
 };
 use thorn_core::subscriber::BoxFuture;
 
@@ -265,16 +265,29 @@ pub trait SqlConnection: R2D2Connection + LoadConnection + 'static {
 
     /// Runs `work` on this connection, on the calling thread.
     fn run_here<T>(&mut self, work: Work<T>) -> Result<T>;
+
+    /// Holds a `LISTEN channel` connection from `pool` ([`Database::listen`]);
+    /// `None` where the database has no notifications (SQLite).
+    fn listen(
+        pool: &Pool<ConnectionManager<Self>>,
+        channel: &'static str,
+        notice: OnNotice,
+    ) -> Option<Listener> {
+        let _ = (pool, channel, notice);
+        None
+    }
 }
 
 macro_rules! sql_connection_for {
-    ($conn:ty, $dialect:expr) => {
+    ($conn:ty, $dialect:expr $(, $extra:item)*) => {
         impl SqlConnection for $conn {
             const DIALECT: Dialect = $dialect;
 
             fn run_here<T>(&mut self, work: Work<T>) -> Result<T> {
                 ready(work(&mut DieselConn(self)))?
             }
+
+            $($extra)*
         }
     };
 }
@@ -282,7 +295,86 @@ macro_rules! sql_connection_for {
 #[cfg(feature = "sqlite")]
 sql_connection_for!(diesel::SqliteConnection, Dialect::Sqlite);
 #[cfg(feature = "postgres")]
-sql_connection_for!(diesel::PgConnection, Dialect::Postgres);
+sql_connection_for!(
+    diesel::PgConnection,
+    Dialect::Postgres,
+    fn listen(
+        pool: &Pool<ConnectionManager<Self>>,
+        channel: &'static str,
+        notice: OnNotice,
+    ) -> Option<Listener> {
+        let pool = pool.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("thorn-listen-{channel}"))
+            .spawn(move || listen(pool, channel, notice, stopped))
+            .map_err(|error| tracing::error!(%error, "could not start a LISTEN thread"))
+            .ok()?;
+        Some(Listener::new(move || {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed)
+        }))
+    }
+);
+
+/// Holds a pooled connection with `LISTEN channel` and reports what it
+/// hears to `notice` until `stop`. libpq offers no blocking wait through
+/// Diesel, so it checks the socket every 2 ms (a non-blocking read); a
+/// lost connection is reported and replaced after a second.
+#[cfg(feature = "postgres")]
+fn listen(
+    pool: Pool<ConnectionManager<diesel::PgConnection>>,
+    channel: &'static str,
+    notice: OnNotice,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let stopped = || stop.load(Ordering::Relaxed);
+    while !stopped() {
+        let mut conn = match pool.get() {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, channel, "listener: no connection");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let schema = conn
+            .batch_execute(&format!("LISTEN {channel}"))
+            .and_then(|()| {
+                diesel::select(diesel::dsl::sql::<Text>("current_schema()"))
+                    .get_result::<String>(&mut *conn)
+            });
+        let schema = match schema {
+            Ok(schema) => schema,
+            Err(error) => {
+                tracing::warn!(%error, channel, "listener: LISTEN failed");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        notice(Notice::Listening);
+        'poll: while !stopped() {
+            let mut heard = false;
+            for n in conn.notifications_iter() {
+                match n {
+                    Ok(n) => heard |= Notice::of(&n.payload, &schema).is_some(),
+                    Err(error) => {
+                        tracing::warn!(%error, channel, "listener lost its connection");
+                        notice(Notice::Lost);
+                        break 'poll;
+                    }
+                }
+            }
+            if heard {
+                notice(Notice::Notified);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = conn.batch_execute("UNLISTEN *");
+    }
+}
 
 /// An r2d2 pool of Diesel connections as Thorn's stores use it.
 ///
@@ -345,6 +437,10 @@ impl<C: SqlConnection> Database for DieselDb<C> {
             return Box::pin(std::future::ready(job()));
         }
         Box::pin(async move { tokio::task::spawn_blocking(job).await.map_err(store_err)? })
+    }
+
+    fn listen(&self, channel: &'static str, notice: OnNotice) -> Option<Listener> {
+        C::listen(&self.pool, channel, notice)
     }
 }
 

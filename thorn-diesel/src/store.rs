@@ -14,8 +14,8 @@
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use thorn_core::integration::schema::SubscriberRecord;
-use thorn_core::integration::sql::{SqlStore, ready};
-use thorn_core::subscriber::{BoxFuture, SubscriptionStore};
+use thorn_core::integration::sql::{SqlStore, cache_watching, ready};
+use thorn_core::subscriber::{BoxFuture, CachedStore, SubscriptionStore};
 use thorn_core::{Error, Result, SenderId, Subscriber, SubscriberLookup};
 use uuid::Uuid;
 
@@ -182,6 +182,18 @@ impl<C: SqlConnection> DieselStore<C> {
     /// The pool.
     pub fn pool(&self) -> &Pool<ConnectionManager<C>> {
         self.store.database().pool()
+    }
+
+    /// This store behind a [`CachedStore`], so a hot event finds its
+    /// subscribers in memory: on PostgreSQL with a thread holding one
+    /// pooled connection with `LISTEN thorn_subscribers` (every change to
+    /// a subscription, from any process, is heard within milliseconds;
+    /// while that connection is down every lookup reads the table), on
+    /// SQLite seeing its own writes at once and other writers' within
+    /// [`CachedStore::max_age`]. Dropping the cache stops the listener.
+    pub fn cached(self) -> CachedStore<Self> {
+        let db = self.store.database().clone();
+        cache_watching(self, &db)
     }
 
     /// Thorn's SQL store on this pool, its statements run on tokio's

@@ -874,7 +874,9 @@ async fn apply<C: ConnectionTrait>(
     if done {
         return Ok(false);
     }
-    conn.execute_unprepared(sql).await?;
+    if !sql.is_empty() {
+        conn.execute_unprepared(sql).await?;
+    }
     if backend == DbBackend::Postgres && !pg_sql.is_empty() {
         conn.execute_unprepared(pg_sql).await?;
     }

@@ -35,17 +35,15 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
-use sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use thorn_core::integration::ThornExt;
-use thorn_core::integration::sql::SqlOutbox;
+use thorn_core::integration::sql::{Database, Listener, SqlOutbox, waking};
 use thorn_core::integration::{CHANNEL, StoredEvent};
 use thorn_core::integration::{RelayCounters, run_relay};
 use thorn_core::{Error, Result, Thorn};
 use thorn_core::{RelayOptions, RelayStats};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::sql::{SeaConn, SeaOrmDb};
@@ -74,50 +72,6 @@ pub async fn write_events<C: ConnectionTrait>(db: &C, events: &[StoredEvent]) ->
     .await
 }
 
-/// Connects a `LISTEN thorn_outbox` connection from `pool`.
-async fn connect_listener(pool: &sqlx::PgPool) -> std::result::Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Holds a `LISTEN thorn_outbox` connection (`first`, or one of its own)
-/// and turns notifications into wake-ups, reconnecting after a second when
-/// the connection fails. Runs until aborted or the pool is closed.
-async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, mut first: Option<PgListener>) {
-    loop {
-        let mut listener = match first.take() {
-            Some(listener) => listener,
-            None => match connect_listener(&pool).await {
-                Ok(listener) => listener,
-                Err(sqlx::Error::PoolClosed) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox listener: LISTEN failed; polling only");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        // A wake-up now covers anything committed before LISTEN.
-        wake.notify_one();
-        loop {
-            match listener.try_recv().await {
-                // A notification; or (`None`) the connection was lost and
-                // LISTEN re-established, notifications in between lost:
-                // look now either way.
-                Ok(_) => wake.notify_one(),
-                Err(sqlx::Error::PoolClosed) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox listener lost its connection");
-                    break;
-                }
-            }
-        }
-        drop(listener);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 /// Delivers committed outbox events from this process, as tasks on the
 /// tokio runtime that started it.
 ///
@@ -129,7 +83,7 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, mut first: Option<PgListe
 pub struct Relay {
     stop: watch::Sender<bool>,
     relay: Option<JoinHandle<Result<()>>>,
-    listener: Option<JoinHandle<()>>,
+    listener: Option<Listener>,
     counters: Arc<RelayCounters>,
 }
 
@@ -156,20 +110,7 @@ impl Relay {
         options.check(thorn.config())?;
         store.check_schema("thorn::seaorm::migrate(&db)").await?;
         let wake = thorn.outbox_signal().clone();
-        let listener =
-            if db.get_database_backend() == DbBackend::Postgres && !db.is_mock_connection() {
-                let pool = db.get_postgres_connection_pool().clone();
-                let first = match connect_listener(&pool).await {
-                    Ok(listener) => Some(listener),
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox listener: LISTEN failed; polling only");
-                        None
-                    }
-                };
-                Some(tokio::spawn(listen(pool, wake.clone(), first)))
-            } else {
-                None
-            };
+        let listener = store.database().listen(CHANNEL, waking(&wake));
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(RelayCounters::default());
         let run = run_relay(
@@ -205,10 +146,6 @@ impl Relay {
     /// and returns the relay's error if it stopped on one.
     pub async fn stop(mut self) -> Result<()> {
         self.signal_stop();
-        if let Some(listener) = self.listener.take() {
-            // Aborted, not failed: nothing to report.
-            let _ = listener.await;
-        }
         match self.relay.take() {
             Some(relay) => relay.await.unwrap_or_else(|_| {
                 Err(Error::Panicked {
@@ -222,9 +159,7 @@ impl Relay {
     /// Tells the relay to stop claiming and ends the listener.
     fn signal_stop(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(listener) = &self.listener {
-            listener.abort();
-        }
+        drop(self.listener.take());
     }
 }
 

@@ -8,7 +8,9 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
     TransactionTrait,
 };
-use thorn_core::integration::sql::{Connection, Database, Dialect, Kind, Param, Row, Value, Work};
+use thorn_core::integration::sql::{
+    Connection, Database, Dialect, Kind, Listener, Notice, OnNotice, Param, Row, Value, Work,
+};
 use thorn_core::subscriber::BoxFuture;
 use thorn_core::{Error, Result};
 
@@ -240,5 +242,78 @@ impl Database for SeaOrmDb {
             let mut conn = PoolConn { db, txn: None };
             work(&mut conn).await
         })
+    }
+
+    /// A task on the caller's tokio runtime holding one connection of the
+    /// pool (PostgreSQL only; `None` on SQLite, on a mock connection, or
+    /// with no runtime, which is logged).
+    fn listen(&self, channel: &'static str, notice: OnNotice) -> Option<Listener> {
+        if self.0.get_database_backend() != DbBackend::Postgres || self.0.is_mock_connection() {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| tracing::error!(channel, "LISTEN needs a tokio runtime; polling only"))
+            .ok()?;
+        let pool = self.0.get_postgres_connection_pool().clone();
+        let task = runtime.spawn(listen(pool, channel, notice));
+        Some(Listener::new(move || task.abort()))
+    }
+}
+
+/// Holds a `LISTEN channel` connection of `pool` and reports what it
+/// hears to `notice`, reconnecting after a second when the connection
+/// fails. Runs until aborted or the pool is closed.
+async fn listen(pool: sqlx::PgPool, channel: &'static str, notice: OnNotice) {
+    use sqlx::postgres::PgListener;
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                tracing::warn!(%error, channel, "listener: no connection");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let schema = match listener.listen(channel).await {
+            Ok(()) => {
+                sqlx::query_scalar::<_, String>("SELECT current_schema()")
+                    .fetch_one(&mut listener)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let schema = match schema {
+            Ok(schema) => schema,
+            Err(error) => {
+                tracing::warn!(%error, channel, "listener: LISTEN failed");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        notice(Notice::Listening);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if let Some(heard) = Notice::of(n.payload(), &schema) {
+                        notice(heard);
+                    }
+                }
+                // The connection was lost and LISTEN re-established,
+                // notifications in between unheard.
+                Ok(None) => {
+                    notice(Notice::Lost);
+                    notice(Notice::Listening);
+                }
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(error) => {
+                    tracing::warn!(%error, channel, "listener lost its connection");
+                    notice(Notice::Lost);
+                    break;
+                }
+            }
+        }
+        drop(listener);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -20,11 +20,13 @@ use crate::{Error, Result};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod listen;
 pub(crate) mod outbox;
 pub(crate) mod store;
 
+pub use listen::{Listener, Notice, OnNotice, waking};
 pub use outbox::SqlOutbox;
-pub use store::SqlStore;
+pub use store::{SqlStore, cache_watching};
 
 /// The databases Thorn's SQL runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -277,6 +279,15 @@ pub trait Database: Send + Sync + 'static {
     /// Runs `work` on a connection from the pool. Diesel runs it on a
     /// blocking thread; SeaORM on the caller's task.
     fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>>;
+
+    /// Holds a `LISTEN channel` connection from the pool, telling `notice`
+    /// what it hears and when it is lost or back, until the returned
+    /// [`Listener`] is dropped; `None` where the database has no
+    /// notifications (SQLite). The default has none.
+    fn listen(&self, channel: &'static str, notice: OnNotice) -> Option<Listener> {
+        let _ = (channel, notice);
+        None
+    }
 }
 
 /// Runs `sql` with `params` on `conn`, placeholders rewritten for its

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Connection, Database, Kind, Param, Row, Work, execute, placeholders, query};
+use super::{
+    Connection, Database, Kind, Notice, OnNotice, Param, Row, Work, execute, placeholders, query,
+};
 use crate::outbox::now_micros;
-use crate::schema::{SubscriberRecord, SubscriberStatus, owner_key};
-use crate::subscriber::{BoxFuture, Replace, SubscriptionStore, candidate_patterns};
+use crate::schema::{SUBSCRIBERS_CHANNEL, SubscriberRecord, SubscriberStatus, owner_key};
+use crate::subscriber::{BoxFuture, CachedStore, Replace, SubscriptionStore, candidate_patterns};
 use crate::{Result, SenderId, Subscriber, SubscriberLookup};
 
 /// The columns a [`Subscriber`] is read from and written to, in the order
@@ -177,6 +179,29 @@ pub(crate) fn matching_sql(patterns: usize, with_sender: bool) -> String {
     sql
 }
 
+/// `store` behind a [`CachedStore`] that `db` keeps fresh: what
+/// [`SqlStore::cached`] does, for an integration's own wrapper of it
+/// (thorn-diesel's `DieselStore`).
+pub fn cache_watching<S, D: Database>(store: S, db: &D) -> CachedStore<S> {
+    let cache = CachedStore::new(store);
+    let control = cache.control();
+    // Out of sync until the listener reports in (set before it starts, so
+    // its first report cannot be overtaken).
+    control.set_in_sync(false);
+    let on: OnNotice = Arc::new(move |notice| match notice {
+        Notice::Listening => control.set_in_sync(true),
+        Notice::Notified => control.changed(),
+        Notice::Lost => control.set_in_sync(false),
+    });
+    match db.listen(SUBSCRIBERS_CHANNEL, on) {
+        Some(listener) => cache.watched_by(Box::new(listener)),
+        None => {
+            cache.control().set_in_sync(true);
+            cache
+        }
+    }
+}
+
 /// Subscriptions stored in the application's database (SQLite or
 /// PostgreSQL), through any ORM that provides a [`Database`].
 ///
@@ -214,6 +239,22 @@ impl<D: Database> SqlStore<D> {
 
     fn run<T: Send + 'static>(&self, work: Work<T>) -> BoxFuture<'static, Result<T>> {
         self.db.run(work)
+    }
+
+    /// This store behind a [`CachedStore`], so a hot event finds its
+    /// subscribers in memory. On PostgreSQL it holds one pooled connection
+    /// with `LISTEN thorn_subscribers` (a trigger notifies it of every
+    /// change to a subscription, from any process) and goes to the
+    /// database for every lookup until that is in place or while it is
+    /// lost. On SQLite it sees this cache's own writes at once and other
+    /// writers' within [`CachedStore::max_age`]. Dropping the cache stops
+    /// the listener.
+    ///
+    /// Call it within a tokio runtime when the integration's listener is
+    /// a task (SeaORM's).
+    pub fn cached(self) -> CachedStore<Self> {
+        let db = self.db.clone();
+        cache_watching(self, &*db)
     }
 
     /// Every subscription with its status, oldest first; only the

@@ -100,6 +100,7 @@ impl From<Uuid> for SenderId {
     }
 }
 
+mod cache;
 mod directory;
 mod memory;
 mod pattern;
@@ -107,6 +108,7 @@ mod secret;
 mod statics;
 mod store;
 
+pub use cache::{CacheControl, CacheStats, CachedStore, DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES};
 pub use directory::Directory;
 pub use memory::MemoryStore;
 pub(crate) use pattern::candidate_patterns;

@@ -17,7 +17,9 @@ use super::{Database, SqlOutbox, SqlStore};
 use crate::outbox::{AttemptRecord, StoredEvent, StoredOptions, now_micros};
 use crate::{SenderId, Subscriber, SubscriptionStore};
 use outbox::{legacy_snapshots, outbox_operations};
-use store::{matching_reads_one_index_range_per_case, subscriptions};
+use store::{
+    cached_lookups_see_every_change, matching_reads_one_index_range_per_case, subscriptions,
+};
 
 const WORKER: &str = "conformance-worker";
 const OTHER: &str = "conformance-other";
@@ -66,6 +68,7 @@ pub async fn run<D: Database + Clone>(db: D) {
         .expect("check_schema: the migrations are applied");
     subscriptions(&store).await;
     matching_reads_one_index_range_per_case(&db).await;
+    cached_lookups_see_every_change(&db).await;
     // The outbox checks start from no subscriptions.
     for (s, _) in store.statuses(false).await.unwrap() {
         let owner = s

@@ -262,3 +262,83 @@ pub(super) async fn subscriptions<D: Database>(store: &SqlStore<D>) {
     assert!(store.delete(&alice, a.uuid).await.unwrap(), "delete");
     assert_eq!(store.get(&alice, a.uuid).await.unwrap(), None);
 }
+
+/// A cache over the store (`SqlStore::cached`) answers from memory, sees
+/// its own writes at once, and another writer's: on PostgreSQL through
+/// `LISTEN thorn_subscribers` (its age limit set far beyond the test),
+/// elsewhere within its age limit.
+pub(super) async fn cached_lookups_see_every_change<D: Database + Clone>(db: &D) {
+    use std::time::{Duration, Instant};
+    let postgres = db.dialect() == crate::sql::Dialect::Postgres;
+    let max_age = if postgres {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_millis(300)
+    };
+    let cache = SqlStore::<D>::new(db.clone()).cached().max_age(max_age);
+    let other = SqlStore::<D>::new(db.clone());
+    let owner = SenderId::from("cache-owner");
+    let sender = Some(&owner);
+    let count = || async {
+        cache
+            .subscribers_for("cache.created", sender)
+            .await
+            .expect("cached lookup")
+            .len()
+    };
+    // Bounded waits: the listener reports in, a change is heard.
+    let within = |limit: Duration| {
+        let started = Instant::now();
+        move || started.elapsed() < limit
+    };
+    let waiting = within(Duration::from_secs(10));
+    while !cache.in_sync() {
+        assert!(waiting(), "the cache's listener never reported in");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    assert_eq!(count().await, 0);
+    let mut first = Subscriber::new("cache.*", "https://a.example/hook").unwrap();
+    first.owner = Some(owner.clone());
+    cache.insert(first.clone()).await.unwrap();
+    assert_eq!(count().await, 1, "its own insert, seen by the next lookup");
+    let hits = cache.stats().hits;
+    assert_eq!(count().await, 1);
+    assert_eq!(cache.stats().hits, hits + 1, "answered from memory");
+
+    // Another writer (another process) adds one.
+    let mut second = Subscriber::new("*", "https://b.example/hook").unwrap();
+    second.owner = Some(owner.clone());
+    other.insert(second.clone()).await.unwrap();
+    if !postgres {
+        assert_eq!(count().await, 1, "not seen before its age limit");
+    }
+    let waiting = within(Duration::from_secs(10));
+    while count().await != 2 {
+        assert!(waiting(), "another writer's insert was never seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Another writer pauses one; the cache's own 410 disables the other.
+    assert!(
+        other
+            .set_active(&owner, second.uuid, false, "paused")
+            .await
+            .unwrap()
+    );
+    let waiting = within(Duration::from_secs(10));
+    while count().await != 1 {
+        assert!(waiting(), "another writer's pause was never seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cache.mark_gone(first.uuid).await.unwrap();
+    assert_eq!(
+        count().await,
+        0,
+        "its own 410 Gone, seen by the next lookup"
+    );
+
+    for s in [&first, &second] {
+        assert!(other.delete(&owner, s.uuid).await.unwrap());
+    }
+}
