@@ -12,7 +12,7 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 use thorn_core::Result;
 use thorn_core::integration::sql::{
-    Connection, Database, Dialect, Kind, Listener, Notice, OnNotice, Param, Row, Value, Work, ready,
+    Connection, Database, Dialect, Kind, Listener, OnNotice, Param, Row, Value, Work, ready,
 };
 use thorn_core::subscriber::BoxFuture;
 
@@ -330,6 +330,7 @@ fn listen(
 ) {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
+    use thorn_core::integration::sql::Notice;
     let stopped = || stop.load(Ordering::Relaxed);
     while !stopped() {
         let mut conn = match pool.get() {

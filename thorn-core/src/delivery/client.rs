@@ -88,14 +88,15 @@ impl HttpClient {
             reqwest::header::CONTENT_TYPE,
             HeaderValue::from_static(s.content_type.as_str()),
         );
-        let id = delivery.id.to_string();
+        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id: &str = delivery.id.hyphenated().encode_lower(&mut id_text);
         h.insert(
             HeaderName::from_static(headers::HOOK_EVENT),
             value("Hook-Event", &delivery.event)?,
         );
         h.insert(
             HeaderName::from_static(headers::HOOK_DELIVERY),
-            value("Hook-Delivery", &id)?,
+            value("Hook-Delivery", id)?,
         );
         let signature = self.signer.sign(
             s.hmac_digest,
@@ -106,21 +107,25 @@ impl HttpClient {
             HeaderName::from_static(headers::HOOK_HMAC),
             value("Hook-HMAC", &signature)?,
         );
+        let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         h.insert(
             HeaderName::from_static(headers::HOOK_SUBSCRIPTION),
-            value("Hook-Subscription", &s.uuid.to_string())?,
+            value(
+                "Hook-Subscription",
+                s.uuid.hyphenated().encode_lower(&mut uuid_text),
+            )?,
         );
         if delivery.standard_webhooks {
             let secrets = std::iter::once(s.hmac_secret.expose())
                 .chain(s.previous_secrets.iter().map(Secret::expose));
-            let sig = standard_webhooks_signature(secrets, &id, timestamp, &delivery.body);
+            let sig = standard_webhooks_signature(secrets, id, timestamp, &delivery.body);
             h.insert(
                 HeaderName::from_static(headers::WEBHOOK_ID),
-                value("webhook-id", &id)?,
+                value("webhook-id", id)?,
             );
             h.insert(
                 HeaderName::from_static(headers::WEBHOOK_TIMESTAMP),
-                value("webhook-timestamp", &timestamp.to_string())?,
+                HeaderValue::from(timestamp),
             );
             h.insert(
                 HeaderName::from_static(headers::WEBHOOK_SIGNATURE),

@@ -277,12 +277,14 @@ async fn start(job: Job, events: &Arc<Semaphore>) -> bool {
 
 /// `scheme://host:port`, the unit of connection reuse.
 fn host_key(url: &url::Url) -> String {
-    format!(
-        "{}://{}:{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    )
+    use std::fmt::Write as _;
+    let (scheme, host) = (url.scheme(), url.host_str().unwrap_or(""));
+    let mut key = String::with_capacity(scheme.len() + host.len() + 9);
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(host);
+    let _ = write!(key, ":{}", url.port_or_known_default().unwrap_or(0));
+    key
 }
 
 impl InProcess {
@@ -306,6 +308,9 @@ impl InProcess {
 
     fn host_limit(&self, key: &str) -> Arc<Semaphore> {
         let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = map.get(key) {
+            return limit.clone();
+        }
         if map.len() >= IDLE_HOSTS_KEPT && !map.contains_key(key) {
             // A limit held only here has no permit out: nothing to keep.
             map.retain(|_, limit| Arc::strong_count(limit) > 1);

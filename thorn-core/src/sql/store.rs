@@ -151,9 +151,8 @@ pub(crate) async fn matching(
     event: &str,
     sender: Option<&SenderId>,
 ) -> Result<Vec<Subscriber>> {
-    let mut params: Vec<Param> = candidate_patterns(event)
-        .map(|p| Param::from(p.into_owned()))
-        .collect();
+    let mut params: Vec<Param> = Vec::with_capacity(5);
+    candidate_patterns(event).for_each(|p| params.push(Param::from(p.to_owned())));
     let patterns = params.len();
     if let Some(sender) = sender {
         params.push(owner_key(sender).into());

@@ -70,13 +70,15 @@ impl MemoryStore {
         } else {
             &owners[..1]
         };
-        candidate_patterns(event)
-            .filter_map(|p| map.get(p.as_ref()))
-            .flat_map(|by_owner| owners.iter().filter_map(|o| by_owner.get(o)))
-            .flatten()
-            .filter(|s| s.is_active())
-            .cloned()
-            .collect()
+        let mut found = Vec::new();
+        candidate_patterns(event).for_each(|p| {
+            if let Some(by_owner) = map.get(p) {
+                for list in owners.iter().filter_map(|o| by_owner.get(o)) {
+                    found.extend(list.iter().filter(|s| s.is_active()).cloned());
+                }
+            }
+        });
+        found
     }
 }
 

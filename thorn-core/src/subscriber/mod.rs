@@ -372,10 +372,29 @@ mod tests {
 
     #[test]
     fn candidate_patterns_are_the_four_lookups() {
-        let got: Vec<_> = candidate_patterns("a.b.c").collect();
-        assert_eq!(got, ["*", "a.b.c", "a.*", "*.b.c"]);
-        let got: Vec<_> = candidate_patterns("plain").collect();
-        assert_eq!(got, ["*", "plain"]);
+        let all = |event| {
+            let mut got = Vec::new();
+            candidate_patterns(event).for_each(|p| got.push(p.to_owned()));
+            got
+        };
+        assert_eq!(all("a.b.c"), ["*", "a.b.c", "a.*", "*.b.c"]);
+        assert_eq!(all("plain"), ["*", "plain"]);
+        for (pattern, event, matches) in [
+            ("*", "a.b", true),
+            ("a.b", "a.b", true),
+            ("a.*", "a.b.c", true),
+            ("*.b.c", "a.b.c", true),
+            ("*.c", "a.b.c", false),
+            ("b.*", "a.b", false),
+            ("plain.*", "plain", false),
+            ("*.plain", "plain", false),
+        ] {
+            assert_eq!(
+                pattern_matches(pattern, event),
+                matches,
+                "{pattern} / {event}"
+            );
+        }
     }
 
     #[test]

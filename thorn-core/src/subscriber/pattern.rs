@@ -3,25 +3,65 @@
 /// True when `pattern` selects `event` under Thorn's rules (see the module
 /// docs).
 pub fn pattern_matches(pattern: &str, event: &str) -> bool {
-    candidate_patterns(event).any(|p| p == pattern)
+    if pattern == "*" || pattern == event {
+        return true;
+    }
+    match event.split_once('.') {
+        Some((first, rest)) => {
+            pattern.strip_suffix(".*") == Some(first) || pattern.strip_prefix("*.") == Some(rest)
+        }
+        None => false,
+    }
 }
 
 /// The (at most four) patterns that select `event`: `*`, the event itself,
 /// `<first>.*` and `*.<rest>`. A store indexed by pattern finds every
 /// subscriber of an event with these lookups.
-pub(crate) fn candidate_patterns(event: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
-    let (first, rest) = match event.split_once('.') {
-        Some((first, rest)) => (Some(first), Some(rest)),
-        None => (None, None),
-    };
-    [
-        Some(std::borrow::Cow::Borrowed("*")),
-        Some(std::borrow::Cow::Borrowed(event)),
-        first.map(|f| std::borrow::Cow::Owned(format!("{f}.*"))),
-        rest.map(|r| std::borrow::Cow::Owned(format!("*.{r}"))),
-    ]
-    .into_iter()
-    .flatten()
+pub(crate) fn candidate_patterns(event: &str) -> Candidates<'_> {
+    // `<first>.*` and `*.<rest>` share one buffer: `<first>.**.<rest>`.
+    let split = event.split_once('.').map(|(first, rest)| {
+        let mut both = String::with_capacity(event.len() + 4);
+        both.push_str(first);
+        both.push_str(".*");
+        both.push_str("*.");
+        both.push_str(rest);
+        (both, first.len() + 2)
+    });
+    Candidates {
+        event,
+        split,
+        next: 0,
+    }
+}
+
+/// The iterator of [`candidate_patterns`].
+pub(crate) struct Candidates<'a> {
+    event: &'a str,
+    /// `<first>.**.<rest>` and where `*.<rest>` starts in it.
+    split: Option<(String, usize)>,
+    next: u8,
+}
+
+impl Candidates<'_> {
+    /// The next candidate, borrowed from the iterator.
+    pub(crate) fn next_pattern(&mut self) -> Option<&str> {
+        let at = self.next;
+        self.next += 1;
+        match (at, &self.split) {
+            (0, _) => Some("*"),
+            (1, _) => Some(self.event),
+            (2, Some((both, mid))) => Some(&both[..*mid]),
+            (3, Some((both, mid))) => Some(&both[*mid..]),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` with each candidate.
+    pub(crate) fn for_each(mut self, mut f: impl FnMut(&str)) {
+        while let Some(p) = self.next_pattern() {
+            f(p);
+        }
+    }
 }
 
 /// Checks an event pattern's shape: dot-separated words of letters,

@@ -182,6 +182,9 @@ impl StaticSubscribers {
     /// The static and callback subscribers for a query (callbacks see its
     /// context).
     pub fn query(&self, q: &SubscriberQuery<'_>) -> Vec<Subscriber> {
+        if self.is_empty() {
+            return Vec::new();
+        }
         let mut found = self.fixed.matching(q.event, q.sender);
         for (pattern, callback) in &self.callbacks {
             if pattern_matches(pattern, q.event) {
