@@ -152,7 +152,7 @@ pub(crate) async fn matching(
     sender: Option<&SenderId>,
 ) -> Result<Vec<Subscriber>> {
     let mut params: Vec<Param> = Vec::with_capacity(5);
-    candidate_patterns(event).for_each(|p| params.push(Param::from(p.to_owned())));
+    candidate_patterns(event, |p| params.push(Param::from(p.to_owned())));
     let patterns = params.len();
     if let Some(sender) = sender {
         params.push(owner_key(sender).into());

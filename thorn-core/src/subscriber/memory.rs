@@ -71,7 +71,7 @@ impl MemoryStore {
             &owners[..1]
         };
         let mut found = Vec::new();
-        candidate_patterns(event).for_each(|p| {
+        candidate_patterns(event, |p| {
             if let Some(by_owner) = map.get(p) {
                 for list in owners.iter().filter_map(|o| by_owner.get(o)) {
                     found.extend(list.iter().filter(|s| s.is_active()).cloned());

@@ -14,53 +14,23 @@ pub fn pattern_matches(pattern: &str, event: &str) -> bool {
     }
 }
 
-/// The (at most four) patterns that select `event`: `*`, the event itself,
-/// `<first>.*` and `*.<rest>`. A store indexed by pattern finds every
-/// subscriber of an event with these lookups.
-pub(crate) fn candidate_patterns(event: &str) -> Candidates<'_> {
-    // `<first>.*` and `*.<rest>` share one buffer: `<first>.**.<rest>`.
-    let split = event.split_once('.').map(|(first, rest)| {
+/// Calls `f` with each of the (at most four) patterns that select
+/// `event`: `*`, the event itself, `<first>.*` and `*.<rest>`. A store
+/// indexed by pattern finds every subscriber of an event with these
+/// lookups.
+pub(crate) fn candidate_patterns(event: &str, mut f: impl FnMut(&str)) {
+    f("*");
+    f(event);
+    if let Some((first, rest)) = event.split_once('.') {
+        // `<first>.*` and `*.<rest>` share one buffer: `<first>.**.<rest>`.
         let mut both = String::with_capacity(event.len() + 4);
         both.push_str(first);
         both.push_str(".*");
+        let mid = both.len();
         both.push_str("*.");
         both.push_str(rest);
-        (both, first.len() + 2)
-    });
-    Candidates {
-        event,
-        split,
-        next: 0,
-    }
-}
-
-/// The iterator of [`candidate_patterns`].
-pub(crate) struct Candidates<'a> {
-    event: &'a str,
-    /// `<first>.**.<rest>` and where `*.<rest>` starts in it.
-    split: Option<(String, usize)>,
-    next: u8,
-}
-
-impl Candidates<'_> {
-    /// The next candidate, borrowed from the iterator.
-    pub(crate) fn next_pattern(&mut self) -> Option<&str> {
-        let at = self.next;
-        self.next += 1;
-        match (at, &self.split) {
-            (0, _) => Some("*"),
-            (1, _) => Some(self.event),
-            (2, Some((both, mid))) => Some(&both[..*mid]),
-            (3, Some((both, mid))) => Some(&both[*mid..]),
-            _ => None,
-        }
-    }
-
-    /// Calls `f` with each candidate.
-    pub(crate) fn for_each(mut self, mut f: impl FnMut(&str)) {
-        while let Some(p) = self.next_pattern() {
-            f(p);
-        }
+        f(&both[..mid]);
+        f(&both[mid..]);
     }
 }
 
