@@ -360,7 +360,7 @@ fn listen(
             let mut heard = false;
             for n in conn.notifications_iter() {
                 match n {
-                    Ok(n) => heard |= Notice::of(&n.payload, &schema).is_some(),
+                    Ok(n) => heard |= Notice::concerns(&n.payload, &schema),
                     Err(error) => {
                         tracing::warn!(%error, channel, "listener lost its connection");
                         notice(Notice::Lost);

@@ -295,8 +295,8 @@ async fn listen(pool: sqlx::PgPool, channel: &'static str, notice: OnNotice) {
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
-                    if let Some(heard) = Notice::of(n.payload(), &schema) {
-                        notice(heard);
+                    if Notice::concerns(n.payload(), &schema) {
+                        notice(Notice::Notified);
                     }
                 }
                 // The connection was lost and LISTEN re-established,

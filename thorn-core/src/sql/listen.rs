@@ -18,12 +18,12 @@ pub enum Notice {
 }
 
 impl Notice {
-    /// What a notification with `payload`, heard by a connection whose
-    /// `current_schema()` is `schema`, means: channels are database-wide,
-    /// so one naming another schema (another application's tables) is
-    /// nothing; an empty payload is for everyone.
-    pub fn of(payload: &str, schema: &str) -> Option<Notice> {
-        (payload.is_empty() || payload == schema).then_some(Notice::Notified)
+    /// Whether a notification with `payload`, heard by a connection whose
+    /// `current_schema()` is `schema`, is this listener's: channels are
+    /// database-wide, so one naming another schema (another application's
+    /// tables) is not; an empty payload is for everyone.
+    pub fn concerns(payload: &str, schema: &str) -> bool {
+        payload.is_empty() || payload == schema
     }
 }
 
