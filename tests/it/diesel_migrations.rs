@@ -56,7 +56,8 @@ macro_rules! migrations_suite {
                         "thorn_0002",
                         "thorn_0003",
                         "thorn_0004",
-                        "thorn_0005"
+                        "thorn_0005",
+                        "thorn_0006"
                     ]
                 );
                 assert_eq!(all.len() as i64, thorn::diesel::migrate::LATEST);

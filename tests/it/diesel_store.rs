@@ -32,7 +32,7 @@ fn sqlite_store() -> (
         .build(ConnectionManager::new(url))
         .unwrap();
     let applied = migrate(&mut *pool.get().unwrap()).unwrap();
-    assert_eq!(applied, [1, 2, 3, 4, 5]);
+    assert_eq!(applied, [1, 2, 3, 4, 5, 6]);
     assert!(
         migrate(&mut *pool.get().unwrap()).unwrap().is_empty(),
         "migrations run once"
@@ -42,7 +42,10 @@ fn sqlite_store() -> (
 
 fn pg_store() -> Option<(PgSchema, Arc<DieselStore<diesel::PgConnection>>)> {
     let (guard, pool) = pg_pool()?;
-    assert_eq!(migrate(&mut *pool.get().unwrap()).unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        migrate(&mut *pool.get().unwrap()).unwrap(),
+        [1, 2, 3, 4, 5, 6]
+    );
     assert!(migrate(&mut *pool.get().unwrap()).unwrap().is_empty());
     Some((guard, Arc::new(DieselStore::new(pool))))
 }

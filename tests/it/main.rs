@@ -2,6 +2,7 @@
 //! workspace links once.
 
 mod api;
+mod api_log;
 mod buffering;
 mod codec;
 mod conformance;

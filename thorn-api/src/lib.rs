@@ -1,26 +1,35 @@
-//! The subscription REST API of Thorn's manual, as an axum router.
+//! The subscription REST API of Thorn's manual, as an axum router, with
+//! each user's delivery log.
 //!
 //! | method and path | does |
 //! |---|---|
 //! | `POST {prefix}/` | subscribe: `event` and `url` required; `content_type`, `hmac_digest`, `hmac_secret`, `active` optional |
 //! | `GET {prefix}/` | the caller's subscriptions, oldest first |
-//! | `GET {prefix}/{uuid}/` | one subscription |
-//! | `PATCH` or `POST {prefix}/{uuid}/` | change fields of a subscription; `"active": false` pauses it, `true` resumes it (also after Thorn disabled it) |
-//! | `DELETE {prefix}/{uuid}/` | unsubscribe |
-//! | `GET {prefix}/openapi.json` | the OpenAPI document |
+//! | `GET {prefix}/{id}/` | one subscription |
+//! | `PATCH` or `POST {prefix}/{id}/` | change the fields it names; `"active": false` pauses it, `true` resumes it (also after Thorn disabled it) |
+//! | `DELETE {prefix}/{id}/` | unsubscribe |
+//! | `GET {prefix}/{id}/deliveries/` | its deliveries, newest first: `?state=dead&limit=25&before={delivery}` |
+//! | `GET {prefix}/{id}/deliveries/{delivery}/` | one delivery with every attempt |
+//! | `POST {prefix}/{id}/deliveries/{delivery}/redeliver/` | send it again, same `Hook-Delivery` |
+//! | `POST {prefix}/{id}/recover/` | send again its dead deliveries since a time: `{"since": "2026-12-01T00:00:00Z"}` |
+//! | `POST {prefix}/{id}/test/` | send it a `thorn.test` event |
+//! | `GET {prefix}/events/` | the events the application declares |
+//! | `GET {prefix}/openapi.json` | the OpenAPI 3.1 document, generated from these routes and types |
 //!
 //! Authentication belongs to the application: implement [`Authenticate`]
 //! (or pass a closure) to say who the caller is; requests without a user
-//! get `401`. A user never sees or changes another user's subscription:
-//! those requests answer `404`, exactly like a uuid that does not exist.
-//! Invalid requests answer `400` with the messages of each field, Django
-//! REST Framework style (`{"url": ["..."]}`); bodies over the limit `413`,
-//! bodies that are not JSON `415`.
+//! get `401` with `WWW-Authenticate`. A user never sees or changes another
+//! user's subscriptions or deliveries: those requests answer `404`,
+//! exactly like an id that does not exist. Every error answers one shape,
+//! [`ErrorBody`](types::ErrorBody): `{"detail": "...", "fields": {"url":
+//! ["..."]}}` (`fields` only for invalid input). Bodies must be JSON
+//! (`415` otherwise); unknown fields are `400` naming them; bodies over
+//! the limit `413`.
 //!
 //! The API is built from the [`Thorn`] that delivers: it serves that
-//! Thorn's subscription store and follows its configuration (the event
-//! choices of `THORN_EVENT_CHOICES`, the recipient validators), so what the
-//! API accepts is what gets delivered.
+//! Thorn's subscription store and delivery log and follows its
+//! configuration (the event choices of `THORN_EVENT_CHOICES`, the
+//! recipient validators), so what the API accepts is what gets delivered.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -38,51 +47,31 @@
 //! # Ok::<(), thorn_core::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use chrono::{SecondsFormat, Utc};
-use serde_json::{Map, Value, json};
-use thorn_core::codec::ContentType;
-use thorn_core::signing::HmacDigest;
-use thorn_core::subscriber::validate_pattern;
-use thorn_core::subscriber::{Replace, Secret};
-use thorn_core::validate::Validators;
-use thorn_core::{SenderId, Subscriber, SubscriptionStore, Thorn};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thorn_core::{SenderId, Thorn};
 use uuid::Uuid;
 
-/// Says who is calling, from the request's head (session cookie, token,
-/// header...). `None` answers `401`.
-pub trait Authenticate: Send + Sync + 'static {
-    /// The caller's user id.
-    fn authenticate<'a>(
-        &'a self,
-        parts: &'a Parts,
-    ) -> Pin<Box<dyn Future<Output = Option<SenderId>> + Send + 'a>>;
-}
+mod auth;
+mod deliveries;
+mod error;
+mod openapi;
+mod subscriptions;
+pub mod types;
 
-impl<F> Authenticate for F
-where
-    F: Fn(&Parts) -> Option<SenderId> + Send + Sync + 'static,
-{
-    fn authenticate<'a>(
-        &'a self,
-        parts: &'a Parts,
-    ) -> Pin<Box<dyn Future<Output = Option<SenderId>> + Send + 'a>> {
-        let user = self(parts);
-        Box::pin(async move { user })
-    }
-}
+pub use auth::Authenticate;
+pub use deliveries::TEST_EVENT;
+pub use error::ApiError;
 
 /// The API's settings and dependencies; [`Api::router`] builds the routes.
 #[derive(Clone)]
@@ -92,12 +81,10 @@ pub struct Api {
 
 #[derive(Clone)]
 struct Inner {
-    store: Arc<dyn SubscriptionStore>,
+    thorn: Thorn,
     auth: Arc<dyn Authenticate>,
     prefix: String,
     public_base_url: Option<String>,
-    event_choices: Option<Vec<String>>,
-    validators: Validators,
     body_limit: usize,
 }
 
@@ -105,24 +92,22 @@ impl Api {
     /// The API of `thorn`'s subscriptions, with `auth`, mounted at
     /// `/hooks`: it serves the Thorn's subscription store
     /// ([`ThornBuilder::subscriptions`](thorn_core::ThornBuilder::subscriptions))
-    /// and follows its configuration — `THORN_EVENT_CHOICES` and the
-    /// recipient validators — so the API and the deliveries cannot disagree.
-    /// Fails with [`Error::NoSubscriptionStore`](thorn_core::Error::NoSubscriptionStore)
-    /// when the Thorn has none.
+    /// and delivery log ([`ThornBuilder::delivery_log`](thorn_core::ThornBuilder::delivery_log);
+    /// without one the delivery routes answer `501`), and follows its
+    /// configuration — `THORN_EVENT_CHOICES` and the recipient validators —
+    /// so the API and the deliveries cannot disagree. Fails with
+    /// [`Error::NoSubscriptionStore`](thorn_core::Error::NoSubscriptionStore)
+    /// when the Thorn has no subscription store.
     pub fn new(thorn: &Thorn, auth: impl Authenticate) -> thorn_core::Result<Self> {
-        let store = thorn
-            .subscription_store()
-            .cloned()
-            .ok_or(thorn_core::Error::NoSubscriptionStore)?;
-        let config = thorn.config();
+        if thorn.subscription_store().is_none() {
+            return Err(thorn_core::Error::NoSubscriptionStore);
+        }
         Ok(Api {
             inner: Arc::new(Inner {
-                store,
+                thorn: thorn.clone(),
                 auth: Arc::new(auth),
                 prefix: "/hooks".into(),
                 public_base_url: None,
-                event_choices: config.event_choices.clone(),
-                validators: config.validators(),
                 body_limit: 64 * 1024,
             }),
         })
@@ -155,90 +140,161 @@ impl Api {
         self.edit(|i| i.body_limit = bytes)
     }
 
+    /// The OpenAPI 3.1 document of these routes, with this API's prefix
+    /// as its server and `THORN_EVENT_CHOICES` as the `event` values a
+    /// request may use: what `GET {prefix}/openapi.json` serves.
+    pub fn openapi(&self) -> serde_json::Value {
+        openapi::document(self)
+    }
+
     /// The routes, ready to `merge` into the application's router.
     pub fn router(self) -> Router {
+        use deliveries as d;
+        use subscriptions as s;
         let p = self.inner.prefix.clone();
         let limit = self.inner.body_limit;
-        let collection = get(list).post(create);
-        let item = get(show).patch(update).post(update).delete(remove);
-        Router::new()
-            .route(&format!("{p}/"), collection.clone())
-            .route(if p.is_empty() { "/" } else { &p }, collection)
-            .route(&format!("{p}/openapi.json"), get(openapi))
-            .route(&format!("{p}/{{id}}/"), item.clone())
-            .route(&format!("{p}/{{id}}"), item)
+        let collection = get(s::list).post(s::create);
+        let item = get(s::show)
+            .patch(s::update)
+            .post(s::update_by_post)
+            .delete(s::remove);
+        let doc = Arc::new(self.openapi());
+        let served = get(move || openapi::serve(doc.clone()));
+        // Each route with and without its trailing slash.
+        let mut router = Router::new()
+            .route(if p.is_empty() { "/" } else { &p }, collection.clone())
+            .route(&format!("{p}/openapi.json"), served);
+        for (path, route) in [
+            ("/", collection),
+            ("/{id}/", item),
+            ("/{id}/deliveries/", get(d::list)),
+            ("/{id}/deliveries/{delivery}/", get(d::show)),
+            ("/{id}/deliveries/{delivery}/redeliver/", post(d::redeliver)),
+            ("/{id}/recover/", post(d::recover)),
+            ("/{id}/test/", post(d::test)),
+            ("/events/", get(d::event_types)),
+        ] {
+            router = router.route(&format!("{p}{path}"), route.clone());
+            if path != "/" {
+                router = router.route(&format!("{p}{}", path.trim_end_matches('/')), route);
+            }
+        }
+        router
             .layer(DefaultBodyLimit::max(limit))
             .layer(axum::middleware::map_response(explain_405))
             .with_state(self)
     }
-}
 
-/// An error answer: a status and a JSON body.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    body: Value,
-}
+    fn thorn(&self) -> &Thorn {
+        &self.inner.thorn
+    }
 
-impl ApiError {
-    fn detail(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            body: json!({ "detail": detail.into() }),
+    /// `path` (under the prefix) as a link: absolute from the public base
+    /// URL or the request's `origin`, relative only without either.
+    fn link(&self, origin: Option<&str>, path: &str) -> String {
+        let path = format!("{}{path}", self.inner.prefix);
+        match (&self.inner.public_base_url, origin) {
+            (Some(base), _) => format!("{base}{path}"),
+            (None, Some(origin)) => format!("{origin}{path}"),
+            (None, None) => path,
         }
     }
+}
 
-    fn not_found() -> Self {
-        Self::detail(StatusCode::NOT_FOUND, "Not found.")
-    }
-
-    fn conflict(why: &str) -> Self {
-        Self::detail(StatusCode::CONFLICT, why)
-    }
-
-    fn fields(errors: BTreeMap<&'static str, Vec<String>>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            body: serde_json::to_value(errors).expect("strings are JSON"),
+/// `body` as a JSON answer with `status`.
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "an API answer could not be encoded");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
-    }
-
-    fn store(e: thorn_core::Error) -> Self {
-        tracing::error!(error = %e, "subscription store failed");
-        Self::detail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The subscription store is unavailable; try again.",
-        )
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = json_response(self.status, &self.body);
-        if self.status == StatusCode::UNAUTHORIZED {
-            // RFC 9110: a 401 names how to authenticate.
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"webhooks\""),
-            );
+/// The request's body as `T`: JSON only (`415` otherwise), an object, each
+/// type error naming its field.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    // `application/json`, with parameters or not; nothing else, and not
+    // nothing.
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|ct| String::from_utf8_lossy(ct.as_bytes()).to_ascii_lowercase());
+    let media = ct
+        .as_deref()
+        .map(|ct| ct.split(';').next().unwrap_or("").trim());
+    if media != Some("application/json") {
+        let got = match &ct {
+            Some(ct) => format!("{ct:?}"),
+            None => "no Content-Type".to_owned(),
+        };
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Unsupported media type {got} in request: send application/json."),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("JSON parse error - {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "Invalid data: expected a JSON object.",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if field == "." {
+            // Not in one field: a missing one, or an unknown one.
+            ApiError::bad_request(message)
+        } else {
+            ApiError::field(&field, message)
         }
-        response
+    })
+}
+
+/// The `{id}` of a route: an id that is not a uuid is not found, like one
+/// that does not exist.
+pub(crate) struct Id(Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ids = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        let id = ids.0.iter().find(|(name, _)| name == "id");
+        id.and_then(|(_, v)| Uuid::parse_str(v).ok())
+            .map(Id)
+            .ok_or_else(ApiError::not_found)
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+/// The `{delivery}` of a route, like [`Id`].
+pub(crate) struct DeliveryId(Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeliveryId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ids = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        let id = ids.0.iter().find(|(name, _)| name == "delivery");
+        id.and_then(|(_, v)| Uuid::parse_str(v).ok())
+            .map(DeliveryId)
+            .ok_or_else(ApiError::not_found)
+    }
 }
 
 /// Where the request was sent, `http(s)://host[:port]`, from `Host` (or
 /// `X-Forwarded-Host`) and `X-Forwarded-Proto`: what makes links absolute,
 /// as Python Thorn's clients expect, when no public base URL is set.
-struct Origin(Option<String>);
+pub(crate) struct Origin(Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Origin {
     type Rejection = std::convert::Infallible;
@@ -269,13 +325,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Origin {
     }
 }
 
+/// The authenticated caller.
+pub(crate) struct User(SenderId);
+
+impl FromRequestParts<Api> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        match api.inner.auth.authenticate(parts).await {
+            Some(user) => Ok(User(user)),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Authentication credentials were not provided.",
+            )),
+        }
+    }
+}
+
 /// axum answers a method a route does not serve with 405 and no body (it
 /// adds `Allow` afterwards): the body says so in the API's error shape.
 async fn explain_405(response: Response) -> Response {
     if response.status() != StatusCode::METHOD_NOT_ALLOWED {
         return response;
     }
-    let mut answer = ApiError::detail(
+    let mut answer = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "Method not allowed here: the Allow header lists those that are.",
     )
@@ -288,412 +361,12 @@ async fn explain_405(response: Response) -> Response {
     answer
 }
 
-/// The authenticated caller.
-struct User(SenderId);
-
-impl FromRequestParts<Api> for User {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
-        match api.inner.auth.authenticate(parts).await {
-            Some(user) => Ok(User(user)),
-            None => Err(ApiError::detail(
-                StatusCode::UNAUTHORIZED,
-                "Authentication credentials were not provided.",
-            )),
-        }
-    }
+/// `t` as the API shows times: RFC 3339, microseconds, `Z`.
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn timestamp(t: chrono::DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The fields a request may set.
-const WRITABLE: [&str; 6] = [
-    "event",
-    "url",
-    "content_type",
-    "hmac_secret",
-    "hmac_digest",
-    "active",
-];
-
-/// The fields a subscription is shown with that requests cannot set
-/// (accepted and ignored, so a client may send back what it read).
-const READ_ONLY: [&str; 7] = [
-    "id",
-    "user",
-    "created_at",
-    "updated_at",
-    "subscription",
-    "disabled_at",
-    "disabled_reason",
-];
-
-impl Api {
-    /// `s` as the API shows it; `origin` (`https://host`) makes its link
-    /// absolute when no public base URL is configured.
-    fn render(&self, s: &Subscriber, origin: Option<&str>) -> Value {
-        let path = format!("{}/{}/", self.inner.prefix, s.uuid);
-        let link = match (&self.inner.public_base_url, origin) {
-            (Some(base), _) => format!("{base}{path}"),
-            (None, Some(origin)) => format!("{origin}{path}"),
-            (None, None) => path,
-        };
-        json!({
-            "id": s.uuid,
-            "url": s.url.as_str(),
-            "event": s.event,
-            "content_type": s.content_type.as_str(),
-            "hmac_secret": s.hmac_secret.expose(),
-            "hmac_digest": s.hmac_digest.as_str(),
-            "user": s.owner,
-            "created_at": timestamp(s.created_at),
-            "updated_at": timestamp(s.updated_at),
-            "subscription": link,
-            "active": s.is_active(),
-            "disabled_at": s.disabled_at.map(timestamp),
-            "disabled_reason": s.disabled_reason,
-        })
-    }
-
-    /// Validates the fields present in `body` onto `target`; returns the
-    /// `active` requested, if any (the caller applies it).
-    fn apply(
-        &self,
-        body: &Map<String, Value>,
-        target: &mut Subscriber,
-        creating: bool,
-    ) -> Result<Option<bool>, ApiError> {
-        let mut errors: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        // A misspelt field is an error, not a default quietly taken (the
-        // fields a subscription is shown with may come back unchanged).
-        let unknown: Vec<&str> = body
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !WRITABLE.contains(k) && !READ_ONLY.contains(k))
-            .collect();
-        if !unknown.is_empty() {
-            errors.insert(
-                "non_field_errors",
-                vec![format!(
-                    "Unknown field(s): {}. Known: {}.",
-                    unknown.join(", "),
-                    WRITABLE.join(", ")
-                )],
-            );
-        }
-        let text =
-            |name: &'static str,
-             required: bool,
-             errors: &mut BTreeMap<&'static str, Vec<String>>| match body.get(name) {
-                None if required => {
-                    errors
-                        .entry(name)
-                        .or_default()
-                        .push("This field is required.".into());
-                    None
-                }
-                None => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Null) => {
-                    errors
-                        .entry(name)
-                        .or_default()
-                        .push("This field may not be null.".into());
-                    None
-                }
-                Some(_) => {
-                    errors
-                        .entry(name)
-                        .or_default()
-                        .push("Not a valid string.".into());
-                    None
-                }
-            };
-        if let Some(event) = text("event", creating, &mut errors) {
-            let event = event.trim().to_owned();
-            if let Err(e) = validate_pattern(&event) {
-                errors.entry("event").or_default().push(e);
-            } else if let Some(choices) = &self.inner.event_choices {
-                if !choices.contains(&event) {
-                    errors.entry("event").or_default().push(format!(
-                        "`{event}` is not one of the available events: {}",
-                        choices.join(", ")
-                    ));
-                }
-            }
-            target.event = event;
-        }
-        if let Some(url) = text("url", creating, &mut errors) {
-            match url::Url::parse(url.trim()) {
-                Err(e) => errors
-                    .entry("url")
-                    .or_default()
-                    .push(format!("Enter a valid URL ({e}).")),
-                Ok(_) if url.len() > 2048 => errors
-                    .entry("url")
-                    .or_default()
-                    .push("Ensure this field has no more than 2048 characters.".into()),
-                Ok(parsed) => match self.inner.validators.check_url(&parsed) {
-                    Ok(()) => target.url = parsed,
-                    Err(blocked) => errors
-                        .entry("url")
-                        .or_default()
-                        .push(format!("blocked: {}", blocked.rule)),
-                },
-            }
-        }
-        if let Some(ct) = text("content_type", false, &mut errors) {
-            match ct.parse::<ContentType>() {
-                Ok(ct) => target.content_type = ct,
-                Err(e) => errors
-                    .entry("content_type")
-                    .or_default()
-                    .push(e.to_string()),
-            }
-        }
-        if let Some(d) = text("hmac_digest", false, &mut errors) {
-            match d.parse::<HmacDigest>() {
-                Ok(d) => target.hmac_digest = d,
-                Err(e) => errors.entry("hmac_digest").or_default().push(e.to_string()),
-            }
-        }
-        if let Some(secret) = text("hmac_secret", false, &mut errors) {
-            if secret.is_empty()
-                || secret.chars().count() > 255
-                || secret.chars().any(char::is_control)
-            {
-                errors.entry("hmac_secret").or_default().push(
-                    "Use 1 to 255 printable characters (or leave it out for a random one).".into(),
-                );
-            } else {
-                target.hmac_secret = secret.into();
-            }
-        }
-        let active = match body.get("active") {
-            None => None,
-            Some(Value::Bool(active)) => Some(*active),
-            Some(_) => {
-                errors
-                    .entry("active")
-                    .or_default()
-                    .push("Must be a valid boolean.".into());
-                None
-            }
-        };
-        if errors.is_empty() {
-            Ok(active)
-        } else {
-            Err(ApiError::fields(errors))
-        }
-    }
-}
-
-fn json_object(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(|e| ApiError::detail(e.status(), e.body_text()))?;
-    // `application/json`, with parameters or not; nothing else, and not
-    // nothing.
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .map(|ct| ct.to_str().unwrap_or("").to_ascii_lowercase());
-    let media = ct
-        .as_deref()
-        .map(|ct| ct.split(';').next().unwrap_or("").trim());
-    if media != Some("application/json") {
-        let got = match &ct {
-            Some(ct) => format!("\"{ct}\""),
-            None => "no Content-Type".to_owned(),
-        };
-        return Err(ApiError::detail(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Unsupported media type {got} in request: send application/json."),
-        ));
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => {
-            let mut e = BTreeMap::new();
-            e.insert(
-                "non_field_errors",
-                vec!["Invalid data. Expected a JSON object.".into()],
-            );
-            Err(ApiError::fields(e))
-        }
-        Err(e) => Err(ApiError::detail(
-            StatusCode::BAD_REQUEST,
-            format!("JSON parse error - {e}"),
-        )),
-    }
-}
-
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::not_found())
-}
-
-async fn list(
-    State(api): State<Api>,
-    User(owner): User,
-    Origin(origin): Origin,
-) -> Result<Response, ApiError> {
-    let subs = api
-        .inner
-        .store
-        .list(&owner)
-        .await
-        .map_err(ApiError::store)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &Value::Array(
-            subs.iter()
-                .map(|s| api.render(s, origin.as_deref()))
-                .collect(),
-        ),
-    ))
-}
-
-async fn create(
-    State(api): State<Api>,
-    User(owner): User,
-    Origin(origin): Origin,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = json_object(&headers, body)?;
-    let mut sub = Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
-    sub.hmac_secret = Secret::generate();
-    sub.owner = Some(owner);
-    if api.apply(&body, &mut sub, true)? == Some(false) {
-        sub.disable(PAUSED);
-    }
-    api.inner
-        .store
-        .insert(sub.clone())
-        .await
-        .map_err(ApiError::store)?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &api.render(&sub, origin.as_deref()),
-    ))
-}
-
-async fn show(
-    State(api): State<Api>,
-    User(owner): User,
-    Origin(origin): Origin,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
-    match api
-        .inner
-        .store
-        .get(&owner, id)
-        .await
-        .map_err(ApiError::store)?
-    {
-        Some(s) => Ok(json_response(
-            StatusCode::OK,
-            &api.render(&s, origin.as_deref()),
-        )),
-        None => Err(ApiError::not_found()),
-    }
-}
-
-async fn update(
-    State(api): State<Api>,
-    User(owner): User,
-    Origin(origin): Origin,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
-    let body = json_object(&headers, body)?;
-    let store = &api.inner.store;
-    // Read, change the named fields, write if nobody wrote in between;
-    // else again on what they wrote: concurrent PATCHes of different
-    // fields all survive.
-    let mut active = None;
-    let mut written = false;
-    for _ in 0..PATCH_ATTEMPTS {
-        let Some(mut sub) = store.get(&owner, id).await.map_err(ApiError::store)? else {
-            return Err(ApiError::not_found());
-        };
-        let seen = sub.updated_at;
-        active = api.apply(&body, &mut sub, false)?;
-        sub.touch();
-        if sub.updated_at <= seen {
-            // The version must move on, even within one microsecond.
-            sub.updated_at = seen + chrono::Duration::microseconds(1);
-        }
-        match store
-            .update_if_unchanged(sub, seen)
-            .await
-            .map_err(ApiError::store)?
-        {
-            Replace::Done => {
-                written = true;
-                break;
-            }
-            Replace::Missing => return Err(ApiError::not_found()),
-            _ => continue,
-        }
-    }
-    if !written {
-        return Err(ApiError::conflict(
-            "the subscription kept changing while this PATCH was applied: send it again",
-        ));
-    }
-    if let Some(active) = active {
-        store
-            .set_active(&owner, id, active, PAUSED)
-            .await
-            .map_err(ApiError::store)?;
-    }
-    // As stored now (a worker may have disabled it meanwhile).
-    match store.get(&owner, id).await.map_err(ApiError::store)? {
-        Some(sub) => Ok(json_response(
-            StatusCode::OK,
-            &api.render(&sub, origin.as_deref()),
-        )),
-        None => Err(ApiError::not_found()),
-    }
-}
-
-/// How many times a PATCH is applied again on a subscription that changed
-/// while it was applied.
-const PATCH_ATTEMPTS: usize = 16;
-
-/// Why a subscription its owner paused is disabled.
-const PAUSED: &str = "paused by its owner";
-
-async fn remove(
-    State(api): State<Api>,
-    User(owner): User,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id.map_err(|_| ApiError::not_found())?.0)?;
-    if api
-        .inner
-        .store
-        .delete(&owner, id)
-        .await
-        .map_err(ApiError::store)?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::not_found())
-    }
-}
-
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
-        .into_response()
+/// `micros` since the epoch as [`timestamp`] shows it.
+pub(crate) fn timestamp_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(String::new, timestamp)
 }

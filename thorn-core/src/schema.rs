@@ -141,6 +141,13 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE TRIGGER thorn_subscribers_notify AFTER INSERT OR UPDATE OR DELETE ON thorn_subscribers
         FOR EACH ROW EXECUTE FUNCTION thorn_subscribers_notify();",
     ),
+    (
+        6,
+        // A subscription's delivery log, newest first, a page at a time
+        // (delivery ids are UUIDv7: ordered by creation).
+        "CREATE INDEX IF NOT EXISTS thorn_deliveries_log ON thorn_deliveries (subscriber_uuid, id);",
+        "",
+    ),
 ];
 
 /// The channel `thorn_subscribers`' trigger (migration 5, PostgreSQL)

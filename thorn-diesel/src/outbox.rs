@@ -223,6 +223,14 @@ impl<C: SqlConnection> DieselOutbox<C> {
         &self.outbox
     }
 
+    /// This outbox as each subscription's delivery log, for
+    /// [`ThornBuilder::delivery_log`](thorn_core::ThornBuilder::delivery_log):
+    /// what the REST API's delivery routes read and replay (its
+    /// statements run on tokio's blocking threads).
+    pub fn delivery_log(&self) -> std::sync::Arc<dyn thorn_core::outbox::DeliveryLog> {
+        std::sync::Arc::new(self.outbox.clone())
+    }
+
     /// Fails with [`thorn_core::Error::SchemaOutdated`] unless Thorn's
     /// migrations are applied.
     pub fn check_schema(&self) -> Result<()> {

@@ -301,7 +301,7 @@ fn the_command_works_on_a_sqlite_file() {
     };
     let out = thorn_cmd(&["migrate"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations [1, 2, 3, 4, 5]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations [1, 2, 3, 4, 5, 6]"));
 
     let receiver = Receiver::start();
     let pool: Pool<ConnectionManager<diesel::SqliteConnection>> = Pool::builder()

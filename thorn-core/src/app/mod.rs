@@ -10,6 +10,7 @@ use crate::config::{Config, DispatcherKind};
 use crate::dispatch::{
     DisabledDispatcher, Dispatcher, InProcessDispatcher, OutgoingEvent, SendHandle,
 };
+use crate::outbox::DeliveryLog;
 use crate::subscriber::{
     BoxFuture, Directory, SenderId, Subscriber, SubscriberLookup, SubscriptionStore,
 };
@@ -44,6 +45,8 @@ struct Inner {
     config: Config,
     subscribers: Directory,
     subscriptions: Option<Arc<dyn SubscriptionStore>>,
+    delivery_log: Option<Arc<dyn DeliveryLog>>,
+    event_types: Vec<EventType>,
     dispatcher: Arc<dyn Dispatcher>,
     outbox_written: Arc<tokio::sync::Notify>,
     frames: Frames,
@@ -106,6 +109,8 @@ impl Thorn {
             config,
             store: None,
             subscriptions: None,
+            delivery_log: None,
+            event_types: Vec::new(),
             dispatcher: None,
         }
     }
@@ -132,6 +137,18 @@ impl Thorn {
     /// was built with [`ThornBuilder::subscriptions`].
     pub fn subscription_store(&self) -> Option<&Arc<dyn SubscriptionStore>> {
         self.inner.subscriptions.as_ref()
+    }
+
+    /// The deliveries of each subscription, as their owners see them,
+    /// when it was built with [`ThornBuilder::delivery_log`].
+    pub fn delivery_log(&self) -> Option<&Arc<dyn DeliveryLog>> {
+        self.inner.delivery_log.as_ref()
+    }
+
+    /// The events the application declared with
+    /// [`ThornBuilder::event_types`]: what subscribers can ask for.
+    pub fn event_types(&self) -> &[EventType] {
+        &self.inner.event_types
     }
 
     /// Where this Thorn finds subscribers: its store and its
@@ -207,6 +224,8 @@ pub struct ThornBuilder {
     config: Config,
     store: Option<Arc<dyn SubscriberLookup>>,
     subscriptions: Option<Arc<dyn SubscriptionStore>>,
+    delivery_log: Option<Arc<dyn DeliveryLog>>,
+    event_types: Vec<EventType>,
     dispatcher: Option<Arc<dyn Dispatcher>>,
 }
 
@@ -234,6 +253,22 @@ impl ThornBuilder {
         self
     }
 
+    /// Where the deliveries of the subscriptions are recorded: the
+    /// outbox (`DieselOutbox::delivery_log()`, `Arc::new(SeaOrmOutbox::new(db))`),
+    /// which the REST API's delivery log, redelivery and test sends serve.
+    pub fn delivery_log(mut self, log: Arc<dyn DeliveryLog>) -> Self {
+        self.delivery_log = Some(log);
+        self
+    }
+
+    /// Declares events subscribers can ask for — a model's with
+    /// [`EventType::of_model`](crate::model::EventType::of_model) — listed
+    /// by the REST API's event catalogue. May be called again to add more.
+    pub fn event_types(mut self, types: impl IntoIterator<Item = EventType>) -> Self {
+        self.event_types.extend(types);
+        self
+    }
+
     /// A dispatcher of the application's, instead of the one the config names.
     pub fn dispatcher(mut self, dispatcher: impl Dispatcher) -> Self {
         self.dispatcher = Some(Arc::new(dispatcher));
@@ -255,12 +290,40 @@ impl ThornBuilder {
             inner: Arc::new(Inner {
                 subscribers: Directory::new(self.store, self.config.subscribers.clone()),
                 subscriptions: self.subscriptions,
+                delivery_log: self.delivery_log,
+                event_types: self.event_types,
                 config: self.config,
                 dispatcher,
                 outbox_written: Arc::new(tokio::sync::Notify::new()),
                 frames: Frames::default(),
             }),
         })
+    }
+}
+
+/// An event subscribers can ask for, as the REST API's catalogue lists
+/// it. (Defined here, re-exported as `thorn_core::model::EventType`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventType {
+    /// The event's name (`article.published`).
+    pub name: String,
+    /// The model that sends it, when one does (`Article`).
+    pub model: Option<String>,
+    /// What makes it fire (`create`, `change`, `delete`, `m2m_add(tags)`...,
+    /// or what the application says).
+    pub fires_on: String,
+}
+
+impl EventType {
+    /// An event the application sends itself (not a model's), fired on
+    /// `fires_on`.
+    pub fn new(name: impl Into<String>, fires_on: impl Into<String>) -> Self {
+        EventType {
+            name: name.into(),
+            model: None,
+            fires_on: fires_on.into(),
+        }
     }
 }
 

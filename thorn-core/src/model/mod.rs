@@ -22,10 +22,12 @@ use serde_json::Value;
 
 use crate::Result;
 
+mod catalogue;
 mod derived;
 mod event;
 pub(crate) mod webhooks;
 
+pub use crate::app::EventType;
 #[doc(hidden)]
 pub use derived::{AsSender, payload_probe, to_headers, url_probe};
 pub use event::ModelEvent;

@@ -37,10 +37,12 @@
 //! workers' clocks see them: keep the machines' clocks in sync (NTP).
 
 pub(crate) mod health;
+pub(crate) mod log;
 pub(crate) mod store;
 pub(crate) mod stored;
 
 pub(crate) use health::Health;
+pub use log::{DeliveryLog, DeliveryPage, Redelivery};
 pub(crate) use store::{
     AfterAttempt, Among, AttemptRecord, ClaimedDelivery, FanOut, NewDelivery, OutboxStore,
 };

@@ -49,6 +49,8 @@ pub struct ClaimedDelivery {
 pub struct DeliveryInfo {
     /// Delivery id (`Hook-Delivery`).
     pub id: String,
+    /// Its subscription (or recipient).
+    pub subscription: String,
     /// Its event.
     pub event_id: String,
     /// Event name.
@@ -68,6 +70,8 @@ pub struct DeliveryInfo {
     pub last_error: Option<String>,
     /// The worker holding it, while claimed.
     pub locked_by: Option<String>,
+    /// When it was created (µs since the epoch).
+    pub created_at: i64,
 }
 
 /// What a prune deleted.

@@ -3,7 +3,9 @@
 
 use uuid::Uuid;
 
-use crate::outbox::{DeliveryInfo, DeliveryState, Pruned, now_micros};
+use crate::outbox::{
+    AttemptInfo, DeliveryHistory, DeliveryInfo, DeliveryState, Pruned, now_micros,
+};
 use crate::sql::{Connection, Kind, Param, execute, insert_rows, limit, query};
 use crate::{Error, Result};
 
@@ -166,29 +168,56 @@ pub(super) fn int32(n: i64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// Deliveries with their event's name, newest first: one by `id`, or
-/// those in `state`, or all; `max` at most.
+/// Which deliveries [`infos`] reads: any of these that are set.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Which {
+    /// This one.
+    pub(super) id: Option<Uuid>,
+    /// This subscription's.
+    pub(super) subscription: Option<Uuid>,
+    /// In this state.
+    pub(super) state: Option<DeliveryState>,
+    /// Older than this one.
+    pub(super) before: Option<Uuid>,
+}
+
+/// Deliveries with their event's name, newest first, as `which` selects;
+/// `max` at most.
 pub(super) async fn infos(
     conn: &mut dyn Connection,
-    id: Option<Uuid>,
-    state: Option<DeliveryState>,
+    which: Which,
     max: usize,
 ) -> Result<Vec<DeliveryInfo>> {
     let mut params: Vec<Param> = vec![limit(max).into()];
     let mut filter = String::new();
-    if let Some(id) = id {
-        params.push(id.to_string().into());
-        filter.push_str(" AND d.id = $2");
+    let mut and = |column: &str, op: &str, value: Param, params: &mut Vec<Param>| {
+        params.push(value);
+        filter.push_str(&format!(" AND d.{column} {op} ${}", params.len()));
+    };
+    if let Some(id) = which.id {
+        and("id", "=", id.to_string().into(), &mut params);
     }
-    if let Some(state) = state {
-        params.push(state.as_str().into());
-        filter.push_str(&format!(" AND d.state = ${}", params.len()));
+    if let Some(subscription) = which.subscription {
+        and(
+            "subscriber_uuid",
+            "=",
+            subscription.to_string().into(),
+            &mut params,
+        );
     }
+    if let Some(state) = which.state {
+        and("state", "=", state.as_str().into(), &mut params);
+    }
+    if let Some(before) = which.before {
+        and("id", "<", before.to_string().into(), &mut params);
+    }
+    // Delivery ids are UUIDv7: by id is by creation, and a page's last id
+    // is where the next begins.
     let sql = format!(
-        "SELECT d.id, d.event_id, e.name, d.url, d.state, d.attempts, d.run_at, \
-         d.last_status, d.last_error, d.locked_by \
+        "SELECT d.id, d.subscriber_uuid, d.event_id, e.name, d.url, d.state, d.attempts, \
+         d.run_at, d.last_status, d.last_error, d.locked_by, d.created_at \
          FROM thorn_deliveries d JOIN thorn_events e ON e.id = d.event_id \
-         WHERE 1 = 1{filter} ORDER BY d.created_at DESC, d.id DESC LIMIT $1"
+         WHERE 1 = 1{filter} ORDER BY d.id DESC LIMIT $1"
     );
     query(
         conn,
@@ -200,11 +229,13 @@ pub(super) async fn infos(
             Kind::Text,
             Kind::Text,
             Kind::Text,
+            Kind::Text,
             Kind::Int,
             Kind::BigInt,
             Kind::Int,
             Kind::Text,
             Kind::Text,
+            Kind::BigInt,
         ],
     )
     .await?
@@ -212,16 +243,59 @@ pub(super) async fn infos(
     .map(|r| {
         Ok(DeliveryInfo {
             id: r.text(0)?,
-            event_id: r.text(1)?,
-            event: r.text(2)?,
-            url: r.text(3)?,
-            state: r.text(4)?,
-            attempts: int32(r.int(5)?),
-            run_at: r.int(6)?,
-            last_status: r.opt_int(7)?.map(int32),
-            last_error: r.opt_text(8)?,
-            locked_by: r.opt_text(9)?,
+            subscription: r.text(1)?,
+            event_id: r.text(2)?,
+            event: r.text(3)?,
+            url: r.text(4)?,
+            state: r.text(5)?,
+            attempts: int32(r.int(6)?),
+            run_at: r.int(7)?,
+            last_status: r.opt_int(8)?.map(int32),
+            last_error: r.opt_text(9)?,
+            locked_by: r.opt_text(10)?,
+            created_at: r.int(11)?,
         })
     })
     .collect()
+}
+
+/// Delivery `id` (of the deliveries `which` selects) and its attempts,
+/// oldest first.
+pub(super) async fn history_of(
+    conn: &mut dyn Connection,
+    which: Which,
+) -> Result<Option<DeliveryHistory>> {
+    let Some(info) = infos(conn, which, 1).await?.pop() else {
+        return Ok(None);
+    };
+    let attempts = query(
+        conn,
+        "SELECT attempt, started_at, status, latency_us, error, response, worker \
+         FROM thorn_attempts WHERE delivery_id = $1 ORDER BY attempt",
+        vec![info.id.clone().into()],
+        &[
+            Kind::Int,
+            Kind::BigInt,
+            Kind::Int,
+            Kind::BigInt,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(AttemptInfo {
+            attempt: int32(r.int(0)?),
+            started_at: r.int(1)?,
+            status: r.opt_int(2)?.map(int32),
+            latency_us: r.int(3)?,
+            error: r.opt_text(4)?,
+            response: r.opt_text(5)?,
+            worker: r.text(6)?,
+        })
+    })
+    .collect::<Result<_>>()?;
+    Ok(Some((info, attempts)))
 }

@@ -20,20 +20,20 @@ use uuid::Uuid;
 
 use super::{Database, Dialect, Kind, Param, Work, atomically, execute, in_list, query};
 use crate::outbox::{
-    AfterAttempt, Among, AttemptInfo, AttemptRecord, ClaimedDelivery, DeliveryHistory,
-    DeliveryInfo, DeliveryState, FanOut, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros,
-    now_micros,
+    AfterAttempt, Among, AttemptRecord, ClaimedDelivery, DeliveryHistory, DeliveryInfo,
+    DeliveryState, FanOut, OutboxCounts, OutboxStore, Pruned, StoredEvent, micros, now_micros,
 };
 use crate::subscriber::BoxFuture;
 use crate::{Error, Result, SenderId};
 use chrono::{DateTime, Utc};
 use deliveries::{claim_deliveries, finish};
 use events::{claim_events, fan_out};
-use history::{COUNTS, infos, int32, prune_deliveries, prune_owner, replay, uuid_of};
+use history::{COUNTS, Which, history_of, infos, prune_deliveries, prune_owner, replay, uuid_of};
 
 mod deliveries;
 mod events;
 mod history;
+mod log;
 
 pub use events::write_events;
 
@@ -188,48 +188,28 @@ impl<D: Database> SqlOutbox<D> {
         max: usize,
     ) -> BoxFuture<'static, Result<Vec<DeliveryInfo>>> {
         self.run(Box::new(move |conn| {
-            Box::pin(async move { infos(conn, None, state, max).await })
+            Box::pin(async move {
+                infos(
+                    conn,
+                    Which {
+                        state,
+                        ..Which::default()
+                    },
+                    max,
+                )
+                .await
+            })
         }))
     }
 
     /// One delivery and its attempts, oldest first.
     pub fn delivery(&self, id: Uuid) -> BoxFuture<'static, Result<Option<DeliveryHistory>>> {
+        let which = Which {
+            id: Some(id),
+            ..Which::default()
+        };
         self.run(Box::new(move |conn| {
-            Box::pin(async move {
-                let Some(info) = infos(conn, Some(id), None, 1).await?.pop() else {
-                    return Ok(None);
-                };
-                let attempts = query(
-                    conn,
-                    "SELECT attempt, started_at, status, latency_us, error, response, worker \
-                     FROM thorn_attempts WHERE delivery_id = $1 ORDER BY attempt",
-                    vec![id.to_string().into()],
-                    &[
-                        Kind::Int,
-                        Kind::BigInt,
-                        Kind::Int,
-                        Kind::BigInt,
-                        Kind::Text,
-                        Kind::Text,
-                        Kind::Text,
-                    ],
-                )
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(AttemptInfo {
-                        attempt: int32(r.int(0)?),
-                        started_at: r.int(1)?,
-                        status: r.opt_int(2)?.map(int32),
-                        latency_us: r.int(3)?,
-                        error: r.opt_text(4)?,
-                        response: r.opt_text(5)?,
-                        worker: r.text(6)?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-                Ok(Some((info, attempts)))
-            })
+            Box::pin(async move { history_of(conn, which).await })
         }))
     }
 
