@@ -31,15 +31,17 @@ fn api_with(store: Arc<dyn thorn::SubscriptionStore>, config: Config) -> Api {
     .subscriptions(store)
     .build()
     .unwrap();
-    Api::new(&thorn, |parts: &axum::http::request::Parts| {
-        parts
-            .headers
-            .get("x-user")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .map(SenderId::from)
-    })
-    .unwrap()
+    Api::new(&thorn, x_user).unwrap()
+}
+
+/// The test's users: the integer in an `x-user` header.
+pub(crate) fn x_user(parts: &axum::http::request::Parts) -> Option<SenderId> {
+    parts
+        .headers
+        .get("x-user")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(SenderId::from)
 }
 
 /// Recipient validators that let plain http reach the test receivers.

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use thorn::api::Api;
 use thorn::model::EventType;
 use thorn::outbox::DeliveryLog;
-use thorn::{Config, RetryPolicy, SenderId, SubscriptionStore, Thorn};
+use thorn::{Config, RetryPolicy, SubscriptionStore, Thorn};
 use tower::ServiceExt;
 
 use crate::engine::{WAIT, local_config};
@@ -230,15 +230,7 @@ fn thorn_with(store: Arc<dyn SubscriptionStore>, log: Option<Arc<dyn DeliveryLog
 }
 
 fn api_of(thorn: &Thorn) -> Api {
-    Api::new(thorn, |parts: &axum::http::request::Parts| {
-        parts
-            .headers
-            .get("x-user")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .map(SenderId::from)
-    })
-    .unwrap()
+    Api::new(thorn, crate::api::x_user).unwrap()
 }
 
 /// Reads delivery `path` until `done` holds (bounded).

@@ -13,7 +13,8 @@ use axum::response::Response;
 use serde_json::json;
 use thorn_core::integration::{StoredEvent, ThornExt};
 use thorn_core::outbox::{
-    AttemptInfo, DeliveryInfo, DeliveryLog, DeliveryPage, DeliveryState, Redelivery,
+    AttemptInfo, DeliveryHistory, DeliveryInfo, DeliveryLog, DeliveryPage, DeliveryState,
+    Redelivery,
 };
 use thorn_core::subscriber::pattern_matches;
 use thorn_core::{Event, SendOptions};
@@ -53,13 +54,11 @@ fn delivery(info: &DeliveryInfo) -> Result<Delivery, ApiError> {
             ))
         })
     };
-    let state: DeliveryState = info.state.parse().map_err(ApiError::log)?;
-    let state = match state {
-        DeliveryState::Pending => DeliveryStateName::Pending,
-        DeliveryState::Delivered => DeliveryStateName::Delivered,
-        DeliveryState::Dead => DeliveryStateName::Dead,
-        _ => DeliveryStateName::Cancelled,
-    };
+    let state: DeliveryStateName = info
+        .state
+        .parse::<DeliveryState>()
+        .map_err(ApiError::log)?
+        .into();
     Ok(Delivery {
         id: uuid(&info.id)?,
         event: info.event.clone(),
@@ -93,16 +92,15 @@ fn page(uri: &Uri) -> Result<DeliveryPage, ApiError> {
     for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
         match &*name {
             "state" => {
-                let state: DeliveryStateName =
-                    serde_json::from_value(json!(value)).map_err(|_| {
-                        ApiError::field(
-                            "state",
-                            format!(
-                                "`{value}` is not a state: use pending, delivered, dead or cancelled."
-                            ),
-                        )
-                    })?;
-                page = page.in_state(state.into());
+                let state = value.parse::<DeliveryState>().map_err(|_| {
+                    ApiError::field(
+                        "state",
+                        format!(
+                            "`{value}` is not a state: use pending, delivered, dead or cancelled."
+                        ),
+                    )
+                })?;
+                page = page.in_state(state);
             }
             "limit" => {
                 let limit = value
@@ -201,11 +199,7 @@ pub(crate) async fn show(
 ) -> Result<Response, ApiError> {
     let log = api.log()?;
     api.owned(&owner, id).await?;
-    let (info, attempts) = log
-        .delivery_of(id, delivery_id)
-        .await
-        .map_err(ApiError::log)?
-        .ok_or_else(ApiError::not_found)?;
+    let (info, attempts) = history(log.as_ref(), id, delivery_id).await?;
     let detail = DeliveryDetail {
         delivery: delivery(&info)?,
         history: attempts.iter().map(attempt).collect(),
@@ -259,12 +253,21 @@ async fn scheduled(
     id: Uuid,
     delivery_id: Uuid,
 ) -> Result<Response, ApiError> {
-    let (info, _) = log
-        .delivery_of(id, delivery_id)
+    let (info, _) = history(log, id, delivery_id).await?;
+    Ok(json(StatusCode::ACCEPTED, &delivery(&info)?))
+}
+
+/// Delivery `delivery_id` of subscription `id` and its attempts; `404`
+/// when the subscription has no such delivery.
+async fn history(
+    log: &dyn DeliveryLog,
+    id: Uuid,
+    delivery_id: Uuid,
+) -> Result<DeliveryHistory, ApiError> {
+    log.delivery_of(id, delivery_id)
         .await
         .map_err(ApiError::log)?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(json(StatusCode::ACCEPTED, &delivery(&info)?))
+        .ok_or_else(ApiError::not_found)
 }
 
 /// Sends again the subscription's dead deliveries created since a time.

@@ -85,6 +85,8 @@ struct Inner {
     auth: Arc<dyn Authenticate>,
     prefix: String,
     public_base_url: Option<String>,
+    /// The Thorn's recipient rules (with `THORN_ALLOW_RECIPIENTS`), built once.
+    validators: thorn_core::validate::Validators,
     body_limit: usize,
 }
 
@@ -108,6 +110,7 @@ impl Api {
                 auth: Arc::new(auth),
                 prefix: "/hooks".into(),
                 public_base_url: None,
+                validators: thorn.config().validators(),
                 body_limit: 64 * 1024,
             }),
         })
@@ -256,38 +259,43 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     })
 }
 
-/// The `{id}` of a route: an id that is not a uuid is not found, like one
-/// that does not exist.
+/// The uuid in the route's `{name}`: one that is not a uuid is not
+/// found, like one that does not exist.
+async fn path_uuid<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &str,
+) -> Result<Uuid, ApiError> {
+    let params = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::not_found())?;
+    params
+        .0
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| Uuid::parse_str(v).ok())
+        .ok_or_else(ApiError::not_found)
+}
+
+/// The subscription `{id}` of a route.
 pub(crate) struct Id(Uuid);
 
 impl<S: Send + Sync> FromRequestParts<S> for Id {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let ids = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
-        let id = ids.0.iter().find(|(name, _)| name == "id");
-        id.and_then(|(_, v)| Uuid::parse_str(v).ok())
-            .map(Id)
-            .ok_or_else(ApiError::not_found)
+        path_uuid(parts, state, "id").await.map(Id)
     }
 }
 
-/// The `{delivery}` of a route, like [`Id`].
+/// The `{delivery}` of a route.
 pub(crate) struct DeliveryId(Uuid);
 
 impl<S: Send + Sync> FromRequestParts<S> for DeliveryId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let ids = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
-        let id = ids.0.iter().find(|(name, _)| name == "delivery");
-        id.and_then(|(_, v)| Uuid::parse_str(v).ok())
-            .map(DeliveryId)
-            .ok_or_else(ApiError::not_found)
+        path_uuid(parts, state, "delivery").await.map(DeliveryId)
     }
 }
 

@@ -113,7 +113,7 @@ impl Api {
                     "url",
                     "Ensure this field has no more than 2048 characters.".into(),
                 ),
-                Ok(parsed) => match self.thorn().config().validators().check_url(&parsed) {
+                Ok(parsed) => match self.inner.validators.check_url(&parsed) {
                     Ok(()) => target.url = parsed,
                     Err(blocked) => error("url", format!("blocked: {}", blocked.rule)),
                 },

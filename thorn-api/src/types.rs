@@ -212,6 +212,17 @@ impl From<DeliveryStateName> for DeliveryState {
     }
 }
 
+impl From<DeliveryState> for DeliveryStateName {
+    fn from(state: DeliveryState) -> Self {
+        match state {
+            DeliveryState::Pending => DeliveryStateName::Pending,
+            DeliveryState::Delivered => DeliveryStateName::Delivered,
+            DeliveryState::Dead => DeliveryStateName::Dead,
+            _ => DeliveryStateName::Cancelled,
+        }
+    }
+}
+
 /// One delivery of an event to a subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {

@@ -25,6 +25,20 @@ pub(super) const DELIVERY_COLUMNS: &str = "id, event_id, subscriber_uuid, url, s
 
 /// One row of [`DELIVERY_COLUMNS`].
 pub(super) const DELIVERY_ROW: &str = "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Inserts rows of [`DELIVERY_ROW`]s (from [`delivery_row`]) into
+/// `thorn_deliveries`, in multi-row statements.
+pub(super) async fn insert_deliveries(conn: &mut dyn Connection, rows: Vec<Param>) -> Result<()> {
+    insert_rows(
+        conn,
+        "thorn_deliveries",
+        DELIVERY_COLUMNS,
+        DELIVERY_ROW,
+        "",
+        rows,
+    )
+    .await
+}
+
 /// Claims up to `$4` pending deliveries due at `$3` — first attempts or
 /// retries, `{which}` — whose lease (if any) ended and whose subscription
 /// is not paused: lease `$1` for worker `$2`. The pause check is a scalar

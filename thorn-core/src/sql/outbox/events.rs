@@ -10,7 +10,7 @@ use crate::outbox::{FanOut, StoredEvent, micros, now_micros};
 use crate::sql::{Connection, Kind, Param, Row, in_list, insert_rows, limit, placeholders, query};
 use crate::{Error, Result, Subscriber};
 
-use super::deliveries::{DELIVERY_COLUMNS, DELIVERY_ROW, delivery_row};
+use super::deliveries::{delivery_row, insert_deliveries};
 
 /// The columns of `thorn_events` an event is written to and read from.
 pub(super) const EVENT_COLUMNS: &str = "id, name, message, sender, options, created_at";
@@ -185,15 +185,7 @@ pub(super) async fn fan_out(
     // A subscriber without a row gets one (a stored subscription's is
     // left as it is): what its deliveries are sent to.
     crate::sql::store::write_recipients(conn, &recipients).await?;
-    insert_rows(
-        conn,
-        "thorn_deliveries",
-        DELIVERY_COLUMNS,
-        DELIVERY_ROW,
-        "",
-        rows,
-    )
-    .await?;
+    insert_deliveries(conn, rows).await?;
     Ok(written)
 }
 

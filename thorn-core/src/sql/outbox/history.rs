@@ -6,10 +6,10 @@ use uuid::Uuid;
 use crate::outbox::{
     AttemptInfo, DeliveryHistory, DeliveryInfo, DeliveryState, Pruned, now_micros,
 };
-use crate::sql::{Connection, Kind, Param, execute, insert_rows, limit, query};
+use crate::sql::{Connection, Kind, Param, execute, limit, query};
 use crate::{Error, Result};
 
-use super::deliveries::{DELIVERY_COLUMNS, DELIVERY_ROW, delivery_row};
+use super::deliveries::{delivery_row, insert_deliveries};
 use super::events::{EVENT_COLUMNS, EVENT_KINDS, event_from_row, with_recipients};
 
 /// The columns of `thorn_attempts`.
@@ -153,17 +153,28 @@ pub(super) async fn replay(conn: &mut dyn Connection, id: Uuid) -> Result<Option
             None,
         )?);
     }
-    insert_rows(
-        conn,
-        "thorn_deliveries",
-        DELIVERY_COLUMNS,
-        DELIVERY_ROW,
-        "",
-        rows,
-    )
-    .await?;
+    insert_deliveries(conn, rows).await?;
     Ok(Some(ids))
 }
+/// Makes delivery `id` — of `subscription`, when one is named — due at
+/// once, whatever its state, unless a worker holds it; true when it did.
+pub(super) async fn retry(
+    conn: &mut dyn Connection,
+    id: Uuid,
+    subscription: Option<Uuid>,
+) -> Result<bool> {
+    let mut params: Vec<Param> = vec![now_micros().into(), id.to_string().into()];
+    let mut sql = String::from(
+        "UPDATE thorn_deliveries SET state = 'pending', run_at = $1, updated_at = $1 \
+         WHERE id = $2 AND (locked_until IS NULL OR locked_until < $1)",
+    );
+    if let Some(subscription) = subscription {
+        params.push(subscription.to_string().into());
+        sql.push_str(" AND subscriber_uuid = $3");
+    }
+    Ok(execute(conn, &sql, params).await? == 1)
+}
+
 pub(super) fn int32(n: i64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }

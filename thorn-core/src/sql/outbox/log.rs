@@ -7,14 +7,14 @@ use uuid::Uuid;
 use crate::outbox::{
     DeliveryHistory, DeliveryInfo, DeliveryLog, DeliveryPage, Redelivery, StoredEvent, now_micros,
 };
-use crate::sql::{Database, Kind, atomically, execute, insert_rows, query};
+use crate::sql::{Database, Kind, atomically, execute, query};
 use crate::subscriber::BoxFuture;
 use crate::{Result, Subscriber};
 
 use super::SqlOutbox;
-use super::deliveries::{DELIVERY_COLUMNS, DELIVERY_ROW, delivery_row};
+use super::deliveries::{delivery_row, insert_deliveries};
 use super::events::write_events;
-use super::history::{Which, history_of, infos};
+use super::history::{Which, history_of, infos, retry};
 
 /// What a missing outbox table is reported with: the REST API is no
 /// migration runner, so it names the step of either ORM.
@@ -55,19 +55,10 @@ impl<D: Database> DeliveryLog for SqlOutbox<D> {
     fn redeliver(&self, subscription: Uuid, id: Uuid) -> BoxFuture<'_, Result<Redelivery>> {
         self.run(Box::new(move |conn| {
             Box::pin(async move {
-                let now = now_micros();
-                let (id, subscription) = (id.to_string(), subscription.to_string());
-                let changed = execute(
-                    conn,
-                    "UPDATE thorn_deliveries SET state = 'pending', run_at = $1, updated_at = $1 \
-                     WHERE id = $2 AND subscriber_uuid = $3 \
-                       AND (locked_until IS NULL OR locked_until < $1)",
-                    vec![now.into(), id.clone().into(), subscription.clone().into()],
-                )
-                .await?;
-                if changed == 1 {
+                if retry(conn, id, Some(subscription)).await? {
                     return Ok(Redelivery::Scheduled);
                 }
+                let (id, subscription) = (id.to_string(), subscription.to_string());
                 let exists = query(
                     conn,
                     "SELECT id FROM thorn_deliveries WHERE id = $1 AND subscriber_uuid = $2",
@@ -115,15 +106,7 @@ impl<D: Database> DeliveryLog for SqlOutbox<D> {
                         let id = Uuid::now_v7();
                         let row =
                             delivery_row(id, &event.id.to_string(), &subscription, now, None)?;
-                        insert_rows(
-                            conn,
-                            "thorn_deliveries",
-                            DELIVERY_COLUMNS,
-                            DELIVERY_ROW,
-                            "",
-                            Vec::from(row),
-                        )
-                        .await?;
+                        insert_deliveries(conn, Vec::from(row)).await?;
                         Ok(id)
                     };
                     sent.await

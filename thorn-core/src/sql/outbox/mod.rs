@@ -28,7 +28,9 @@ use crate::{Error, Result, SenderId};
 use chrono::{DateTime, Utc};
 use deliveries::{claim_deliveries, finish};
 use events::{claim_events, fan_out};
-use history::{COUNTS, Which, history_of, infos, prune_deliveries, prune_owner, replay, uuid_of};
+use history::{
+    COUNTS, Which, history_of, infos, prune_deliveries, prune_owner, replay, retry, uuid_of,
+};
 
 mod deliveries;
 mod events;
@@ -219,17 +221,7 @@ impl<D: Database> SqlOutbox<D> {
     /// delivery or a worker holds it.
     pub fn retry_delivery(&self, id: Uuid) -> BoxFuture<'static, Result<bool>> {
         self.run(Box::new(move |conn| {
-            Box::pin(async move {
-                let now = now_micros();
-                let n = execute(
-                    conn,
-                    "UPDATE thorn_deliveries SET state = 'pending', run_at = $1, updated_at = $1 \
-                     WHERE id = $2 AND (locked_until IS NULL OR locked_until < $1)",
-                    vec![now.into(), id.to_string().into()],
-                )
-                .await?;
-                Ok(n == 1)
-            })
+            Box::pin(async move { retry(conn, id, None).await })
         }))
     }
 
