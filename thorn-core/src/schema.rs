@@ -144,8 +144,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         6,
         // A subscription's delivery log, newest first, a page at a time
-        // (delivery ids are UUIDv7: ordered by creation).
-        "CREATE INDEX IF NOT EXISTS thorn_deliveries_log ON thorn_deliveries (subscriber_uuid, id);",
+        // (delivery ids are UUIDv7: ordered by creation). It replaces the
+        // `(subscriber_uuid, state)` index, whose pending lookups the
+        // partial index of migration 4 serves: every delivery written
+        // keeps as many indexes up to date as before.
+        "CREATE INDEX IF NOT EXISTS thorn_deliveries_log ON thorn_deliveries (subscriber_uuid, id);
+    DROP INDEX IF EXISTS thorn_deliveries_subscriber;",
         "",
     ),
 ];
