@@ -19,6 +19,7 @@ mod filters;
 mod funtests;
 mod model_events;
 mod outbox;
+mod page;
 mod patterns;
 mod receiver;
 mod relay;

@@ -17,7 +17,7 @@ use thorn_core::outbox::{
     Redelivery,
 };
 use thorn_core::subscriber::pattern_matches;
-use thorn_core::{Event, SendOptions};
+use thorn_core::{Event, SendOptions, SenderId};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -42,6 +42,97 @@ impl Api {
                 "This server keeps no delivery log (ThornBuilder::delivery_log was not called).",
             )
         })
+    }
+
+    /// A page of `owner`'s subscription `id`'s deliveries, newest first.
+    pub(crate) async fn deliveries(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+        page: DeliveryPage,
+    ) -> Result<Vec<Delivery>, ApiError> {
+        let log = self.log()?;
+        self.owned(owner, id).await?;
+        let infos = log.deliveries_of(id, page).await.map_err(ApiError::log)?;
+        infos.iter().map(delivery).collect()
+    }
+
+    /// Delivery `delivery_id` of `owner`'s subscription `id`, with every
+    /// attempt.
+    pub(crate) async fn delivery(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<DeliveryDetail, ApiError> {
+        let log = self.log()?;
+        self.owned(owner, id).await?;
+        let (info, attempts) = history(log.as_ref(), id, delivery_id).await?;
+        Ok(DeliveryDetail {
+            delivery: delivery(&info)?,
+            history: attempts.iter().map(attempt).collect(),
+        })
+    }
+
+    /// Schedules delivery `delivery_id` of `owner`'s subscription `id`
+    /// again, with the same id; `409` while a worker sends it.
+    pub(crate) async fn redeliver(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<Delivery, ApiError> {
+        let log = self.log()?;
+        self.owned(owner, id).await?;
+        match log
+            .redeliver(id, delivery_id)
+            .await
+            .map_err(ApiError::log)?
+        {
+            Redelivery::Scheduled => {}
+            Redelivery::Busy => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "A worker is sending this delivery right now: try again once it finished.",
+                ));
+            }
+            _ => return Err(ApiError::not_found()),
+        }
+        self.thorn().outbox_signal().notify_one();
+        scheduled(log.as_ref(), id, delivery_id).await
+    }
+
+    /// Sends `owner`'s subscription `id` a [`TEST_EVENT`]; `409` when it
+    /// is paused.
+    pub(crate) async fn send_test(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+        origin: Option<&str>,
+    ) -> Result<Delivery, ApiError> {
+        let log = self.log()?;
+        let sub = self.owned(owner, id).await?;
+        if !sub.is_active() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "The subscription is paused: resume it to send it a test event.",
+            ));
+        }
+        let message = json!({
+            "event": TEST_EVENT,
+            "ref": self.link(origin, &format!("/{id}/")),
+            "sender": owner,
+            "data": {"subscription": id, "test": true},
+        });
+        let outgoing = Event::new(TEST_EVENT).outgoing(
+            self.thorn(),
+            message,
+            SendOptions::new().sender(owner.clone()),
+        );
+        let stored = StoredEvent::from_outgoing(outgoing).map_err(ApiError::log)?;
+        let delivery_id = log.send_to(&sub, stored).await.map_err(ApiError::log)?;
+        self.thorn().outbox_signal().notify_one();
+        scheduled(log.as_ref(), id, delivery_id).await
     }
 }
 
@@ -156,10 +247,7 @@ pub(crate) async fn list(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let page = page(&uri)?;
-    let log = api.log()?;
-    api.owned(&owner, id).await?;
-    let infos = log.deliveries_of(id, page).await.map_err(ApiError::log)?;
-    let deliveries = infos.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
+    let deliveries = api.deliveries(&owner, id, page).await?;
     let next = match deliveries.last() {
         Some(last) if deliveries.len() == page.limit => {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -197,13 +285,7 @@ pub(crate) async fn show(
     Id(id): Id,
     DeliveryId(delivery_id): DeliveryId,
 ) -> Result<Response, ApiError> {
-    let log = api.log()?;
-    api.owned(&owner, id).await?;
-    let (info, attempts) = history(log.as_ref(), id, delivery_id).await?;
-    let detail = DeliveryDetail {
-        delivery: delivery(&info)?,
-        history: attempts.iter().map(attempt).collect(),
-    };
+    let detail = api.delivery(&owner, id, delivery_id).await?;
     Ok(json(StatusCode::OK, &detail))
 }
 
@@ -227,34 +309,18 @@ pub(crate) async fn redeliver(
     Id(id): Id,
     DeliveryId(delivery_id): DeliveryId,
 ) -> Result<Response, ApiError> {
-    let log = api.log()?;
-    api.owned(&owner, id).await?;
-    match log
-        .redeliver(id, delivery_id)
-        .await
-        .map_err(ApiError::log)?
-    {
-        Redelivery::Scheduled => {}
-        Redelivery::Busy => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "A worker is sending this delivery right now: try again once it finished.",
-            ));
-        }
-        _ => return Err(ApiError::not_found()),
-    }
-    api.thorn().outbox_signal().notify_one();
-    scheduled(log.as_ref(), id, delivery_id).await
+    let again = api.redeliver(&owner, id, delivery_id).await?;
+    Ok(json(StatusCode::ACCEPTED, &again))
 }
 
-/// The delivery just scheduled, as a `202`.
+/// The delivery just scheduled.
 async fn scheduled(
     log: &dyn DeliveryLog,
     id: Uuid,
     delivery_id: Uuid,
-) -> Result<Response, ApiError> {
+) -> Result<Delivery, ApiError> {
     let (info, _) = history(log, id, delivery_id).await?;
-    Ok(json(StatusCode::ACCEPTED, &delivery(&info)?))
+    delivery(&info)
 }
 
 /// Delivery `delivery_id` of subscription `id` and its attempts; `404`
@@ -332,26 +398,8 @@ pub(crate) async fn test(
     Origin(origin): Origin,
     Id(id): Id,
 ) -> Result<Response, ApiError> {
-    let log = api.log()?;
-    let sub = api.owned(&owner, id).await?;
-    if !sub.is_active() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "The subscription is paused: resume it to send it a test event.",
-        ));
-    }
-    let message = json!({
-        "event": TEST_EVENT,
-        "ref": api.link(origin.as_deref(), &format!("/{id}/")),
-        "sender": owner,
-        "data": {"subscription": id, "test": true},
-    });
-    let outgoing =
-        Event::new(TEST_EVENT).outgoing(api.thorn(), message, SendOptions::new().sender(owner));
-    let stored = StoredEvent::from_outgoing(outgoing).map_err(ApiError::log)?;
-    let delivery_id = log.send_to(&sub, stored).await.map_err(ApiError::log)?;
-    api.thorn().outbox_signal().notify_one();
-    scheduled(log.as_ref(), id, delivery_id).await
+    let sent = api.send_test(&owner, id, origin.as_deref()).await?;
+    Ok(json(StatusCode::ACCEPTED, &sent))
 }
 
 /// The events the application declares, as `THORN_EVENT_CHOICES` lets
@@ -362,17 +410,23 @@ pub(crate) async fn test(
         (status = 401, description = "Not signed in", body = ErrorBody, headers(("WWW-Authenticate" = String))),
     ))]
 pub(crate) async fn event_types(State(api): State<Api>, _: User) -> Response {
-    let choices = api.thorn().config().event_choices.as_deref();
-    let types: Vec<EventTypeInfo> = api
-        .thorn()
-        .event_types()
-        .iter()
-        .filter(|t| choices.is_none_or(|c| c.iter().any(|p| pattern_matches(p, &t.name))))
-        .map(|t| EventTypeInfo {
-            name: t.name.clone(),
-            model: t.model.clone(),
-            fires_on: t.fires_on.clone(),
-        })
-        .collect();
-    json(StatusCode::OK, &types)
+    json(StatusCode::OK, &api.catalogue())
+}
+
+impl Api {
+    /// The events the application declares that `THORN_EVENT_CHOICES`
+    /// lets subscriptions ask for.
+    pub(crate) fn catalogue(&self) -> Vec<EventTypeInfo> {
+        let choices = self.thorn().config().event_choices.as_deref();
+        self.thorn()
+            .event_types()
+            .iter()
+            .filter(|t| choices.is_none_or(|c| c.iter().any(|p| pattern_matches(p, &t.name))))
+            .map(|t| EventTypeInfo {
+                name: t.name.clone(),
+                model: t.model.clone(),
+                fires_on: t.fires_on.clone(),
+            })
+            .collect()
+    }
 }

@@ -66,6 +66,7 @@ mod auth;
 mod deliveries;
 mod error;
 mod openapi;
+pub mod page;
 mod subscriptions;
 pub mod types;
 
@@ -88,6 +89,8 @@ struct Inner {
     /// The Thorn's recipient rules (with `THORN_ALLOW_RECIPIENTS`), built once.
     validators: thorn_core::validate::Validators,
     body_limit: usize,
+    /// What the page's form tokens are signed with.
+    page_key: Arc<[u8]>,
 }
 
 impl Api {
@@ -112,6 +115,7 @@ impl Api {
                 public_base_url: None,
                 validators: thorn.config().validators(),
                 body_limit: 64 * 1024,
+                page_key: thorn_core::signing::generate_secret().into_bytes().into(),
             }),
         })
     }
@@ -141,6 +145,15 @@ impl Api {
     /// Largest accepted body in bytes (default 64 KiB).
     pub fn body_limit(self, bytes: usize) -> Self {
         self.edit(|i| i.body_limit = bytes)
+    }
+
+    /// The key the [web page](page)'s forms are signed with, against
+    /// cross-site requests (default: a random one for this process). Give
+    /// every process that serves the page behind one address the same
+    /// secret key, or a form shown by one is refused by the others (`403`,
+    /// "reload the page").
+    pub fn page_key(self, key: &[u8]) -> Self {
+        self.edit(|i| i.page_key = key.into())
     }
 
     /// The OpenAPI 3.1 document of these routes, with this API's prefix
@@ -182,7 +195,7 @@ impl Api {
                 router = router.route(&format!("{p}{}", path.trim_end_matches('/')), route);
             }
         }
-        router
+        page::routes(router, &p)
             .layer(DefaultBodyLimit::max(limit))
             .layer(axum::middleware::map_response(explain_405))
             .with_state(self)
@@ -242,6 +255,11 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     }
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("JSON parse error - {e}")))?;
+    fields_of(value)
+}
+
+/// `value` as `T`, each type error naming its field.
+pub(crate) fn fields_of<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request(
             "Invalid data: expected a JSON object.",

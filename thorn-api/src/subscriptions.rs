@@ -6,7 +6,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use thorn_core::subscriber::{Replace, Secret, validate_pattern};
-use thorn_core::{Subscriber, SubscriptionStore};
+use thorn_core::{SenderId, Subscriber, SubscriptionStore};
+use uuid::Uuid;
 
 use crate::error::{ApiError, FieldErrors};
 use crate::types::{ErrorBody, READ_ONLY, Subscription, SubscriptionFields, WRITABLE};
@@ -20,7 +21,7 @@ const PATCH_ATTEMPTS: usize = 16;
 pub(crate) const PAUSED: &str = "paused by its owner";
 
 impl Api {
-    fn store(&self) -> &dyn SubscriptionStore {
+    pub(crate) fn store(&self) -> &dyn SubscriptionStore {
         self.thorn()
             .subscription_store()
             .expect("Api::new checked the store")
@@ -47,16 +48,97 @@ impl Api {
     }
 
     /// Subscription `id` if `owner` has it; `404` otherwise.
-    pub(crate) async fn owned(
-        &self,
-        owner: &thorn_core::SenderId,
-        id: uuid::Uuid,
-    ) -> Result<Subscriber, ApiError> {
+    pub(crate) async fn owned(&self, owner: &SenderId, id: Uuid) -> Result<Subscriber, ApiError> {
         self.store()
             .get(owner, id)
             .await
             .map_err(ApiError::store)?
             .ok_or_else(ApiError::not_found)
+    }
+
+    /// Subscribes `owner` with the fields of `body`.
+    pub(crate) async fn subscribe(
+        &self,
+        owner: SenderId,
+        body: &SubscriptionFields,
+    ) -> Result<Subscriber, ApiError> {
+        let mut sub =
+            Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
+        sub.hmac_secret = Secret::generate();
+        sub.owner = Some(owner);
+        if self.apply(body, &mut sub, true)? == Some(false) {
+            sub.disable(PAUSED);
+        }
+        self.store()
+            .insert(sub.clone())
+            .await
+            .map_err(ApiError::store)?;
+        Ok(sub)
+    }
+
+    /// Changes the fields `body` names of `owner`'s subscription `id`, and
+    /// only those: read, change, write if nobody wrote in between, else
+    /// again on what they wrote, so concurrent changes of different fields
+    /// all survive. Returns it as stored now.
+    pub(crate) async fn change(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+        body: &SubscriptionFields,
+    ) -> Result<Subscriber, ApiError> {
+        let store = self.store();
+        let mut active = None;
+        let mut written = false;
+        for _ in 0..PATCH_ATTEMPTS {
+            let mut sub = self.owned(owner, id).await?;
+            let seen = sub.updated_at;
+            active = self.apply(body, &mut sub, false)?;
+            sub.touch();
+            if sub.updated_at <= seen {
+                // The version must move on, even within one microsecond.
+                sub.updated_at = seen + chrono::Duration::microseconds(1);
+            }
+            match store
+                .update_if_unchanged(sub, seen)
+                .await
+                .map_err(ApiError::store)?
+            {
+                Replace::Done => {
+                    written = true;
+                    break;
+                }
+                Replace::Missing => return Err(ApiError::not_found()),
+                _ => continue,
+            }
+        }
+        if !written {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the subscription kept changing while this change was applied: send it again",
+            ));
+        }
+        if let Some(active) = active {
+            store
+                .set_active(owner, id, active, PAUSED)
+                .await
+                .map_err(ApiError::store)?;
+        }
+        // As stored now (a worker may have disabled it meanwhile).
+        self.owned(owner, id).await
+    }
+
+    /// Deletes `owner`'s subscription `id`; `404` when there is none.
+    pub(crate) async fn unsubscribe(&self, owner: &SenderId, id: Uuid) -> Result<(), ApiError> {
+        if self
+            .store()
+            .delete(owner, id)
+            .await
+            .map_err(ApiError::store)?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::not_found())
+        }
     }
 
     /// Validates the fields `body` sets onto `target`; returns the
@@ -186,16 +268,7 @@ pub(crate) async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: SubscriptionFields = json_body(&headers, body)?;
-    let mut sub = Subscriber::new("*", "http://placeholder.invalid/").expect("valid placeholder");
-    sub.hmac_secret = Secret::generate();
-    sub.owner = Some(owner);
-    if api.apply(&body, &mut sub, true)? == Some(false) {
-        sub.disable(PAUSED);
-    }
-    api.store()
-        .insert(sub.clone())
-        .await
-        .map_err(ApiError::store)?;
+    let sub = api.subscribe(owner, &body).await?;
     Ok(json(
         StatusCode::CREATED,
         &api.render(&sub, origin.as_deref()),
@@ -244,48 +317,7 @@ pub(crate) async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: SubscriptionFields = json_body(&headers, body)?;
-    let store = api.store();
-    // Read, change the named fields, write if nobody wrote in between;
-    // else again on what they wrote: concurrent PATCHes of different
-    // fields all survive.
-    let mut active = None;
-    let mut written = false;
-    for _ in 0..PATCH_ATTEMPTS {
-        let mut sub = api.owned(&owner, id).await?;
-        let seen = sub.updated_at;
-        active = api.apply(&body, &mut sub, false)?;
-        sub.touch();
-        if sub.updated_at <= seen {
-            // The version must move on, even within one microsecond.
-            sub.updated_at = seen + chrono::Duration::microseconds(1);
-        }
-        match store
-            .update_if_unchanged(sub, seen)
-            .await
-            .map_err(ApiError::store)?
-        {
-            Replace::Done => {
-                written = true;
-                break;
-            }
-            Replace::Missing => return Err(ApiError::not_found()),
-            _ => continue,
-        }
-    }
-    if !written {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the subscription kept changing while this PATCH was applied: send it again",
-        ));
-    }
-    if let Some(active) = active {
-        store
-            .set_active(&owner, id, active, PAUSED)
-            .await
-            .map_err(ApiError::store)?;
-    }
-    // As stored now (a worker may have disabled it meanwhile).
-    let sub = api.owned(&owner, id).await?;
+    let sub = api.change(&owner, id, &body).await?;
     Ok(json(StatusCode::OK, &api.render(&sub, origin.as_deref())))
 }
 
@@ -329,14 +361,6 @@ pub(crate) async fn remove(
     User(owner): User,
     Id(id): Id,
 ) -> Result<Response, ApiError> {
-    if api
-        .store()
-        .delete(&owner, id)
-        .await
-        .map_err(ApiError::store)?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::not_found())
-    }
+    api.unsubscribe(&owner, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
