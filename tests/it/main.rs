@@ -3,6 +3,7 @@
 
 mod api;
 mod api_log;
+mod browser;
 mod buffering;
 mod codec;
 mod conformance;
