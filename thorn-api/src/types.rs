@@ -102,26 +102,43 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 pub struct SubscriptionFields {
     /// The event pattern: `article.created`, `article.*`, `*.created`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(nullable = false)]
+    // What `validate_pattern` accepts: `*` alone, or dot-separated words
+    // of `[A-Za-z0-9_-]` with `*` as the first or the last word (surrounding
+    // whitespace is trimmed, as Django's fields trim it).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^\s*(\*|\*(\.[A-Za-z0-9_-]+)+|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?)\s*$"
+    )]
     pub event: Option<String>,
     /// Where deliveries are posted (the recipient rules apply).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     #[schema(format = "uri", max_length = 2048)]
     pub url: Option<String>,
     /// How deliveries are encoded (default `application/json`).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub content_type: Option<ContentTypeName>,
     /// The signing secret: 1 to 255 printable characters (default: 64
     /// random ones).
     #[serde(default, deserialize_with = "present")]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(nullable = false)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub hmac_secret: Option<String>,
     /// The signature's hash (default `sha256`).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub hmac_digest: Option<DigestName>,
     /// `false` pauses the subscription, `true` resumes it (also after
     /// Thorn disabled it).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub active: Option<bool>,
     /// Every other field, checked after parsing.
     #[serde(flatten)]
@@ -297,6 +314,7 @@ pub struct Recover {
     pub since: String,
     /// And before this time (RFC 3339; default now).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     #[schema(format = DateTime)]
     pub until: Option<String>,
 }
