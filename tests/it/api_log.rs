@@ -376,6 +376,22 @@ async fn the_log(thorn: Thorn, _relay: Box<dyn Any + Send>) {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Nor does a form or a no-cors fetch on another site, with the user's
+    // cookies: the routes without a JSON body check where they come from.
+    for (path, header, value) in [
+        (format!("/hooks/{id}/test/"), "origin", "http://evil.test"),
+        (format!("{one}redeliver/"), "sec-fetch-site", "cross-site"),
+    ] {
+        let req = Request::post(&path)
+            .header("host", "api.test")
+            .header("x-user", "1")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(header, value)
+            .body(Body::empty())
+            .unwrap();
+        let (s, body) = api.send("POST", &path, req).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
     receiver.expect_none(Duration::from_millis(200));
 
     // Bad input: named, never a 5xx.

@@ -239,6 +239,28 @@ async fn only_the_signed_in_user_with_the_pages_token_changes_anything() {
         assert!(a.status.is_client_error(), "{path}: {}", a.status);
     }
 
+    // From the list, a button comes back to the list.
+    let a = call(
+        &page,
+        "POST",
+        &format!("{here}pause/"),
+        Some(1),
+        Some(&[("csrf", token), ("from", "list")]),
+        &[],
+    )
+    .await;
+    assert_eq!(a.location.as_deref(), Some("/hooks/page/?done=paused"));
+    let list = call(&page, "GET", "/hooks/page/", Some(1), None, &[]).await;
+    assert!(
+        list.html.contains("<td class=\"state\">paused</td>"),
+        "{}",
+        list.html
+    );
+    assert!(
+        !shown.html.contains("Send a test event"),
+        "no test send without a delivery log"
+    );
+
     // Pause, resume, delete: each a form.
     for (action, active) in [("pause", false), ("resume", true)] {
         let a = call(

@@ -25,7 +25,7 @@ use crate::types::{
     Attempt, Delivery, DeliveryDetail, DeliveryIds, DeliveryList, DeliveryStateName, ErrorBody,
     EventTypeInfo, Recover,
 };
-use crate::{Api, DeliveryId, Id, Origin, User, json, json_body, timestamp_micros};
+use crate::{Api, DeliveryId, Id, Origin, SameSite, User, json, json_body, timestamp_micros};
 
 /// The name of the event a test send delivers.
 pub const TEST_EVENT: &str = "thorn.test";
@@ -298,6 +298,7 @@ pub(crate) async fn show(
     responses(
         (status = 202, description = "Due at once, with the same `Hook-Delivery`", body = Delivery),
         (status = 401, description = "Not signed in", body = ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "Sent by a browser from another site", body = ErrorBody),
         (status = 404, description = "The caller has no such subscription or delivery", body = ErrorBody),
         (status = 409, description = "A worker is sending it right now", body = ErrorBody),
         (status = 501, description = "This server keeps no delivery log", body = ErrorBody),
@@ -306,6 +307,7 @@ pub(crate) async fn show(
 pub(crate) async fn redeliver(
     State(api): State<Api>,
     User(owner): User,
+    _: SameSite,
     Id(id): Id,
     DeliveryId(delivery_id): DeliveryId,
 ) -> Result<Response, ApiError> {
@@ -387,6 +389,7 @@ pub(crate) async fn recover(
     responses(
         (status = 202, description = "A `thorn.test` delivery, due at once", body = Delivery),
         (status = 401, description = "Not signed in", body = ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "Sent by a browser from another site", body = ErrorBody),
         (status = 404, description = "The caller has no such subscription", body = ErrorBody),
         (status = 409, description = "The subscription is paused", body = ErrorBody),
         (status = 501, description = "This server keeps no delivery log", body = ErrorBody),
@@ -395,6 +398,7 @@ pub(crate) async fn recover(
 pub(crate) async fn test(
     State(api): State<Api>,
     User(owner): User,
+    _: SameSite,
     Origin(origin): Origin,
     Id(id): Id,
 ) -> Result<Response, ApiError> {

@@ -351,6 +351,37 @@ impl<S: Send + Sync> FromRequestParts<S> for Origin {
     }
 }
 
+impl Api {
+    /// Whether a browser sent this request from another site (see
+    /// [`page::csrf::cross_site`]).
+    fn sent_cross_site(&self, headers: &HeaderMap, origin: Option<&str>) -> bool {
+        let base = self.inner.public_base_url.as_deref();
+        page::csrf::cross_site(headers, &[origin, base])
+    }
+}
+
+/// A request no browser sent from another site: `403` otherwise. For the
+/// routes that change something without a JSON body, which a form or a
+/// `no-cors` fetch on another site could otherwise send with the user's
+/// cookies.
+pub(crate) struct SameSite;
+
+impl FromRequestParts<Api> for SameSite {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
+        let Ok(Origin(origin)) = Origin::from_request_parts(parts, api).await;
+        if api.sent_cross_site(&parts.headers, origin.as_deref()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Sent by a browser from another site (or this server does not know its own \
+                 address: behind a proxy, set Api::public_base_url).",
+            ));
+        }
+        Ok(SameSite)
+    }
+}
+
 /// The authenticated caller.
 pub(crate) struct User(SenderId);
 

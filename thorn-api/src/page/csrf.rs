@@ -36,18 +36,24 @@ pub(crate) fn valid(key: &[u8], user: &SenderId, token: &str) -> bool {
     let Ok(issued) = issued.parse::<i64>() else {
         return false;
     };
-    let age = now() - issued;
+    let Some(age) = now().checked_sub(issued) else {
+        return false;
+    };
     (-60..VALID_FOR_SECS).contains(&age)
         && signing::verify(HmacDigest::Sha256, key, &message(user, issued), mac)
 }
 
-/// Whether the browser says the request comes from another site: an
-/// `Origin` other than this server's `origins`, or `Sec-Fetch-Site:
-/// cross-site`.
+/// Whether the browser says the request comes from another site. A
+/// browser that sends `Sec-Fetch-Site` is believed (`same-origin` and
+/// `none` pass, whatever a proxy did to `Host`); otherwise an `Origin`
+/// other than this server's `origins` is another site's, and a request
+/// with neither (an older browser, or no browser) is not.
 pub(crate) fn cross_site(headers: &HeaderMap, origins: &[Option<&str>]) -> bool {
     let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
-    if header("sec-fetch-site") == Some("cross-site") {
-        return true;
+    match header("sec-fetch-site") {
+        Some("same-origin" | "none") => return false,
+        Some("cross-site") => return true,
+        _ => {}
     }
     match header("origin") {
         None => false,
@@ -71,6 +77,7 @@ mod tests {
         assert!(!valid(b"other key", &alice, &t));
         assert!(!valid(b"key", &alice, "1.x"));
         assert!(!valid(b"key", &alice, ""));
+        assert!(!valid(b"key", &alice, "-9223372036854775808.x"));
         let old = now() - VALID_FOR_SECS - 1;
         let mac = signing::sign(HmacDigest::Sha256, b"key", &message(&alice, old));
         assert!(!valid(b"key", &alice, &format!("{old}.{mac}")));
@@ -87,6 +94,13 @@ mod tests {
         assert!(cross_site(&h, &here));
         h.insert("origin", "null".parse().unwrap());
         assert!(cross_site(&h, &here));
+        h.insert("sec-fetch-site", "same-site".parse().unwrap());
+        assert!(
+            cross_site(&h, &here),
+            "a sibling subdomain is another origin"
+        );
+        h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        assert!(!cross_site(&h, &here), "behind a proxy that rewrote Host");
         h.remove("origin");
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(cross_site(&h, &here));

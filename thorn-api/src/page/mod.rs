@@ -36,7 +36,7 @@ use crate::error::ApiError;
 use crate::types::SubscriptionFields;
 use crate::{Api, Origin, fields_of};
 
-mod csrf;
+pub(crate) mod csrf;
 mod html;
 mod views;
 
@@ -105,8 +105,10 @@ impl FromRequestParts<Api> for PageIds {
         let id = crate::path_uuid(parts, api, "id")
             .await
             .map_err(|e| not_found(&e))?;
-        let has_delivery = parts.uri.path().contains("/deliveries/");
-        let delivery = if has_delivery {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, api)
+            .await
+            .map_err(|_| not_found(&ApiError::not_found()))?;
+        let delivery = if params.iter().any(|(name, _)| name == "delivery") {
             crate::path_uuid(parts, api, "delivery")
                 .await
                 .map_err(|e| not_found(&e))?
@@ -168,11 +170,10 @@ impl Api {
                 "The page's forms send application/x-www-form-urlencoded.",
             ));
         }
-        let base = self.inner.public_base_url.as_deref();
-        if csrf::cross_site(headers, &[origin, base]) {
+        if self.sent_cross_site(headers, origin) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
-                "This form was sent from another site: it was not done.",
+                "This form was sent from another site, or this server does not know its own address (behind a proxy, set Api::public_base_url): it was not done.",
             ));
         }
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
@@ -233,7 +234,12 @@ async fn subscribe(
     // the JSON API checks it, unknown fields included.
     let mut fields = Map::new();
     for (name, value) in &form {
-        let value = value.trim();
+        // A secret is taken as typed, as the JSON API takes it.
+        let value = if name == "hmac_secret" {
+            value
+        } else {
+            value.trim()
+        };
         if value.is_empty() && name != "event" && name != "url" {
             continue;
         }
@@ -297,14 +303,21 @@ async fn act(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = api.form(&user, origin.as_deref(), &headers, body) {
-        return api.failed(&user, &e);
-    }
+    let form = match api.form(&user, origin.as_deref(), &headers, body) {
+        Ok(form) => form,
+        Err(e) => return api.failed(&user, &e),
+    };
     let active = |on: bool| SubscriptionFields {
         active: Some(on),
         ..SubscriptionFields::default()
     };
-    let here = format!("/{id}/");
+    // Back where the button was: the list, or the subscription's page.
+    let from_list = form.iter().any(|(k, v)| k == "from" && v == "list");
+    let here = if from_list {
+        "/".to_owned()
+    } else {
+        format!("/{id}/")
+    };
     let done = match action {
         Action::Pause => api
             .change(&user, id, &active(false))

@@ -81,11 +81,24 @@ fn notice(page: &mut Html, done: Option<&str>) {
 
 /// A button posting the user's token to `action`.
 fn button(page: &mut Html, action: &str, token: &str, label: &str, class: &str) {
+    form_button(page, action, token, label, class, false);
+}
+
+/// A button on the list of subscriptions, which comes back to the list.
+fn list_button(page: &mut Html, action: &str, token: &str, label: &str, class: &str) {
+    form_button(page, action, token, label, class, true);
+}
+
+fn form_button(page: &mut Html, action: &str, token: &str, label: &str, class: &str, list: bool) {
     page.s("<form class=\"inline\" method=\"post\" action=\"")
         .t(action)
         .s("\"><input type=\"hidden\" name=\"csrf\" value=\"")
         .t(token)
-        .s("\"><button type=\"submit\" class=\"")
+        .s("\">");
+    if list {
+        page.s("<input type=\"hidden\" name=\"from\" value=\"list\">");
+    }
+    page.s("<button type=\"submit\" class=\"")
         .t(class)
         .s("\">")
         .t(label)
@@ -97,11 +110,12 @@ fn when(time: &str) -> String {
     time.get(..19).unwrap_or(time).replacen('T', " ", 1)
 }
 
+/// `active`, `paused` (by its owner), or `disabled: why` (by Thorn).
 fn state_of(sub: &Subscriber) -> String {
-    match (&sub.disabled_reason, sub.is_active()) {
+    match (sub.disabled_reason.as_deref(), sub.is_active()) {
         (_, true) => "active".to_owned(),
-        (Some(reason), false) => format!("paused: {reason}"),
-        (None, false) => "paused".to_owned(),
+        (None | Some(crate::subscriptions::PAUSED), false) => "paused".to_owned(),
+        (Some(reason), false) => format!("disabled: {reason}"),
     }
 }
 
@@ -147,11 +161,11 @@ pub(crate) async fn index(
                 .t(when(&crate::timestamp(sub.created_at)))
                 .s("</td><td>");
             if sub.is_active() {
-                button(&mut page, &format!("{here}pause/"), &token, "Pause", "");
+                list_button(&mut page, &format!("{here}pause/"), &token, "Pause", "");
             } else {
-                button(&mut page, &format!("{here}resume/"), &token, "Resume", "");
+                list_button(&mut page, &format!("{here}resume/"), &token, "Resume", "");
             }
-            button(
+            list_button(
                 &mut page,
                 &format!("{here}delete/"),
                 &token,
@@ -268,13 +282,15 @@ pub(crate) fn subscription(
         .s("</dd></dl><p>");
     if sub.is_active() {
         button(&mut page, &format!("{here}pause/"), &token, "Pause", "");
-        button(
-            &mut page,
-            &format!("{here}test/"),
-            &token,
-            "Send a test event",
-            "",
-        );
+        if api.thorn().delivery_log().is_some() {
+            button(
+                &mut page,
+                &format!("{here}test/"),
+                &token,
+                "Send a test event",
+                "",
+            );
+        }
     } else {
         button(&mut page, &format!("{here}resume/"), &token, "Resume", "");
     }
