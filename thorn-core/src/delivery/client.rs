@@ -35,7 +35,11 @@ impl HttpClient {
     /// environment, no redirects, TLS certificates verified, and every
     /// resolved address checked at connect time.
     pub(crate) fn new(config: &Config, validators: Validators) -> Result<Self> {
-        // Our TLS provider unless the application installed its own.
+        // Our TLS provider unless the application installed its own. ring
+        // keeps the build free of a C toolchain; rustls 0.23.48 deprecates
+        // it for lacking post-quantum key exchange, so an application that
+        // wants that installs aws-lc-rs's provider before building a Thorn.
+        #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .user_agent(config.user_agent.clone())
