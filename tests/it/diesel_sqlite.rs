@@ -344,3 +344,55 @@ fn manual_send_from_instance_matches_automatic_dispatch() {
     assert_eq!(body["ref"], "https://blog.example/article/5/");
     assert_eq!(body["sender"], 2);
 }
+
+/// A Thorn transaction on SQLite that reads, then writes after another
+/// connection committed, waits for that writer instead of failing with
+/// "database is locked": it begins with `BEGIN IMMEDIATE` (a deferred
+/// `BEGIN` would take its read snapshot first and could not write on it).
+#[test]
+fn a_transaction_that_reads_then_writes_is_not_locked_out_by_another_writer() {
+    let (_dir, pool) = crate::db::sqlite_pool();
+    diesel::sql_query(
+        "CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT NOT NULL, \
+         state TEXT NOT NULL, author_id INTEGER NOT NULL)",
+    )
+    .execute(&mut *pool.get().unwrap())
+    .unwrap();
+    let thorn = Thorn::new(Config {
+        dispatcher: thorn::DispatcherKind::Disabled,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut conn = pool.get().unwrap();
+    let mut other = None;
+    thorn::diesel::transaction::<_, _, thorn::diesel::Error, _>(&thorn, &mut *conn, |conn| {
+        let before: i64 = articles::table.count().get_result(conn)?;
+        // Another connection writes meanwhile (it waits for this one).
+        let pool = pool.clone();
+        other = Some(std::thread::spawn(move || {
+            diesel::sql_query(
+                "INSERT INTO articles (title, state, author_id) VALUES ('other', 'DRAFT', 2)",
+            )
+            .execute(&mut *pool.get().unwrap())
+        }));
+        std::thread::sleep(Duration::from_millis(200));
+        let _: Article = diesel::insert_into(articles::table)
+            .values((
+                articles::title.eq(format!("after {before}")),
+                articles::state.eq("DRAFT"),
+                articles::author_id.eq(1),
+            ))
+            .returning(Article::as_returning())
+            .with_webhooks(&thorn)
+            .get_result(conn)?;
+        Ok(())
+    })
+    .expect("the transaction writes after its read");
+    assert_eq!(
+        other.unwrap().join().unwrap().unwrap(),
+        1,
+        "the other writer waited"
+    );
+    let n: i64 = articles::table.count().get_result(&mut *conn).unwrap();
+    assert_eq!(n, 2);
+}

@@ -144,6 +144,15 @@ pub trait OutboxConnection: diesel::Connection {
     /// whatever transaction is open). A missing table is
     /// [`thorn_core::Error::OutboxMissing`].
     fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()>;
+
+    /// Begins the outermost transaction of
+    /// [`transaction`](crate::transaction) when this database needs more
+    /// than Diesel's `BEGIN` for a transaction that writes after reading
+    /// (`BEGIN IMMEDIATE` on SQLite); `false` when it begins none and a
+    /// plain one will do.
+    fn thorn_begin_immediate(&mut self) -> diesel::QueryResult<bool> {
+        Ok(false)
+    }
 }
 
 impl<C: SqlConnection> OutboxConnection for C
@@ -157,6 +166,10 @@ where
             "thorn::diesel::migrate(conn)",
         ))?
     }
+
+    fn thorn_begin_immediate(&mut self) -> diesel::QueryResult<bool> {
+        self.begin_immediate()
+    }
 }
 
 impl<C> OutboxConnection for PooledConnection<ConnectionManager<C>>
@@ -166,6 +179,12 @@ where
 {
     fn thorn_write_events(&mut self, events: &[StoredEvent]) -> Result<()> {
         (**self).thorn_write_events(events)
+    }
+
+    // The pool's transaction manager is the connection's: one begun on
+    // the connection is this one's.
+    fn thorn_begin_immediate(&mut self) -> diesel::QueryResult<bool> {
+        (**self).thorn_begin_immediate()
     }
 }
 

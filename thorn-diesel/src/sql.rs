@@ -266,6 +266,16 @@ pub trait SqlConnection: R2D2Connection + LoadConnection + 'static {
     /// Runs `work` on this connection, on the calling thread.
     fn run_here<T>(&mut self, work: Work<T>) -> Result<T>;
 
+    /// Begins the outermost transaction so that it can write after it
+    /// read: `BEGIN IMMEDIATE` on SQLite, whose deferred transactions fail
+    /// with "database is locked" when they write after another connection
+    /// committed since their first read (a change event's old row is read
+    /// before its `UPDATE`). `false` where a plain `BEGIN` does, and the
+    /// caller begins the transaction itself.
+    fn begin_immediate(&mut self) -> diesel::QueryResult<bool> {
+        Ok(false)
+    }
+
     /// Holds a `LISTEN channel` connection from `pool` ([`Database::listen`]);
     /// `None` where the database has no notifications (SQLite).
     fn listen(
@@ -293,7 +303,14 @@ macro_rules! sql_connection_for {
 }
 
 #[cfg(feature = "sqlite")]
-sql_connection_for!(diesel::SqliteConnection, Dialect::Sqlite);
+sql_connection_for!(
+    diesel::SqliteConnection,
+    Dialect::Sqlite,
+    fn begin_immediate(&mut self) -> diesel::QueryResult<bool> {
+        diesel::connection::AnsiTransactionManager::begin_transaction_sql(self, "BEGIN IMMEDIATE")
+            .map(|()| true)
+    }
+);
 #[cfg(feature = "postgres")]
 sql_connection_for!(
     diesel::PgConnection,

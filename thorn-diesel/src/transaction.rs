@@ -91,8 +91,10 @@ fn write_rows<C: OutboxConnection>(conn: &mut C, rows: &[StoredEvent]) -> Result
 }
 
 /// Runs `f` in a database transaction that Thorn manages, as
-/// [`diesel::Connection::transaction`] does — `BEGIN`, then `COMMIT` when
-/// `f` returns `Ok`, `ROLLBACK` when it returns `Err` or panics — and
+/// [`diesel::Connection::transaction`] does — `BEGIN` (`BEGIN IMMEDIATE`
+/// on SQLite, so that a transaction that reads and then writes waits for
+/// other writers instead of failing with "database is locked"), then
+/// `COMMIT` when `f` returns `Ok`, `ROLLBACK` when it returns `Err` — and
 /// sends the model events raised inside only after the `COMMIT`
 /// succeeded.
 ///
@@ -144,12 +146,30 @@ where
     let (connection, depth) = transaction_state(conn)?;
     let parent = Parent::enclosing(scope_at(thorn, connection, depth));
     let mut frame = ManagedFrame::begin(thorn, FrameKey::new(connection, depth + 1), parent);
-    let value = conn.transaction::<T, E, _>(|conn| {
+    let run = |conn: &mut C| {
         let value = f(conn)?;
         let rows = frame.before_commit().map_err(Error::from)?;
         write_rows(conn, &rows)?;
         Ok(value)
-    })?;
+    };
+    let value = if depth == 0 && conn.thorn_begin_immediate()? {
+        // Begun as this database needs it; ended as Diesel ends its own.
+        use diesel::connection::TransactionManager;
+        match run(conn) {
+            Ok(value) => {
+                C::TransactionManager::commit_transaction(conn)?;
+                value
+            }
+            Err(error) => {
+                return match C::TransactionManager::rollback_transaction(conn) {
+                    Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+                    Err(rollback) => Err(rollback.into()),
+                };
+            }
+        }
+    } else {
+        conn.transaction::<T, E, _>(run)?
+    };
     frame.committed();
     Ok(value)
 }
