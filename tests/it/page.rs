@@ -97,6 +97,11 @@ fn page_of(store: Arc<MemoryStore>) -> Router {
     Api::new(&thorn, crate::api::x_user).unwrap().router()
 }
 
+/// A form posted to the page.
+async fn post(router: &Router, path: &str, user: Option<i64>, form: &[(&str, &str)]) -> Answer {
+    call(router, "POST", path, user, Some(form), &[]).await
+}
+
 /// The subscribe form's fields.
 fn subscribe_form<'a>(csrf: &'a str, url: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -165,7 +170,7 @@ async fn only_the_signed_in_user_with_the_pages_token_changes_anything() {
         .unwrap();
     let a = page.clone().oneshot(json).await.unwrap();
     assert_eq!(a.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let a = call(&page, "POST", "/hooks/page/", None, Some(&form(token)), &[]).await;
+    let a = post(&page, "/hooks/page/", None, &form(token)).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(
         store.list(&1.into()).await.unwrap().is_empty(),
@@ -224,13 +229,11 @@ async fn only_the_signed_in_user_with_the_pages_token_changes_anything() {
     // Another user's subscription is not found, and cannot be changed.
     let theirs = call(&page, "GET", &here, Some(2), None, &[]).await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         &format!("{here}delete/"),
         Some(2),
-        Some(&[("csrf", other)]),
-        &[],
+        &[("csrf", other)],
     )
     .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
@@ -240,13 +243,11 @@ async fn only_the_signed_in_user_with_the_pages_token_changes_anything() {
     }
 
     // From the list, a button comes back to the list.
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         &format!("{here}pause/"),
         Some(1),
-        Some(&[("csrf", token), ("from", "list")]),
-        &[],
+        &[("csrf", token), ("from", "list")],
     )
     .await;
     assert_eq!(a.location.as_deref(), Some("/hooks/page/?done=paused"));
@@ -263,26 +264,22 @@ async fn only_the_signed_in_user_with_the_pages_token_changes_anything() {
 
     // Pause, resume, delete: each a form.
     for (action, active) in [("pause", false), ("resume", true)] {
-        let a = call(
+        let a = post(
             &page,
-            "POST",
             &format!("{here}{action}/"),
             Some(1),
-            Some(&[("csrf", token)]),
-            &[],
+            &[("csrf", token)],
         )
         .await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{action}: {}", a.html);
         let sub = store.get(&1.into(), id).await.unwrap().unwrap();
         assert_eq!(sub.is_active(), active, "{action}");
     }
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         &format!("{here}delete/"),
         Some(1),
-        Some(&[("csrf", token)]),
-        &[],
+        &[("csrf", token)],
     )
     .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
@@ -301,13 +298,11 @@ async fn bad_input_is_named_and_everything_shown_is_escaped() {
     // Wrong fields: 400, each named, the form shown again with what was
     // typed, escaped.
     let url = format!("javascript:\"><b>{script}");
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         "/hooks/page/",
         Some(1),
-        Some(&[("csrf", &token), ("event", script), ("url", &url)]),
-        &[],
+        &[("csrf", &token), ("event", script), ("url", &url)],
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.html);
@@ -321,35 +316,31 @@ async fn bad_input_is_named_and_everything_shown_is_escaped() {
         ("content_type", "text/xml"),
         ("colour", "red"),
     ] {
-        let a = call(
+        let a = post(
             &page,
-            "POST",
             "/hooks/page/",
             Some(1),
-            Some(&[
+            &[
                 ("csrf", &token),
                 ("event", "article.*"),
                 ("url", "http://127.0.0.1:9/"),
                 (field, value),
-            ]),
-            &[],
+            ],
         )
         .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.html);
         assert!(a.html.contains(&format!("<b>{field}</b>")), "{}", a.html);
     }
     // Not one of the event choices.
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         "/hooks/page/",
         Some(1),
-        Some(&[
+        &[
             ("csrf", &token),
             ("event", "user.created"),
             ("url", "http://127.0.0.1:9/"),
-        ]),
-        &[],
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.html);
@@ -363,18 +354,16 @@ async fn bad_input_is_named_and_everything_shown_is_escaped() {
     // A secret full of markup, shown on demand, escaped; invalid UTF-8
     // in a form is taken as text, not a failure.
     let secret = format!("</code>{script}");
-    let a = call(
+    let a = post(
         &page,
-        "POST",
         "/hooks/page/",
         Some(1),
-        Some(&[
+        &[
             ("csrf", &token),
             ("event", "article.*"),
             ("url", "http://127.0.0.1:9/?q=\"<i>"),
             ("hmac_secret", &secret),
-        ]),
-        &[],
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.html);

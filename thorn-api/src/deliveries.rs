@@ -35,6 +35,17 @@ const PAGE: usize = 25;
 const MAX_PAGE: usize = 100;
 
 impl Api {
+    /// The delivery log, and `owner`'s subscription `id` (`404` when
+    /// `owner` has none): what every delivery route starts from.
+    async fn owned_log(
+        &self,
+        owner: &SenderId,
+        id: Uuid,
+    ) -> Result<(&Arc<dyn DeliveryLog>, thorn_core::Subscriber), ApiError> {
+        let log = self.log()?;
+        Ok((log, self.owned(owner, id).await?))
+    }
+
     fn log(&self) -> Result<&Arc<dyn DeliveryLog>, ApiError> {
         self.thorn().delivery_log().ok_or_else(|| {
             ApiError::new(
@@ -51,8 +62,7 @@ impl Api {
         id: Uuid,
         page: DeliveryPage,
     ) -> Result<Vec<Delivery>, ApiError> {
-        let log = self.log()?;
-        self.owned(owner, id).await?;
+        let (log, _) = self.owned_log(owner, id).await?;
         let infos = log.deliveries_of(id, page).await.map_err(ApiError::log)?;
         infos.iter().map(delivery).collect()
     }
@@ -65,8 +75,7 @@ impl Api {
         id: Uuid,
         delivery_id: Uuid,
     ) -> Result<DeliveryDetail, ApiError> {
-        let log = self.log()?;
-        self.owned(owner, id).await?;
+        let (log, _) = self.owned_log(owner, id).await?;
         let (info, attempts) = history(log.as_ref(), id, delivery_id).await?;
         Ok(DeliveryDetail {
             delivery: delivery(&info)?,
@@ -82,8 +91,7 @@ impl Api {
         id: Uuid,
         delivery_id: Uuid,
     ) -> Result<Delivery, ApiError> {
-        let log = self.log()?;
-        self.owned(owner, id).await?;
+        let (log, _) = self.owned_log(owner, id).await?;
         match log
             .redeliver(id, delivery_id)
             .await
@@ -110,8 +118,7 @@ impl Api {
         id: Uuid,
         origin: Option<&str>,
     ) -> Result<Delivery, ApiError> {
-        let log = self.log()?;
-        let sub = self.owned(owner, id).await?;
+        let (log, sub) = self.owned_log(owner, id).await?;
         if !sub.is_active() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -371,8 +378,7 @@ pub(crate) async fn recover(
         .as_deref()
         .map(|u| time("until", u))
         .transpose()?;
-    let log = api.log()?;
-    api.owned(&owner, id).await?;
+    let (log, _) = api.owned_log(&owner, id).await?;
     let deliveries = log
         .recover_since(id, since, until)
         .await

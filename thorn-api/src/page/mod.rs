@@ -76,13 +76,13 @@ impl FromRequestParts<Api> for PageUser {
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
         match api.inner.auth.authenticate(parts).await {
             Some(user) => Ok(PageUser(user)),
-            None => {
-                let mut page = Html::default();
-                views::head(&mut page, api, "Sign in", None);
-                page.s("<p class=\"error\">You are not signed in: sign in to this application to see your webhooks.</p>");
-                views::foot(&mut page);
-                Err(page.answer(StatusCode::UNAUTHORIZED))
-            }
+            None => Err(api.failed(
+                None,
+                &ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "You are not signed in: sign in to this application to see your webhooks.",
+                ),
+            )),
         }
     }
 }
@@ -95,13 +95,7 @@ impl FromRequestParts<Api> for PageIds {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Self::Rejection> {
-        let not_found = |e: &ApiError| {
-            let mut page = Html::default();
-            views::head(&mut page, api, "Not found", None);
-            views::error(&mut page, e);
-            views::foot(&mut page);
-            page.answer(e.status())
-        };
+        let not_found = |e: &ApiError| api.failed(None, e);
         let id = crate::path_uuid(parts, api, "id")
             .await
             .map_err(|e| not_found(&e))?;
@@ -135,10 +129,11 @@ impl Api {
         response
     }
 
-    /// `e` as a page.
-    fn failed(&self, user: &SenderId, e: &ApiError) -> Response {
+    /// `e` as a page, for `user` when signed in.
+    fn failed(&self, user: Option<&SenderId>, e: &ApiError) -> Response {
         let mut page = Html::default();
-        views::head(&mut page, self, "Not done", Some(user));
+        let title = e.status().canonical_reason().unwrap_or("Not done");
+        views::head(&mut page, self, title, user);
         views::error(&mut page, e);
         page.s("<p><a href=\"")
             .t(self.page_path("/"))
@@ -228,7 +223,7 @@ async fn subscribe(
 ) -> Response {
     let form = match api.form(&user, origin.as_deref(), &headers, body) {
         Ok(form) => form,
-        Err(e) => return api.failed(&user, &e),
+        Err(e) => return api.failed(Some(&user), &e),
     };
     // An empty optional field takes its default; the rest is checked as
     // the JSON API checks it, unknown fields included.
@@ -268,13 +263,13 @@ async fn subscription(
             Ok(before) => page = page.before(before),
             Err(_) => {
                 let e = ApiError::field("before", format!("`{before}` is not a delivery id."));
-                return api.failed(&user, &e);
+                return api.failed(Some(&user), &e);
             }
         }
     }
     let sub = match api.owned(&user, id).await {
         Ok(sub) => sub,
-        Err(e) => return api.failed(&user, &e),
+        Err(e) => return api.failed(Some(&user), &e),
     };
     let deliveries = api.deliveries(&user, id, page).await;
     let shown = views::Shown {
@@ -305,7 +300,7 @@ async fn act(
 ) -> Response {
     let form = match api.form(&user, origin.as_deref(), &headers, body) {
         Ok(form) => form,
-        Err(e) => return api.failed(&user, &e),
+        Err(e) => return api.failed(Some(&user), &e),
     };
     let active = |on: bool| SubscriptionFields {
         active: Some(on),
@@ -338,7 +333,7 @@ async fn act(
     };
     match done {
         Ok(done) => api.see(&here, done),
-        Err(e) => api.failed(&user, &e),
+        Err(e) => api.failed(Some(&user), &e),
     }
 }
 
@@ -373,7 +368,7 @@ async fn delivery(
 ) -> Response {
     match api.delivery(&user, id, delivery_id).await {
         Ok(detail) => views::delivery(&api, &user, id, &detail, query(&uri, "done").as_deref()),
-        Err(e) => api.failed(&user, &e),
+        Err(e) => api.failed(Some(&user), &e),
     }
 }
 
@@ -387,10 +382,10 @@ async fn redeliver(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(e) = api.form(&user, origin.as_deref(), &headers, body) {
-        return api.failed(&user, &e);
+        return api.failed(Some(&user), &e);
     }
     match api.redeliver(&user, id, delivery_id).await {
         Ok(_) => api.see(&format!("/{id}/deliveries/{delivery_id}/"), "redelivered"),
-        Err(e) => api.failed(&user, &e),
+        Err(e) => api.failed(Some(&user), &e),
     }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn index(
 ) -> Response {
     let subs = match api.store().list(user).await {
         Ok(subs) => subs,
-        Err(e) => return api.failed(user, &ApiError::store(e)),
+        Err(e) => return api.failed(Some(user), &ApiError::store(e)),
     };
     let token = api.token(user);
     let mut page = Html::default();
